@@ -1,0 +1,85 @@
+"""Data for one run: the training cache, the evaluation caches and the GPS gallery."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..config import DataConfig
+from ..geo import invalid_coordinate_rows
+from .cache import DataError, FeatureCache, open_cache
+from .synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
+
+OFFLINE = "offline"
+GALLERY_THINNING_SEED = 0  # the same thinned gallery for every trial, so scores compare
+
+
+@dataclass
+class Data:
+    train: FeatureCache
+    val: dict[str, FeatureCache]  # name -> cache; the first drives ``score``
+    gallery: np.ndarray  # (G, 2) float64
+
+
+def prepare_offline(cfg: DataConfig) -> Path | None:
+    """Build the offline benchmark if this configuration names it (call once before trials start)."""
+    uses = OFFLINE in (cfg.train, cfg.gallery, *cfg.val)
+    return build_offline_benchmark(cfg.offline) if uses else None
+
+
+def load_data(cfg: DataConfig) -> Data:
+    """Open (memory-map) every cache the configuration names and load its gallery."""
+    benchmark = prepare_offline(cfg)
+    train = open_cache(benchmark / "train" if cfg.train == OFFLINE else cfg.train)
+    val = {}
+    for spec in cfg.val:
+        cache = open_cache(benchmark / "val" if spec == OFFLINE else spec)
+        name = "val" if spec == OFFLINE else Path(spec).expanduser().resolve().name
+        if cache.feature_dim != train.feature_dim:
+            raise DataError(f"{spec}: feature_dim {cache.feature_dim} differs from the training cache's {train.feature_dim}")
+        val[name] = cache
+    return Data(train, val, load_gallery(cfg, train, benchmark))
+
+
+def load_gallery(cfg: DataConfig, train: FeatureCache, benchmark: Path | None) -> np.ndarray:
+    if cfg.gallery == OFFLINE:
+        gallery = read_gallery(benchmark)
+    elif cfg.gallery == "geoclip":
+        gallery = geoclip_gallery_coords()
+    elif cfg.gallery == "train":
+        gallery = np.unique(train.coords, axis=0)
+    else:
+        gallery = read_coordinate_csv(cfg.gallery)
+    if cfg.gallery_size is not None and cfg.gallery_size < len(gallery):
+        rng = np.random.default_rng(GALLERY_THINNING_SEED)
+        gallery = gallery[np.sort(rng.choice(len(gallery), cfg.gallery_size, replace=False))]
+    return gallery
+
+
+def read_coordinate_csv(path: str | Path) -> np.ndarray:
+    """(N, 2) coordinates from a CSV with LAT and LON columns (any case), checked row by row."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"{path}: gallery file not found")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a readable CSV ({e})") from None
+    columns = {c.strip().upper(): c for c in frame.columns}
+    missing = [c for c in ("LAT", "LON") if c not in columns]
+    if missing:
+        raise DataError(f"{path}: missing column {missing[0]} (columns: {', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise DataError(f"{path}: no rows")
+    coords = frame[[columns["LAT"], columns["LON"]]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = invalid_coordinate_rows(coords)
+    if len(bad):
+        lat, lon = frame.iloc[bad[0]][[columns["LAT"], columns["LON"]]]
+        raise DataError(f"{path}: line {bad[0] + 2}: invalid coordinate (LAT={lat}, LON={lon}); {len(bad)} bad rows")
+    return coords
+
+
+__all__ = ["Data", "DataError", "FeatureCache", "load_data", "prepare_offline", "read_coordinate_csv"]

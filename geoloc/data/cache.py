@@ -1,0 +1,120 @@
+"""The feature cache: what every trial reads instead of running the frozen backbone.
+
+A cache is a folder::
+
+    manifest.json   format, backbone, weights, views, feature_dim, n, source hash, ...
+    features.npy    float16 (n, views, feature_dim), memory-mapped by readers
+    coords.npy      float64 (n, 2), (lat, lon) degrees
+
+Real data (geoloc.data.features) and the offline benchmark (geoloc.data.synthetic) both write
+it. Writers build into a temporary sibling folder and rename it into place, so a reader never
+sees a half-written cache.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..geo import check_coordinates
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class DataError(ValueError):
+    """A user's data problem; the message names the file, row or key."""
+
+
+@dataclass
+class FeatureCache:
+    """An opened cache: features stay on disk (memory-mapped), coordinates are in memory."""
+
+    path: Path
+    features: np.ndarray  # (n, views, feature_dim) float16 memmap
+    coords: np.ndarray  # (n, 2) float64
+    manifest: dict
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    @property
+    def views(self) -> int:
+        return self.features.shape[1]
+
+    @property
+    def feature_dim(self) -> int:
+        return self.features.shape[2]
+
+
+def open_cache(path: str | Path, expect: dict | None = None) -> FeatureCache:
+    """Open and check a cache; ``expect`` lists manifest entries that must match (e.g. backbone)."""
+    path = Path(path).expanduser()
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        raise DataError(f"{path}: not a feature cache (no {MANIFEST})")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{manifest_file}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if manifest.get("format") != FORMAT_VERSION:
+        raise DataError(f"{manifest_file}: format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    for key, value in (expect or {}).items():
+        if manifest.get(key) != value:
+            raise DataError(f"{manifest_file}: {key} is {manifest.get(key)!r}, expected {value!r}; rebuild the cache")
+    try:
+        features = np.load(path / "features.npy", mmap_mode="r")
+        coords = np.load(path / "coords.npy")
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: unreadable cache arrays ({e})") from None
+    if features.ndim != 3 or coords.shape != (features.shape[0], 2):
+        raise DataError(f"{path}: features {features.shape} and coords {coords.shape} do not match")
+    try:
+        check_coordinates(coords, f"{path / 'coords.npy'}")
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return FeatureCache(path, features, coords.astype(np.float64), manifest)
+
+
+class CacheWriter:
+    """Write a cache into a temporary folder, then ``commit()`` renames it into ``path``.
+
+    ``features`` is a writable memmap, so caches larger than memory are filled in chunks.
+    """
+
+    def __init__(self, path: str | Path, n: int, views: int, feature_dim: int):
+        self.path = Path(path).expanduser()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self.features = np.lib.format.open_memmap(
+            self.tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, views, feature_dim)
+        )
+        self.coords = np.zeros((n, 2), dtype=np.float64)
+
+    def commit(self, manifest: dict) -> Path:
+        self.features.flush()
+        del self.features
+        np.save(self.tmp / "coords.npy", self.coords)
+        manifest = {"format": FORMAT_VERSION, "n": len(self.coords), **manifest}
+        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        publish_dir(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished temporary folder into place; if another process won the race, keep theirs."""
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / MANIFEST).exists() and not (final / "DONE").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)

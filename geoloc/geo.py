@@ -1,0 +1,105 @@
+"""Geography on the sphere: distances, the Equal Earth projection, coordinate checks, GPS noise.
+
+Coordinates are ``(lat, lon)`` in degrees, in the last axis; distances and noise sigmas are km.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius; great-circle distances differ from the
+# ellipsoidal geodesic by at most ~0.5%, which is the tolerance band used against geopy.
+
+# Equal Earth constants exactly as the published GeoCLIP location encoder uses them.
+A1, A2, A3, A4 = 1.340264, -0.081106, 0.000893, 0.003796
+SF = 66.50336
+
+
+def haversine_km(a, b):
+    """Great-circle distance in km between ``a`` and ``b`` of shape (..., 2), (lat, lon) degrees.
+
+    Works on numpy arrays (float64 math) and torch tensors (in their own dtype and device);
+    shapes broadcast.
+    """
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        a, b = torch.as_tensor(a), torch.as_tensor(b)
+        lat1, lon1 = torch.deg2rad(a[..., 0]), torch.deg2rad(a[..., 1])
+        lat2, lon2 = torch.deg2rad(b[..., 0]), torch.deg2rad(b[..., 1])
+        h = torch.sin((lat2 - lat1) / 2) ** 2 + torch.cos(lat1) * torch.cos(lat2) * torch.sin((lon2 - lon1) / 2) ** 2
+        return 2 * EARTH_RADIUS_KM * torch.asin(torch.sqrt(h.clamp(0, 1)))
+    a, b = np.radians(np.asarray(a, dtype=np.float64)), np.radians(np.asarray(b, dtype=np.float64))
+    lat1, lon1, lat2, lon2 = a[..., 0], a[..., 1], b[..., 0], b[..., 1]
+    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
+
+
+def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
+    """Equal Earth projection of (N, 2) degrees, scaled by SF / 180, as published GeoCLIP computes it.
+
+    The operation order follows the published code so that its weights see the same inputs
+    (embeddings agree to 1e-5, see tests/test_parity.py).
+    """
+    lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
+    sqrt3 = torch.sqrt(torch.tensor(3.0, dtype=latlon.dtype, device=latlon.device))
+    theta = torch.asin(sqrt3 / 2 * torch.sin(lat))
+    denominator = 3 * (9 * A4 * theta**8 + 7 * A3 * theta**6 + 3 * A2 * theta**2 + A1)
+    x = (2 * sqrt3 * lon * torch.cos(theta)) / denominator
+    y = A4 * theta**9 + A3 * theta**7 + A2 * theta**3 + A1 * theta
+    return (torch.stack((x, y), dim=1) * SF) / 180
+
+
+def invalid_coordinate_rows(latlon) -> np.ndarray:
+    """Indices of rows that are not finite or lie outside lat [-90, 90], lon [-180, 180]."""
+    c = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(c).all(axis=1) | (np.abs(c[:, 0]) > 90) | (np.abs(c[:, 1]) > 180)
+    return np.flatnonzero(bad)
+
+
+def check_coordinates(latlon, where: str) -> None:
+    """Raise ValueError naming ``where`` and the first bad row when any coordinate is invalid."""
+    bad = invalid_coordinate_rows(latlon)
+    if len(bad):
+        lat, lon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)[bad[0]]
+        raise ValueError(
+            f"{where}: row {bad[0]}: invalid coordinate (lat={lat}, lon={lon}); "
+            f"need finite lat in [-90, 90] and lon in [-180, 180] ({len(bad)} bad rows)"
+        )
+
+
+def displace(latlon: torch.Tensor, north_km: torch.Tensor, east_km: torch.Tensor) -> torch.Tensor:
+    """Move each point by a (north, east) displacement along the great circle of that bearing.
+
+    The destination-point formula keeps latitude in [-90, 90] (a path over a pole comes down
+    the other side) and wraps longitude into [-180, 180), so the result is always valid and
+    its great-circle distance from the start equals hypot(north, east) exactly.
+    """
+    lat, lon = torch.deg2rad(latlon[..., 0]), torch.deg2rad(latlon[..., 1])
+    delta = torch.hypot(north_km, east_km) / EARTH_RADIUS_KM
+    bearing = torch.atan2(east_km, north_km)
+    sin_lat2 = torch.sin(lat) * torch.cos(delta) + torch.cos(lat) * torch.sin(delta) * torch.cos(bearing)
+    lat2 = torch.asin(sin_lat2.clamp(-1, 1))
+    lon2 = lon + torch.atan2(
+        torch.sin(bearing) * torch.sin(delta) * torch.cos(lat),
+        torch.cos(delta) - torch.sin(lat) * sin_lat2,
+    )
+    lon2 = torch.remainder(lon2 + math.pi, 2 * math.pi) - math.pi
+    return torch.stack((torch.rad2deg(lat2), torch.rad2deg(lon2)), dim=-1).to(latlon.dtype)
+
+
+def gps_noise(latlon: torch.Tensor, sigma_km: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gaussian noise of ``sigma_km`` per component (north, east), applied on the sphere.
+
+    ``sigma_km == 0`` returns the input unchanged and draws nothing, so switching noise off
+    does not shift the random stream of anything else.
+    """
+    if sigma_km == 0:
+        return latlon
+    # Computed in float64: a 150 m step is 1e-6 of the earth's radius, near float32's resolution.
+    x = latlon.to(torch.float64)
+    # Drawn on the CPU so that a seed gives the same noise on every device.
+    north, east = (torch.randn((2, *x.shape[:-1]), generator=generator, dtype=torch.float64) * sigma_km).to(x.device)
+    return displace(x, north, east).to(latlon.dtype)

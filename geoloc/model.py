@@ -1,0 +1,162 @@
+"""GeoCLIP's trainable parts: location encoder, image head, logit scale and the GPS queue.
+
+The model knows nothing of data files, Ray or YAML. Parameter names follow the published
+``geoclip`` package, so its ``location_encoder_weights.pth`` and ``image_encoder_mlp_weights.pth``
+load strictly into ``LocationEncoder`` and ``ImageHead``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .geo import equal_earth_projection
+
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
+
+
+def geoclip_package_dir() -> Path:
+    """Folder of the installed published ``geoclip`` model (weights and the 100K gallery).
+
+    Found without importing ``geoclip``, whose import pulls in ``transformers``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the 'geoclip' package is not installed (pip install geoclip)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def load_geoclip_weights(name: str) -> dict[str, torch.Tensor]:
+    """One of the published weight files (``location_encoder``, ``image_encoder_mlp``, ``logit_scale``)."""
+    return torch.load(geoclip_package_dir() / "weights" / f"{name}_weights.pth", map_location="cpu", weights_only=True)
+
+
+class GaussianFourierFeatures(nn.Module):
+    """cos and sin of 2*pi*B v with B ~ N(0, sigma^2), fixed (``b`` is a frozen parameter, as published)."""
+
+    def __init__(self, sigma: float, n_features: int, input_dim: int = 2):
+        super().__init__()
+        self.b = nn.Parameter(torch.randn(n_features, input_dim) * sigma, requires_grad=False)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        vp = 2 * math.pi * v @ self.b.T
+        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+
+
+class LocationBranch(nn.Module):
+    """One RFF scale: Fourier features -> ``depth`` x (Linear, ReLU) -> linear head."""
+
+    def __init__(self, sigma: float, n_features: int, hidden_dim: int, depth: int, embed_dim: int):
+        super().__init__()
+        layers: list[nn.Module] = [GaussianFourierFeatures(sigma, n_features)]
+        width = 2 * n_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            width = hidden_dim
+        self.capsule = nn.Sequential(*layers)  # names as published: capsule.0.b, capsule.1.weight, ...
+        self.head = nn.Sequential(nn.Linear(hidden_dim, embed_dim))
+
+    def forward(self, projected: torch.Tensor) -> torch.Tensor:
+        return self.head(self.capsule(projected))
+
+
+class LocationEncoder(nn.Module):
+    """(N, 2) (lat, lon) degrees -> (N, embed_dim): Equal Earth projection, one branch per scale, summed."""
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or ModelConfig()
+        self.embed_dim = cfg.embed_dim
+        for i, sigma in enumerate(cfg.rff_scales):
+            self.add_module(f"LocEnc{i}", LocationBranch(sigma, cfg.rff_features, cfg.hidden_dim, cfg.depth, cfg.embed_dim))
+
+    @classmethod
+    def from_geoclip(cls) -> "LocationEncoder":
+        """The published architecture with the published weights of the installed ``geoclip`` package."""
+        encoder = cls(ModelConfig())
+        encoder.load_state_dict(load_geoclip_weights("location_encoder"), strict=True)
+        return encoder
+
+    def forward(self, latlon: torch.Tensor) -> torch.Tensor:
+        projected = equal_earth_projection(latlon)
+        branches = iter(self.children())
+        out = next(branches)(projected)
+        for branch in branches:
+            out = out + branch(projected)
+        return out
+
+
+class ImageHead(nn.Sequential):
+    """Trainable MLP over frozen backbone features: Linear, ReLU, Linear (published names 0.*, 2.*)."""
+
+    def __init__(self, feature_dim: int, hidden_dim: int, embed_dim: int):
+        super().__init__(nn.Linear(feature_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, embed_dim))
+
+
+class GPSQueue(nn.Module):
+    """FIFO of past batch GPS, used as extra negatives. Any size >= 0; empty until filled."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.register_buffer("coords", torch.zeros(size, 2))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.long))
+
+    def contents(self) -> torch.Tensor:
+        """The filled part (order does not matter to the loss)."""
+        return self.coords[: int(self.count)]
+
+    @torch.no_grad()
+    def push(self, gps: torch.Tensor) -> None:
+        if self.size == 0:
+            return
+        gps = gps[-self.size :]
+        idx = (int(self.ptr) + torch.arange(len(gps), device=gps.device)) % self.size
+        self.coords[idx] = gps.to(self.coords.dtype)
+        self.ptr.fill_((int(self.ptr) + len(gps)) % self.size)
+        self.count.fill_(min(self.size, int(self.count) + len(gps)))
+
+
+class GeoCLIP(nn.Module):
+    """Image head + location encoder + logit scale + GPS queue, over precomputed image features."""
+
+    def __init__(self, cfg: ModelConfig, feature_dim: int, queue_size: int):
+        super().__init__()
+        self.image_head = ImageHead(feature_dim, cfg.image_hidden_dim, cfg.embed_dim)
+        self.location_encoder = LocationEncoder(cfg)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1 / cfg.init_temperature)), requires_grad=cfg.learn_temperature
+        )
+        self.queue = GPSQueue(queue_size)
+
+    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_head(features), dim=-1)
+
+    def encode_locations(self, latlon: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.location_encoder(latlon), dim=-1)
+
+    def logits(self, image_emb: torch.Tensor, location_emb: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale.exp() * image_emb @ location_emb.T
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+    @property
+    def temperature(self) -> float:
+        return float(torch.exp(-self.logit_scale.detach()))
+
+    def load_geoclip_weights(self) -> None:
+        """Warm start from the published image head, location encoder and logit scale."""
+        self.location_encoder.load_state_dict(load_geoclip_weights("location_encoder"), strict=True)
+        self.image_head.load_state_dict(load_geoclip_weights("image_encoder_mlp"), strict=True)
+        with torch.no_grad():
+            self.logit_scale.copy_(load_geoclip_weights("logit_scale").reshape(()))

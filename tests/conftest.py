@@ -1,0 +1,33 @@
+"""Shared fixtures: a small offline benchmark built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+
+from geoloc.config import RunConfig, from_dict
+
+# Small enough for a few seconds per epoch on 2 cores, big enough that learning shows.
+SMALL = {
+    "data": {"offline": {"n_train": 3000, "n_val": 300, "n_gallery": 3000, "feature_dim": 128, "views": 2}},
+    "model": {"hidden_dim": 128, "depth": 2, "embed_dim": 64, "image_hidden_dim": 128},
+    "train": {"epochs": 4, "batch_size": 128, "queue_size": 256, "lr": 1e-3, "seed": 0},
+}
+
+
+@pytest.fixture(scope="session")
+def offline_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("offline"))
+
+
+@pytest.fixture
+def small_config(offline_root) -> dict:
+    """The small run as plain data (tests change it before building a RunConfig)."""
+    import copy
+
+    cfg = copy.deepcopy(SMALL)
+    cfg["data"]["offline"]["root"] = offline_root
+    return cfg
+
+
+def build(data: dict) -> RunConfig:
+    return from_dict(RunConfig, data)

@@ -1,0 +1,116 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from geoloc.model import GPSQueue
+from geoloc.train import DivergenceError, Trainer, train
+
+from .conftest import build
+
+
+def test_queue_is_a_fifo_of_any_size():
+    q = GPSQueue(5)
+    assert len(q.contents()) == 0
+    q.push(torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    assert sorted(q.contents()[:, 0].tolist()) == [1, 2, 3]
+    q.push(torch.tensor([[4.0, 4.0], [5.0, 5.0], [6.0, 6.0]]))  # wraps: oldest (1) leaves
+    assert sorted(q.contents()[:, 0].tolist()) == [2, 3, 4, 5, 6]
+    q.push(torch.arange(14.0).reshape(7, 2))  # larger than the queue: keeps the last 5
+    assert sorted(q.contents()[:, 0].tolist()) == [4, 6, 8, 10, 12]
+    empty = GPSQueue(0)
+    empty.push(torch.ones(3, 2))
+    assert len(empty.contents()) == 0
+
+
+def test_learning_is_real(small_config):
+    trainer = Trainer(build(small_config))
+    gallery = trainer.data.gallery
+    val = trainer.data.val["val"].coords
+    # what guessing a random gallery point scores
+    rng = np.random.default_rng(0)
+    from geoloc.geo import haversine_km
+
+    random_guess = np.mean(haversine_km(gallery[rng.integers(len(gallery), size=len(val))], val) <= 2500)
+    first = trainer.run_epoch()
+    for _ in range(3):
+        last = trainer.run_epoch()
+    assert last["train_loss"] < first["train_loss"] - 0.5
+    assert last["acc_2500km"] > random_guess + 0.3, (last["acc_2500km"], random_guess)
+    assert last["acc_2500km"] >= first["acc_2500km"]
+    for t in (1, 25, 200, 750, 2500):
+        assert last[f"acc_{t}km"] <= last[f"ceiling_{t}km"]
+
+
+def test_resume_is_exact(small_config, tmp_path):
+    cfg = build(small_config)
+    straight = train(cfg, tmp_path / "straight")
+
+    cfg.train.epochs = 2
+    train(cfg, tmp_path / "split")
+    cfg.train.epochs = 4
+    resumed = train(cfg, tmp_path / "split", resume=True)
+    assert resumed == {**straight, "train_s": resumed["train_s"], "eval_s": resumed["eval_s"]}
+    lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+
+
+def test_same_seed_same_metrics_and_other_seed_differs(small_config):
+    small_config["train"]["epochs"] = 1
+    a = Trainer(build(small_config)).run_epoch()
+    b = Trainer(build(small_config)).run_epoch()
+    small_config["train"]["seed"] = 1
+    c = Trainer(build(small_config)).run_epoch()
+    assert a["train_loss"] == b["train_loss"] and a["score"] == b["score"]
+    assert a["train_loss"] != c["train_loss"]
+
+
+@pytest.mark.parametrize("target,sigma", [("gps", 25.0), ("embedding", 0.05)])
+def test_noise_changes_training(small_config, target, sigma):
+    small_config["train"]["epochs"] = 1
+    clean = Trainer(build(small_config)).train_one_epoch()
+    small_config["train"]["noise"] = {"target": target, "batch_sigma": sigma, "queue_sigma": sigma}
+    noisy = Trainer(build(small_config)).train_one_epoch()
+    assert noisy["train_loss"] != clean["train_loss"]
+
+
+def test_checkpoint_of_another_model_is_refused(small_config, tmp_path):
+    trainer = Trainer(build(small_config))
+    trainer.save(tmp_path / "c.pt")
+    small_config["model"]["hidden_dim"] = 64
+    other = Trainer(build(small_config))
+    from geoloc.train import CheckpointMismatch
+
+    with pytest.raises(CheckpointMismatch, match="refusing"):
+        other.load(tmp_path / "c.pt")
+
+
+def test_divergence_stops_with_a_reason(small_config):
+    small_config["train"]["lr"] = 1e6  # Adam at this rate blows the logits up
+    small_config["model"]["learn_temperature"] = True
+    trainer = Trainer(build(small_config))
+    with torch.no_grad():
+        trainer.model.image_head[0].weight.fill_(float("nan"))
+    with pytest.raises(DivergenceError, match="diverged"):
+        trainer.train_one_epoch()
+
+
+def test_command_line_run_writes_metrics_events_and_checkpoint(small_config, tmp_path):
+    import yaml
+
+    small_config["train"]["epochs"] = 1
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(small_config))
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "geoloc.train", str(config), "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "checkpoint.pt").exists()
+    assert json.loads((out / "metrics.jsonl").read_text())["epoch"] == 1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    assert {"train/loss", "val/loss", "val/acc_1km", "val/score", "temperature", "lr"} <= set(events.Tags()["scalars"])
