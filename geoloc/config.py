@@ -73,6 +73,10 @@ class DataConfig:
             _at_least(self, "gallery_size", 1, path)
 
 
+WARM_START_ARCHITECTURE = ("rff_scales", "rff_features", "hidden_dim", "depth", "embed_dim", "image_hidden_dim")
+"""ModelConfig fields that must keep their published defaults for ``model.warm_start``."""
+
+
 @dataclass
 class ModelConfig:
     """GeoCLIP's trainable parts; the defaults are the published architecture."""
@@ -93,6 +97,11 @@ class ModelConfig:
     """Initial softmax temperature; logit scale = log(1 / temperature)."""
     learn_temperature: bool = True
     """Learn the logit scale (clamped to at most 100 like CLIP) or keep it fixed."""
+    warm_start: bool = False
+    """Start the image head, location encoder and logit scale from the published GeoCLIP weights
+    (the installed ``geoclip`` package) instead of a random initialisation; ``init_temperature``
+    is then ignored. Needs the published architecture (the defaults above) and 768-d features
+    (CLIP ViT-L/14)."""
 
     def validate(self, path: str) -> None:
         if not self.rff_scales or any(not s > 0 for s in self.rff_scales):
@@ -101,6 +110,12 @@ class ModelConfig:
             _at_least(self, name, 1, path)
         if not 0.01 <= self.init_temperature <= 10:
             raise ConfigError(f"{path}.init_temperature: must lie in [0.01, 10], got {self.init_temperature}")
+        if self.warm_start:
+            published = ModelConfig()
+            changed = [f"{k}={getattr(self, k)} (published {getattr(published, k)})"
+                       for k in WARM_START_ARCHITECTURE if getattr(self, k) != getattr(published, k)]
+            if changed:
+                raise ConfigError(f"{path}.warm_start: needs the published architecture; this model has {', '.join(changed)}")
 
 
 @dataclass
@@ -200,8 +215,6 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def validate(self, path: str) -> None:
-        pass
 
 
 def metric_name(threshold_km: float) -> str:
@@ -275,9 +288,14 @@ def from_dict(cls, data: Any, path: str = ""):
     for f in fields.values():
         if dataclasses.is_dataclass(hints[f.name]) and f.name not in data:
             # defaults of nested sections are validated too (they may be overridden elsewhere)
-            getattr(obj, f.name).validate(_join(path, f.name))
-    obj.validate(path or "<top>")
+            _validate(getattr(obj, f.name), _join(path, f.name))
+    _validate(obj, path or "<top>")
     return obj
+
+
+def _validate(obj, path: str) -> None:
+    if hasattr(obj, "validate"):
+        obj.validate(path)
 
 
 def to_dict(obj) -> dict:
@@ -322,6 +340,10 @@ def _convert(tp, value, path: str):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ConfigError(f"{path}: expected a finite number, got {_describe(value)}")
         return float(value)
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {_describe(value)}")

@@ -28,6 +28,7 @@ from .geo import gps_noise
 from .model import GeoCLIP
 
 CHECKPOINT = "checkpoint.pt"
+WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
 METRICS = "metrics.jsonl"
 
 
@@ -66,7 +67,13 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
-            self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size).to(self.device)
+            self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
+        if cfg.model.warm_start:
+            if self.data.train.feature_dim != WARM_START_FEATURE_DIM:
+                raise ConfigError(f"model.warm_start: needs {WARM_START_FEATURE_DIM}-d features (CLIP ViT-L/14), "
+                                  f"the training cache {self.data.train.path} has {self.data.train.feature_dim}")
+            self.model.load_geoclip_weights()
+        self.model.to(self.device)
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )

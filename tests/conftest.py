@@ -31,3 +31,8 @@ def small_config(offline_root) -> dict:
 
 def build(data: dict) -> RunConfig:
     return from_dict(RunConfig, data)
+
+
+@pytest.fixture(scope="session")
+def offline_root_session(offline_root):
+    return offline_root

@@ -1,0 +1,57 @@
+"""Helpers for tests that run real studies through tune_main.py in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY_STUDY = {
+    "name": "tiny",
+    "description": "test study",
+    "seed": 0,
+    "base": {
+        "data": {"offline": {"n_train": 1500, "n_val": 200, "n_gallery": 1500, "feature_dim": 64, "views": 2}},
+        "model": {"hidden_dim": 64, "depth": 1, "embed_dim": 32, "image_hidden_dim": 64},
+        "train": {"epochs": 3, "batch_size": 128, "queue_size": 128, "lr": 1e-3, "device": "cpu"},
+    },
+    "search_space": {
+        "train.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+        "train.noise.batch_sigma": {"type": "choice", "values": [0.0, 1.0]},
+    },
+    "search": {"algorithm": "tpe", "num_samples": 6, "max_concurrent": 2, "n_startup_trials": 3},
+    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "resources": {"cpu": 1},
+    "failure": {"max_failures": 0},
+}
+
+
+def write_study(path: Path, study: dict, offline_root: str) -> Path:
+    study = json.loads(json.dumps(study))
+    study["base"]["data"]["offline"]["root"] = offline_root
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def tune_main(*args, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env=env, **kwargs)
+
+
+def trial_dirs(study_dir: Path) -> list[Path]:
+    return sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "trial.json").exists())
+
+
+def read_status(trial: Path) -> dict:
+    return json.loads((trial / "status.json").read_text())
+
+
+def read_metrics(trial: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines() if line.strip()]

@@ -1,0 +1,108 @@
+"""The study harness with a real local Ray instance, a real Optuna SQLite storage and real event files."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import optuna
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from geoloc.study import load_study
+from geoloc.tuning import OptunaStudySearcher
+
+from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main, write_study
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, offline_root_session):
+    base = tmp_path_factory.mktemp("tiny")
+    study_file = write_study(base / "tiny.yaml", TINY_STUDY, offline_root_session)
+    proc = tune_main(study_file, "--storage", base / "results", "--no-analysis")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return base / "results" / "tiny", proc
+
+
+def test_every_trial_ran_with_records_in_ray_optuna_and_tensorboard(tiny_study):
+    study_dir, proc = tiny_study
+    trials = trial_dirs(study_dir)
+    assert len(trials) == TINY_STUDY["search"]["num_samples"]
+    statuses = {t.name: read_status(t) for t in trials}
+    assert any(s["status"] == "stopped" and s["epochs"] < 3 for s in statuses.values()), statuses
+    assert any(s["status"] == "finished" and s["epochs"] == 3 for s in statuses.values()), statuses
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ostudy = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in ostudy.trials}
+    assert len(ostudy.trials) == len(trials)
+    for trial in trials:
+        status, metrics = statuses[trial.name], read_metrics(trial)
+        assert [m["epoch"] for m in metrics] == list(range(1, status["epochs"] + 1))
+        assert list(trial.glob("checkpoint_*")), f"{trial.name} has no Ray checkpoint"
+        ot = by_ray_id[trial.name.removeprefix("trial_")]
+        expected_state = {"finished": "COMPLETE", "stopped": "PRUNED"}[status["status"]]
+        assert ot.state.name == expected_state
+        assert ot.intermediate_values == {m["epoch"]: pytest.approx(m["score"]) for m in metrics}
+        if expected_state == "COMPLETE":
+            assert ot.value == pytest.approx(metrics[-1]["score"])
+
+        events = EventAccumulator(str(trial))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"train/loss", "val/loss", "val/acc_1km", "val/acc_2500km", "val/median_km", "val/score", "temperature", "lr"} <= tags
+        assert [e.step for e in events.Scalars("val/score")] == [m["epoch"] for m in metrics]
+        from tensorboard.plugins.hparams import plugin_data_pb2
+
+        hp = events.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["train.lr"].number_value == pytest.approx(ot.params["train.lr"])
+        assert ("_hparams_/session_end_info" in hp) == (status["status"] == "finished")
+    assert "best trial:" in proc.stdout and "tensorboard --logdir" in proc.stdout
+
+
+def test_same_study_and_seed_give_the_same_configurations(tmp_path):
+    study_file = write_study(tmp_path / "s.yaml", TINY_STUDY, str(tmp_path))
+    study = load_study(study_file)
+    suggestions = []
+    for run in range(2):
+        searcher = OptunaStudySearcher(study, tmp_path / f"run{run}", f"sqlite:///{tmp_path / f'run{run}.db'}")
+        suggestions.append([searcher.suggest(f"t{i}")["params"] for i in range(5)])
+    assert suggestions[0] == suggestions[1]
+    assert len({s["train.lr"] for s in suggestions[0]}) == 5
+    other = copy.deepcopy(study)
+    other.seed = 1
+    searcher = OptunaStudySearcher(other, tmp_path / "other", f"sqlite:///{tmp_path / 'other.db'}")
+    assert [searcher.suggest(f"t{i}")["params"] for i in range(5)] != suggestions[0]
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))
+def test_dry_run_of_every_shipped_study(study):
+    proc = tune_main(ROOT / "studies" / study, "--dry-run", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "search space:" in proc.stdout and "trials:" in proc.stdout
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, offline_root_session):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    try:
+        study = copy.deepcopy(TINY_STUDY)
+        study["scheduler"] = {"type": "none"}
+        study["search"]["num_samples"] = 4
+        study_file = write_study(tmp_path / "two.yaml", study, offline_root_session)
+        proc = tune_main(study_file, "--storage", tmp_path / "shared", "--address", cluster.address, "--no-analysis")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    finally:
+        cluster.shutdown()
+    trials = trial_dirs(tmp_path / "shared" / "tiny")
+    assert len(trials) == 4
+    nodes = {read_metrics(t)[-1]["node_id"] for t in trials}
+    assert len(nodes) == 2, nodes
+    for t in trials:
+        assert read_status(t)["status"] == "finished" and list(t.glob("events.out.tfevents.*"))

@@ -1,0 +1,200 @@
+"""The study launcher: validate a study, start or join Ray, run or resume it, say where results are.
+
+    python tune_main.py studies/NAME.yaml [--address ADDR] [--storage PATH] [--resume] [--dry-run]
+                        [--set key.path=value ...] [--num-samples N] [--max-concurrent N] [--no-analysis]
+
+Everything a user can get wrong (study file, data, storage path, resources) is checked before
+any trial starts: exit status 2 and one line naming the key, file or row; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLIReporter) with our columns
+# Trials write their own metrics.jsonl and TensorBoard events (with HParams at the start);
+# Ray's loggers would add a second, differently tagged event file to every trial folder.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+from geoloc.config import ConfigError  # noqa: E402
+from geoloc.data import DataError, load_data  # noqa: E402
+from geoloc.study import StudyConfig, load_study, num_trials, resolved, run_config  # noqa: E402
+
+SHOWN_METRICS = ["epoch", "score", "acc_1km", "acc_2500km", "val_loss"]
+
+
+class UsageError(Exception):
+    """Bad input found before the study starts: exit 2 with this one line."""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("study", help="study file (studies/*.yaml)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join this Ray cluster (default: start a local one)")
+    p.add_argument("--storage", help="storage folder (overrides the study's 'storage'; must be shared on a cluster)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted study: finished trials are kept")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the resolved study without starting Ray")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key, e.g. base.train.epochs=3")
+    p.add_argument("--num-samples", type=int, help="override search.num_samples")
+    p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
+    p.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+    return p.parse_args(argv)
+
+
+def load(args: argparse.Namespace) -> StudyConfig:
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {item}: expected KEY=VALUE, e.g. base.train.epochs=3")
+        overrides[key] = yaml.safe_load(value)
+    if args.num_samples is not None:
+        overrides["search.num_samples"] = args.num_samples
+    if args.max_concurrent is not None:
+        overrides["search.max_concurrent"] = args.max_concurrent
+    if args.storage:
+        overrides["storage"] = args.storage
+    try:
+        return load_study(args.study, overrides)
+    except ConfigError as e:
+        msg = str(e)
+        raise UsageError(msg if msg.startswith(args.study) else f"{args.study}: {msg}") from None
+
+
+def check_storage(study_dir: Path, resume: bool) -> None:
+    """The storage path must be writable, and a finished or running study is not overwritten."""
+    if "://" in str(study_dir):
+        raise UsageError(f"storage: {study_dir}: give a shared folder path (NFS); object stores are not supported")
+    parent = study_dir.parent
+    probe = parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or not probe.is_dir():
+        raise UsageError(f"storage: {parent}: cannot write there")
+    if study_dir.exists() and any(study_dir.iterdir()) and not resume:
+        raise UsageError(f"storage: {study_dir} already holds a study; use --resume to continue it, or --storage elsewhere")
+    if resume and not (study_dir / "optuna.db").exists():
+        raise UsageError(f"--resume: {study_dir} holds no interrupted study to resume")
+
+
+def check_data(study: StudyConfig) -> None:
+    """Open every cache and gallery once in the driver (building the offline benchmark if named)."""
+    try:
+        load_data(study.base.data)
+        run_config(study, {})
+    except (DataError, ConfigError) as e:
+        raise UsageError(f"data: {e}") from None
+
+
+def dry_run(study: StudyConfig, study_dir: Path) -> None:
+    out = resolved(study)
+    print(yaml.safe_dump({"study": out}, sort_keys=False).rstrip())
+    print("\nsearch space:")
+    for p in study.params():
+        shown = p.values if p.type in ("choice", "fixed") else f"[{p.low}, {p.high}]" + (f" step {p.step}" if p.step else "")
+        cond = f"  when {p.when}" if p.when else ""
+        print(f"  {p.name:32s} {p.type:10s} {shown}{cond}")
+    print(f"\ntrials: {num_trials(study)} ({study.search.algorithm}), at most {study.search.max_concurrent} at once; "
+          f"scheduler: {study.scheduler.type}, {study.epochs} epochs max")
+    print(f"resources per trial: {study.resources.cpu:g} CPU, {study.resources.gpu:g} GPU")
+    print(f"results would go to: {study_dir}")
+
+
+def start_ray(study: StudyConfig, address: str | None):
+    import ray
+
+    if address:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+    total = ray.cluster_resources()
+    for kind, need in (("GPU", study.resources.gpu), ("CPU", study.resources.cpu)):
+        if need > total.get(kind, 0):
+            ray.shutdown()
+            raise UsageError(f"resources.{kind.lower()}: a trial asks for {need:g} {kind}, the cluster has {total.get(kind, 0):g}")
+    return ray
+
+
+def summarize(study_dir: Path, results) -> None:
+    trials = []
+    for r in results:
+        if r.metrics and "score" in r.metrics:
+            trials.append((r.metrics["score"], r.metrics, r.config.get("params", {}), Path(r.path).name))
+    trials.sort(key=lambda t: -t[0])
+    print()
+    if not trials:
+        print("no trial reported a result")
+    else:
+        score, metrics, params, name = trials[0]
+        print(f"best trial: {name}  score={score:.4f} after {metrics['epoch']} epochs")
+        for k, v in params.items():
+            print(f"  {k} = {v}")
+        print("  " + "  ".join(f"{k}={metrics[k]:.3f}" for k in metrics if k.startswith("acc_")) + f"  median={metrics['median_km']:.0f} km")
+        print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {'acc_1km':>8s} {'acc_2500km':>10s} {'epochs':>6s}  params")
+        for score, m, p, n in trials[:10]:
+            shown = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in p.items())
+            print(f"  {n:22s} {score:7.4f} {m['acc_1km']:8.3f} {m['acc_2500km']:10.3f} {m['epoch']:6d}  {shown}")
+    print(f"\nresults:      {study_dir}")
+    print(f"optuna:       optuna-dashboard sqlite:///{study_dir / 'optuna.db'}")
+    print(f"tensorboard:  tensorboard --logdir {study_dir}")
+    print(f"analysis:     python -m analysis {study_dir}")
+
+
+def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
+    from ray import tune
+
+    from geoloc.tuning import make_tuner
+
+    ray = start_ray(study, args.address)
+    created = not study_dir.exists()
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "study.yaml").write_text(yaml.safe_dump(resolved(study), sort_keys=False))
+    reporter = tune.CLIReporter(metric_columns=SHOWN_METRICS, max_report_frequency=10, max_progress_rows=20)
+    try:
+        results = make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python tune_main.py {args.study} --resume" + (f" --storage {args.storage}" if args.storage else ""))
+        return 130
+    except BaseException:
+        if created and not any(p.name.startswith("trial_") for p in study_dir.iterdir()):
+            shutil.rmtree(study_dir, ignore_errors=True)  # nothing ran: leave nothing half-written
+        raise
+    finally:
+        ray.shutdown()
+    summarize(study_dir, results)
+    if not args.no_analysis:
+        try:
+            from analysis import analyse
+        except ImportError:
+            return 0
+        out = analyse(study_dir, study_dir / "analysis")
+        print(f"report:       {out['report']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        study = load(args)
+        study_dir = Path(study.storage).expanduser() / study.name
+        if args.dry_run:
+            dry_run(study, study_dir)
+            return 0
+        check_storage(study_dir, args.resume)
+        check_data(study)
+        return run(study, study_dir, args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
