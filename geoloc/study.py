@@ -186,7 +186,7 @@ def load_study(path: str | Path, overrides: dict | None = None) -> StudyConfig:
     if study.search.algorithm == "grid":
         bad = [p.name for p in params if p.type not in ("choice", "fixed")]
         if bad:
-            raise ConfigError(f"search_space.{bad[0]}: grid search needs 'choice' entries, got {params[0].type}")
+            raise ConfigError(f"search_space.{bad[0]}: grid search needs 'choice' entries")
     return study
 
 
@@ -266,7 +266,7 @@ def run_config(study: StudyConfig, sampled: dict) -> RunConfig:
 
 
 def grid(study: StudyConfig) -> dict[str, list]:
-    """Optuna GridSampler's space: every choice, plus train.seed for repeats."""
+    """The grid's axes: every choice entry, plus train.seed for repeats."""
     space = {p.name: p.values for p in study.params() if p.type == "choice"}
     if study.search.repeats > 1 and "train.seed" not in space:
         space["train.seed"] = list(range(study.search.repeats))

@@ -14,6 +14,7 @@ written at the start, and Ray's checkpoints.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -78,12 +79,11 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
     if own.exists() and torch_epoch(own) > trainer.epoch:
         trainer.load(own)
     _truncate_metrics(trial_dir / METRICS, trainer.epoch)
-    write_json(trial_dir / STATUS, {"status": "running", "epochs": trainer.epoch, "max_epochs": cfg.train.epochs, "reason": None})
-
-    if trainer.epoch >= cfg.train.epochs:  # finished before the driver died: report it once more
-        last = _last_metrics(trial_dir / METRICS)
-        tune.report(last)
+    if read_json(trial_dir / STATUS).get("status") in ("finished", "stopped") and trainer.epoch > 0:
+        # It ended before the driver died, after Ray's last snapshot: report its end again, train nothing.
+        tune.report(_last_metrics(trial_dir / METRICS))
         return
+    write_json(trial_dir / STATUS, {"status": "running", "epochs": trainer.epoch, "max_epochs": cfg.train.epochs, "reason": None, "pid": os.getpid()})
 
     logger = EventLogger(trial_dir, {**params, "trial": trial_dir.name})
     node = {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()[:12]}
@@ -132,9 +132,9 @@ def make_sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
     algo, seed = study.search.algorithm, study.seed
     if algo == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=study.search.n_startup_trials)
-    if algo == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.GridSampler(grid(study), seed=seed)
+    # grid: the cells are enqueued in order (see OptunaStudySearcher); Optuna's GridSampler is not
+    # used because it calls Study.stop() when the grid is exhausted, which fails outside optimize().
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def sample(trial: optuna.Trial, study: StudyConfig) -> dict:
@@ -166,8 +166,13 @@ class OptunaStudySearcher(Searcher):
             study_name=study.name, storage=storage_url, direction="maximize", sampler=make_sampler(study), load_if_exists=True
         )
         self.live: dict[str, optuna.Trial] = {}  # Ray trial id -> Optuna trial
-        if study.search.enqueue_base and not self.optuna.trials:
-            self.optuna.enqueue_trial(_base_values(study))
+        if not self.optuna.trials:
+            if study.search.enqueue_base:
+                self.optuna.enqueue_trial(_base_values(study))
+            if study.search.algorithm == "grid":
+                space = grid(study)
+                for cell in itertools.product(*space.values()):
+                    self.optuna.enqueue_trial(dict(zip(space, cell)))
 
     def __getstate__(self) -> dict:
         # Ray pickles the searcher with the experiment; the Optuna study is re-opened from its storage.

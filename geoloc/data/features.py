@@ -342,12 +342,14 @@ def extract(
     shard_size: int = SHARD_SIZE,
     columns: dict | None = None,
     progress: bool = False,
+    stats: dict | None = None,
     _stop_after_shards: int | None = None,
 ) -> Path:
     """Extract features of every image of ``csv`` into the cache ``out``; returns ``out``.
 
     ``views`` is K, the augmented views per training image (default 4; the cache holds K + 1);
-    ``eval`` caches the 10 TenCrop views instead. ``_stop_after_shards`` (tests only) raises KeyboardInterrupt after that many shards are
+    ``eval`` caches the 10 TenCrop views instead. ``stats``, when given, receives the images
+    extracted by this call, the seconds it took and the worker count. ``_stop_after_shards`` (tests only) raises KeyboardInterrupt after that many shards are
     written in this call, as a kill would.
     """
     out = Path(out).expanduser()
@@ -364,8 +366,8 @@ def extract(
     if not 0 <= max_missing <= 1:
         raise DataError(f"--max-missing: must lie in [0, 1], got {max_missing}")
     weights = _weights_id(pretrained, checkpoint, seed)
-    resolve_backbone(model, pretrained, checkpoint, quick_gelu)  # bad names fail before any work
     dataset = read_dataset(csv, images, **(columns or {}))
+    resolve_backbone(model, pretrained, checkpoint, quick_gelu)  # bad names fail before any work
     torch_device = pick_device(device)
     precision = pick_precision(precision, torch_device)
     kind = "eval" if eval else "train"
@@ -418,13 +420,15 @@ def extract(
     if progress and len(todo) < n_shards:
         print(f"resuming: {n_shards - len(todo)} of {n_shards} shards already in {work}")
 
-    stats = _run_shards(dataset, backbone, view_maker, work, todo, shard_size, batch_size,
+    run = _run_shards(dataset, backbone, view_maker, work, todo, shard_size, batch_size,
                         default_workers() if workers is None else workers, torch_device, precision, progress,
                         _stop_after_shards)
-    if progress and stats["images"]:
-        print(f"extracted {stats['images']} images x {n_views} views in {stats['seconds']:.1f} s: "
-              f"{stats['images'] / stats['seconds']:.1f} images/s ({backbone.name}, batch {batch_size}, "
-              f"{stats['workers']} workers, {torch_device.type} {precision})")
+    if stats is not None:
+        stats.update(run)
+    if progress and run["images"]:
+        print(f"extracted {run['images']} images x {n_views} views in {run['seconds']:.1f} s: "
+              f"{run['images'] / run['seconds']:.1f} images/s ({backbone.name}, batch {batch_size}, "
+              f"{run['workers']} workers, {torch_device.type} {precision})")
 
     # Assemble: every row that failed (missing or unreadable) is listed and left out.
     failed: list[tuple[int, str]] = []

@@ -1,0 +1,267 @@
+"""The report's figures, as PNG files drawn by matplotlib's Agg canvas.
+
+Figures are built as ``Figure`` objects on an Agg canvas rather than through pyplot: no display
+is needed on a cluster node, and a launcher or notebook that calls ``analyse()`` keeps its own
+backend and pyplot state untouched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.cm
+import matplotlib.colors
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from .importance import Importance
+from .load import NOISE_PARAM, Study, threshold_km
+from .tables import MAX_LEVELS, fmt_value, levels, slug
+from .tradeoff import pareto_mask
+
+DPI = 110
+CMAP = "viridis"
+
+
+def _figure(nrows: int, ncols: int, figsize) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
+    if tight:
+        fig.tight_layout()
+        fig.savefig(path, dpi=DPI)
+    else:  # figures with a colorbar spanning several axes: tight_layout cannot place it
+        fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def _colour_key(study: Study) -> tuple[str | None, pd.Series]:
+    """Colour trials by noise sigma (the thesis's question) when it is a number, else one colour."""
+    if NOISE_PARAM in study.params and study.param_kinds.get(NOISE_PARAM) in ("int", "float"):
+        return NOISE_PARAM, pd.to_numeric(study.trials.set_index("trial_id")[NOISE_PARAM], errors="coerce")
+    return None, pd.Series(0.0, index=study.trials["trial_id"])
+
+
+def _norm(values: pd.Series):
+    lo, hi = np.nanmin(values.to_numpy(float)), np.nanmax(values.to_numpy(float))
+    return matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
+
+
+def loss_vs_fine(study: Study, out: Path, which: str = "final") -> Path | None:
+    """Each loss against acc_1km, one dot per trial coloured by sigma, with that pair's Pareto front."""
+    fine = study.accuracies[0] if study.accuracies else None
+    losses = [loss for loss in ("train_loss", "val_loss") if loss in study.metrics]
+    used = study.counted()
+    if fine is None or not losses or not len(used):
+        return None
+    key, colour = _colour_key(study)
+    norm = _norm(colour)
+    fig, axes = _figure(1, len(losses), (5.5 * len(losses), 4.5))
+    for ax, loss in zip(axes[0], losses):
+        part = used.dropna(subset=[f"{which}_{loss}", f"{which}_{fine}"])
+        x, y = part[f"{which}_{loss}"].astype(float), part[f"{which}_{fine}"].astype(float)
+        dots = ax.scatter(x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=norm, s=45, edgecolors="k", linewidths=0.4)
+        for xi, yi, number in zip(x, y, part["number"]):
+            ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if len(part):
+            on = pareto_mask(pd.DataFrame({loss: x, fine: y}), {loss: "min", fine: "max"})
+            front = part[on].sort_values(f"{which}_{loss}")
+            ax.step(front[f"{which}_{loss}"], front[f"{which}_{fine}"], where="post", color="crimson", lw=1.5, label="Pareto front")
+            ax.legend(loc="best", fontsize=8)
+        ax.set_xlabel(f"{which} {loss}")
+        ax.set_ylabel(f"{which} {fine}")
+        ax.grid(alpha=0.3)
+    if key:
+        fig.colorbar(dots, ax=axes[0].tolist(), label=key)
+        fig.suptitle(f"loss versus {fine}, coloured by {key}")
+    else:
+        fig.suptitle(f"loss versus {fine}")
+    return _save(fig, out / "loss_vs_acc.png", tight=False)
+
+
+def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: int = 5) -> Path | None:
+    """The best trials by score: accuracy against threshold, the gallery ceiling dashed."""
+    accs = study.accuracies
+    used = study.counted()
+    if not accs or f"{which}_score" not in used or not len(used):
+        return None
+    best = used.dropna(subset=[f"{which}_score"]).nlargest(top, f"{which}_score")
+    x = [threshold_km(a) for a in accs]
+    ceilings = [m for m in study.metrics if m.startswith("ceiling_")]
+    fig, axes = _figure(1, 1, (7, 4.5))
+    ax = axes[0, 0]
+    tab10 = matplotlib.colormaps["tab10"]
+    for i, trial in enumerate(best.to_dict("records")):
+        colour = tab10(i % 10)
+        ax.plot(x, [trial[f"{which}_{a}"] for a in accs], "o-", color=colour,
+                label=f"#{trial['number']} (score {trial[f'{which}_score']:.3f})")
+        ceil = {threshold_km(c): trial.get(f"final_{c}") for c in ceilings}
+        ys = [ceil.get(t, np.nan) for t in x]
+        if not np.all(pd.isna(ys)):
+            ax.plot(x, ys, "--", color=colour, alpha=0.6, lw=1)
+    if ceilings:
+        ax.plot([], [], "--", color="grey", label="gallery ceiling")
+    ax.set_xscale("log")
+    ax.set_xticks(x, [f"{t:g} km" for t in x])
+    ax.set_xlabel("threshold")
+    ax.set_ylabel(f"{which} accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.minorticks_off()
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"accuracy against threshold, best {len(best)} trials by score")
+    return _save(fig, out / "accuracy_vs_threshold.png")
+
+
+def learning_curves(study: Study, out: Path) -> Path | None:
+    """Losses and acc_1km per epoch for every trial; an x where ASHA stopped a trial."""
+    panels = [m for m in ("train_loss", "val_loss") if m in study.metrics] + study.accuracies[:1]
+    if not panels or not len(study.epochs):
+        return None
+    key, colour = _colour_key(study)
+    norm = _norm(colour)
+    cmap = matplotlib.colormaps[CMAP]
+    fig, axes = _figure(1, len(panels), (5 * len(panels), 4.2))
+    status = study.trials.set_index("trial_id")["status"]
+    for ax, metric in zip(axes[0], panels):
+        for trial_id, curve in study.epochs.groupby("trial_id", sort=False):
+            c = cmap(norm(colour.get(trial_id, 0.0)))
+            style = ":" if status[trial_id] == "running" else "-"
+            y = pd.to_numeric(curve[metric], errors="coerce")
+            ax.plot(curve["epoch"], y, style, color=c, lw=1.2, alpha=0.85)
+            if status[trial_id] == "stopped":
+                ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "x", color="k", ms=7, mew=1.5)
+            elif status[trial_id] == "errored":
+                ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "o", mfc="none", color="crimson", ms=7)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], ls="", marker="x", color="k", label="stopped by ASHA"),
+               Line2D([], [], ls="", marker="o", mfc="none", color="crimson", label="errored"),
+               Line2D([], [], ls=":", color="grey", label="running")]
+    axes[0][-1].legend(handles=handles, fontsize=8)
+    if key:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=key)
+    return _save(fig, out / "learning_curves.png", tight=False)
+
+
+def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") -> Path | None:
+    """Every accuracy and the score against one hyperparameter: a dot per trial, the mean per value."""
+    metrics = study.accuracies + (["score"] if "score" in study.metrics else [])
+    used = study.counted()
+    if not metrics or not len(used):
+        return None
+    kind = study.param_kinds.get(param, "categorical")
+    numeric = kind in ("int", "float")
+    if numeric:
+        x = pd.to_numeric(used[param], errors="coerce")
+    else:
+        level, _ = levels(used[param], kind)
+        x = pd.Series(level.cat.codes, index=used.index).astype(float)
+    cols = min(3, len(metrics))
+    rows = -(-len(metrics) // cols)
+    fig, axes = _figure(rows, cols, (4.2 * cols, 3.4 * rows))
+    for ax, metric in zip(axes.flat, metrics):
+        y = pd.to_numeric(used[f"{which}_{metric}"], errors="coerce")
+        ax.scatter(x, y, s=25, alpha=0.8, edgecolors="k", linewidths=0.3)
+        means = y.groupby(x).mean()
+        if len(means) <= MAX_LEVELS:  # for a continuous param the per-value mean is just the dots again
+            ax.plot(means.index, means.to_numpy(), "-", color="crimson", lw=1.2, label="mean")
+        if numeric and kind == "float" and x.min() > 0 and x.max() / x.min() >= 100:
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(level.cat.categories)), level.cat.categories, rotation=30, fontsize=8)
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"{which} {metric}")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"{which} metrics against {param} (one dot per finished or stopped trial)")
+    return _save(fig, out / f"metrics_vs_{slug(param)}.png")
+
+
+def parallel_coordinates(study: Study, out: Path, which: str = "final") -> Path | None:
+    """One line per trial through its varied hyperparameters (each scaled to 0..1) and its score."""
+    used = study.counted().dropna(subset=[f"{which}_score"]) if f"{which}_score" in study.counted() else None
+    if used is None or not len(used) or not study.varied:
+        return None
+    axes_names = study.varied + ["score"]
+    scaled, ticks = [], []
+    for name in axes_names:
+        if name == "score":
+            values = used[f"{which}_score"].astype(float)
+        elif study.param_kinds.get(name) in ("int", "float"):
+            values = pd.to_numeric(used[name], errors="coerce")
+            if study.param_kinds[name] == "float" and values.min() > 0 and values.max() / values.min() >= 100:
+                values = np.log10(values)  # log-sampled params would crowd at one end
+        else:
+            level, _ = levels(used[name], "categorical")
+            values = pd.Series(level.cat.codes, index=used.index).astype(float)
+        lo, hi = values.min(), values.max()
+        scaled.append(((values - lo) / (hi - lo)).fillna(0.5).to_numpy() if hi > lo else np.full(len(values), 0.5))
+        raw = used[f"{which}_score"] if name == "score" else used[name]
+        ticks.append((fmt_value(_pick(raw, "min")), fmt_value(_pick(raw, "max"))))
+    data = np.column_stack(scaled)
+    score = used[f"{which}_score"].astype(float).to_numpy()
+    fig, axes = _figure(1, 1, (max(6, 1.8 * len(axes_names)), 4.5))
+    ax = axes[0, 0]
+    segments = [np.column_stack([np.arange(len(axes_names)), row]) for row in data]
+    norm = matplotlib.colors.Normalize(vmin=score.min(), vmax=score.max() if score.max() > score.min() else score.min() + 1)
+    lines = LineCollection(segments, cmap=CMAP, norm=norm, linewidths=1.4, alpha=0.85)
+    lines.set_array(score)
+    ax.add_collection(lines)
+    for i, (lo, hi) in enumerate(ticks):
+        ax.axvline(i, color="k", lw=0.8)
+        ax.annotate(lo, (i, -0.04), ha="center", va="top", fontsize=7)
+        ax.annotate(hi, (i, 1.04), ha="center", va="bottom", fontsize=7)
+    ax.set_xlim(-0.3, len(axes_names) - 0.7)
+    ax.set_ylim(-0.15, 1.15)
+    ax.set_xticks(range(len(axes_names)), axes_names, rotation=20, fontsize=8)
+    ax.set_yticks([])
+    fig.colorbar(lines, ax=ax, label=f"{which} score")
+    ax.set_title("parallel coordinates (each axis scaled to its range)")
+    return _save(fig, out / "parallel_coordinates.png")
+
+
+def _pick(values: pd.Series, how: str):
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().all():
+        return getattr(numeric, how)()
+    labels = sorted(map(str, values))
+    return labels[0] if how == "min" else labels[-1]
+
+
+def importance_bars(result: Importance, out: Path) -> Path | None:
+    if not len(result.table):
+        return None
+    targets = list(dict.fromkeys(result.table["target"]))
+    fig, axes = _figure(1, len(targets), (5.5 * len(targets), 0.5 * result.table["param"].nunique() + 2.2))
+    for ax, target in zip(axes[0], targets):
+        part = result.table[result.table["target"] == target].sort_values("importance")
+        ax.barh(part["param"], part["importance"], color="steelblue")
+        ax.set_xlabel(f"{result.evaluator} importance")
+        ax.set_title(target)
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3, axis="x")
+    return _save(fig, out / "importance.png")
+
+
+def all_plots(study: Study, importance: Importance, out: Path, which: str = "final") -> dict[str, Path]:
+    made = {
+        "loss_vs_acc": loss_vs_fine(study, out, which),
+        "accuracy_vs_threshold": accuracy_vs_threshold(study, out, which),
+        "learning_curves": learning_curves(study, out),
+        **{f"metrics_vs_{slug(p)}": metrics_vs_param(study, p, out, which) for p in study.varied},
+        "parallel_coordinates": parallel_coordinates(study, out, which),
+        "importance": importance_bars(importance, out),
+    }
+    return {name: path for name, path in made.items() if path is not None}

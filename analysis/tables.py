@@ -1,0 +1,243 @@
+"""Ablation tables: one row per value of a hyperparameter, mean ± std (n) of each metric.
+
+One set of numbers, three renderings: CSV keeps raw fractions for machines; Markdown and LaTeX
+show accuracies and score in percent (how GeoCLIP results are published) with the best cell of
+each column in bold, so a table can go straight into a thesis.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .load import Study, direction
+
+MAX_LEVELS = 6  # a numeric parameter with more distinct values than this is binned
+MIN_RUNS = 3  # cells with fewer runs get a warning: their std means little
+
+
+@dataclass
+class Ablation:
+    param: str
+    binned: bool
+    columns: list[str]  # metric keys, in table order
+    cells: pd.DataFrame  # one row per level: value, n, <m>_mean, <m>_std, <m>_n, <m>_best
+    caption: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def slug(name: str) -> str:
+    """A parameter name as a file-name part: train.noise.batch_sigma -> train_noise_batch_sigma."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+
+
+def fmt_value(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "(unset)"
+    if isinstance(value, (float, np.floating)):
+        return f"{value:g}"
+    return str(value)
+
+
+def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool]:
+    """Each value's level label, as an ordered categorical; True when numeric values were binned.
+
+    Bins are quantile bins labelled by the smallest and largest member ("[1e-05, 3e-05]"), so a
+    label never claims a range that no trial sampled.
+    """
+    if kind in ("int", "float"):
+        numeric = pd.to_numeric(values, errors="coerce")
+        distinct = numeric.dropna().unique()
+        if len(distinct) > MAX_LEVELS:
+            codes = pd.qcut(numeric, q=bins, labels=False, duplicates="drop")
+            labels = pd.Series(index=values.index, dtype=object)
+            order = []
+            for code in sorted(codes.dropna().unique()):
+                members = numeric[codes == code]
+                label = f"[{members.min():g}, {members.max():g}]"
+                labels[codes == code] = label
+                order.append(label)
+            labels[codes.isna()] = "(unset)"
+            if codes.isna().any():
+                order.append("(unset)")
+            order = list(dict.fromkeys(order))
+            return pd.Series(pd.Categorical(labels, categories=order, ordered=True), index=values.index), True
+        # Values that print alike (6 significant digits) share a row rather than show two equal labels.
+        labels = list(dict.fromkeys(fmt_value(v) for v in sorted(distinct)))
+        mapped = [fmt_value(v) if not pd.isna(v) else "(unset)" for v in numeric]
+        if numeric.isna().any():
+            labels.append("(unset)")
+        return pd.Series(pd.Categorical(mapped, categories=labels, ordered=True), index=values.index), False
+    mapped = [fmt_value(v) for v in values]
+    order = sorted(set(mapped), key=lambda s: (s == "(unset)", s))
+    return pd.Series(pd.Categorical(mapped, categories=order, ordered=True), index=values.index), False
+
+
+def table_metrics(study: Study) -> list[str]:
+    """Accuracies finest first, then median_km and score: the columns of every ablation table."""
+    tail = [m for m in ("median_km", "score") if m in study.metrics]
+    return study.accuracies + tail
+
+
+def counted_caption(study: Study, which: str | None) -> str:
+    """Which trials and values a table uses; which=None for tables built from whole epoch curves."""
+    counts = study.trials["status"].value_counts()
+    used = study.counted()
+    left_out = len(study.trials) - len(used)
+    what = "epoch curves" if which is None else f"{which}-epoch metrics"
+    return (
+        f"{what} of the {len(used)} trials that finished ({counts.get('finished', 0)}) "
+        f"or were stopped early by ASHA ({counts.get('stopped', 0)}); "
+        f"{left_out} running or errored trial(s) left out"
+    )
+
+
+def ablation(study: Study, param: str, which: str = "final", bins: int = 4) -> Ablation:
+    used = study.counted()
+    columns = table_metrics(study)
+    level, binned = levels(used[param], study.param_kinds.get(param, "categorical"), bins)
+    rows = []
+    for label in level.cat.categories:
+        members = used[level == label]
+        if not len(members):
+            continue
+        row = {"value": label, "n": len(members)}
+        for m in columns:
+            values = pd.to_numeric(members[f"{which}_{m}"], errors="coerce").dropna()
+            row[f"{m}_mean"] = values.mean() if len(values) else math.nan
+            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+            row[f"{m}_n"] = len(values)
+        rows.append(row)
+    cells = pd.DataFrame(rows, columns=["value", "n"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")])
+    for m in columns:
+        means = cells[f"{m}_mean"]
+        best = means.max() if direction(m) == "max" else means.min()
+        cells[f"{m}_best"] = np.isclose(means, best, rtol=0, atol=1e-12) if means.notna().any() else False
+
+    caption = (
+        f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over trials, "
+        f"{counted_caption(study, which)}. Accuracies and score in %, median_km in km; "
+        f"n = trials per row; best value per column in bold."
+    )
+    thin = [f"{r.value} (n={r.n})" for r in cells.itertuples() if r.n < MIN_RUNS]
+    warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} runs in {', '.join(thin)}"] if thin else []
+    return Ablation(param, binned, columns, cells, caption, warnings)
+
+
+# --- rendering -------------------------------------------------------------------------------
+
+
+def _is_fraction(metric: str) -> bool:
+    return direction(metric) == "max"  # accuracies and score are fractions 0..1
+
+
+def cell_text(mean: float, std: float, metric: str) -> str:
+    if pd.isna(mean):
+        return "–"
+    scale, digits = (100.0, 2) if _is_fraction(metric) else (1.0, 1)
+    text = f"{mean * scale:.{digits}f}"
+    if not pd.isna(std):
+        text += f" ± {std * scale:.{digits}f}"
+    return text
+
+
+def _display(ab: Ablation, bold, escape) -> pd.DataFrame:
+    out = pd.DataFrame({escape(ab.param): [escape(str(v)) for v in ab.cells["value"]], "n": ab.cells["n"].astype(str)})
+    for m in ab.columns:
+        texts = []
+        for _, r in ab.cells.iterrows():
+            text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m)
+            if r[f"{m}_n"] != r["n"]:
+                text += f" (n={r[f'{m}_n']})"
+            texts.append(bold(escape(text)) if r[f"{m}_best"] else escape(text))
+        out[escape(m)] = texts
+    return out
+
+
+def to_markdown(ab: Ablation) -> str:
+    table = _display(ab, bold=lambda s: f"**{s}**", escape=lambda s: s)
+    lines = [f"*{ab.caption}*", "", markdown(table)]
+    lines += [""] + ab.warnings if ab.warnings else []
+    return "\n".join(lines) + "\n"
+
+
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
+          "≥": r"$\geq$", "ρ": r"$\rho$", "≤": r"$\leq$", "–": "--", "−": "$-$",
+          # A cell starting with "[" right after \\ or \midrule would be read as their optional argument.
+          "[": "{[}", "]": "{]}"}
+
+
+def latex_escape(text: str) -> str:
+    # One pass, so the backslashes it adds are never escaped again.
+    return re.sub(r"[\\&%$#_{}~^±≥≤–−ρ\[\]]", lambda m: _LATEX[m.group()], text)
+
+
+def to_latex(ab: Ablation) -> str:
+    return dataframe_to_latex(
+        _display(ab, bold=lambda s: rf"\textbf{{{s}}}", escape=latex_escape),
+        caption=ab.caption,
+        label=f"tab:ablation-{slug(ab.param).replace('_', '-')}",
+        comments=ab.warnings,
+    )
+
+
+def dataframe_to_latex(table: pd.DataFrame, caption: str, label: str, comments=()) -> str:
+    """A booktabs table (pandas Styler, hrules=True); cells must already be LaTeX-safe."""
+    styler = table.style.hide(axis="index")
+    body = styler.to_latex(
+        hrules=True,
+        column_format="l" + "r" * (table.shape[1] - 1),
+        caption=latex_escape(caption),
+        label=label,
+        position_float="centering",
+    )
+    head = "".join(f"% {c}\n" for c in comments)
+    return head + body
+
+
+def to_csv(ab: Ablation) -> pd.DataFrame:
+    return ab.cells.assign(param=ab.param)[["param"] + list(ab.cells.columns)]
+
+
+def write(ab: Ablation, out_dir: Path, formats) -> dict[str, Path]:
+    """Write the table in each format; returns {format: path}."""
+    base = out_dir / f"ablation_{slug(ab.param)}"
+    paths = {}
+    if "csv" in formats:
+        paths["csv"] = base.with_suffix(".csv")
+        to_csv(ab).to_csv(paths["csv"], index=False)
+    if "md" in formats:
+        paths["md"] = base.with_suffix(".md")
+        paths["md"].write_text(to_markdown(ab), encoding="utf-8")
+    if "tex" in formats:
+        paths["tex"] = base.with_suffix(".tex")
+        paths["tex"].write_text(to_latex(ab), encoding="utf-8")
+    return paths
+
+
+def write_table(numeric: pd.DataFrame, display: pd.DataFrame, out_dir: Path, name: str, caption: str, formats) -> dict[str, Path]:
+    """Any other table: CSV from the numbers, Markdown and LaTeX from the display strings."""
+    paths = {}
+    if "csv" in formats:
+        paths["csv"] = out_dir / f"{name}.csv"
+        numeric.to_csv(paths["csv"], index=False)
+    if "md" in formats:
+        paths["md"] = out_dir / f"{name}.md"
+        paths["md"].write_text(f"*{caption}*\n\n{markdown(display)}\n", encoding="utf-8")
+    if "tex" in formats:
+        paths["tex"] = out_dir / f"{name}.tex"
+        escaped = display.rename(columns=latex_escape).map(lambda v: latex_escape(str(v)))
+        paths["tex"].write_text(dataframe_to_latex(escaped, caption, f"tab:{name.replace('_', '-')}"), encoding="utf-8")
+    return paths
+
+
+def markdown(display: pd.DataFrame) -> str:
+    if not len(display):
+        return "(no rows)"
+    return display.to_markdown(index=False, disable_numparse=True)

@@ -1,0 +1,216 @@
+"""The loss-versus-1 km question: does a lower loss buy fine accuracy, or only coarse accuracy?
+
+Four views of it: rank correlations across trials (with bootstrap intervals, because a sweep
+has few trials), "divergence epochs" within each trial (loss fell while acc_1km fell), Pareto
+fronts of the conflicting objectives, and the gallery ceiling (a flat acc_1km may just be the
+gallery having no point within 1 km of many validation images).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from .load import NOISE_PARAM, Study, threshold_km
+from .tables import levels
+
+LOSSES = ("train_loss", "val_loss")
+N_BOOT = 5000
+SEED = 0  # fixed: the same study gives the same intervals every time
+
+
+def strength(rho: float) -> str:
+    """Conventional labels for |rho|, used in the report's sentences."""
+    if pd.isna(rho):
+        return "undefined"
+    a = abs(rho)
+    return "negligible" if a < 0.1 else "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong" if a < 0.7 else "very strong"
+
+
+def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95):
+    """Spearman rho with a percentile bootstrap interval over trials (resampling pairs).
+
+    Hand-made rather than scipy.stats.bootstrap: vectorised over resamples (milliseconds), and
+    resamples where one side is constant (rho undefined) are dropped instead of poisoning the
+    interval, which matters with the small n of a sweep.
+    """
+    n = len(x)
+    if n < 3:
+        return math.nan, math.nan, math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: rho is NaN, which we report as such
+        result = stats.spearmanr(x, y)
+    rho, p = float(result.statistic), float(result.pvalue)
+    if math.isnan(rho):
+        return rho, p, math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    rx = stats.rankdata(x[idx], axis=1)
+    ry = stats.rankdata(y[idx], axis=1)
+    rx -= rx.mean(axis=1, keepdims=True)
+    ry -= ry.mean(axis=1, keepdims=True)
+    den = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
+    valid = den > 1e-12
+    if not valid.any():
+        return rho, p, math.nan, math.nan
+    boot = np.clip((rx * ry).sum(axis=1)[valid] / den[valid], -1.0, 1.0)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(boot, [tail, 100 - tail])
+    return rho, p, float(lo), float(hi)
+
+
+def loss_vs_accuracy(study: Study, which: str = "final") -> pd.DataFrame:
+    """One row per (loss, accuracy): n, rho, p, 95% interval, whether the interval excludes 0."""
+    used = study.counted()
+    rows = []
+    for loss in LOSSES:
+        if loss not in study.metrics:
+            continue
+        for acc in study.accuracies:
+            pair = used[[f"{which}_{loss}", f"{which}_{acc}"]].apply(pd.to_numeric, errors="coerce").dropna()
+            x, y = pair.iloc[:, 0].to_numpy(float), pair.iloc[:, 1].to_numpy(float)
+            rho, p, lo, hi = spearman_ci(x, y)
+            rows.append({
+                "loss": loss, "metric": acc, "n": len(pair), "rho": rho, "p_value": p,
+                "ci_low": lo, "ci_high": hi,
+                "excludes_zero": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
+                "strength": strength(rho),
+            })
+    return pd.DataFrame(rows, columns=["loss", "metric", "n", "rho", "p_value", "ci_low", "ci_high", "excludes_zero", "strength"])
+
+
+# --- within trials ---------------------------------------------------------------------------
+
+
+def divergence(study: Study, fine: str = "acc_1km") -> pd.DataFrame:
+    """Per counted trial and loss: the epochs e > 1 where the loss fell versus e-1 while `fine` fell too."""
+    used = study.counted()
+    rows = []
+    for loss in LOSSES:
+        if loss not in study.metrics or fine not in study.metrics:
+            continue
+        for trial in used.itertuples():
+            curve = study.epochs[study.epochs["trial_id"] == trial.trial_id].set_index("epoch").sort_index()
+            lv = pd.to_numeric(curve[loss], errors="coerce")
+            av = pd.to_numeric(curve[fine], errors="coerce")
+            hits = [
+                int(e) for e in curve.index
+                if e > 1 and (e - 1) in curve.index and lv[e] < lv[e - 1] and av[e] < av[e - 1]
+            ]
+            rows.append({
+                "number": trial.number, "trial_id": trial.trial_id, "loss": loss, "epochs_run": len(curve),
+                "diverges": bool(hits), "first_epoch": hits[0] if hits else pd.NA,
+                "divergence_epochs": ";".join(map(str, hits)),
+            })
+    out = pd.DataFrame(rows, columns=["number", "trial_id", "loss", "epochs_run", "diverges", "first_epoch", "divergence_epochs"])
+    out["first_epoch"] = out["first_epoch"].astype("Int64")
+    return out
+
+
+def divergence_summary(study: Study, per_trial: pd.DataFrame, bins: int = 4) -> pd.DataFrame:
+    """Share of trials with divergence epochs, overall, then split by noise sigma, then by each other varied param.
+
+    Only trials with at least two epochs can show it, so only they are counted in n.
+    """
+    split_by = ([NOISE_PARAM] if NOISE_PARAM in study.params else []) + [p for p in study.varied if p != NOISE_PARAM]
+    able = per_trial[per_trial["epochs_run"] >= 2]
+    used = study.counted().set_index("trial_id")
+    rows = []
+
+    def summarise(param, value, part):
+        for loss, group in part.groupby("loss", sort=False):
+            firsts = group["first_epoch"].dropna()
+            rows.append({
+                "param": param, "value": value, "loss": loss, "n": len(group), "n_diverging": int(group["diverges"].sum()),
+                "share": group["diverges"].mean() if len(group) else math.nan,
+                "first_epoch_min": int(firsts.min()) if len(firsts) else pd.NA,
+                "first_epoch_median": float(firsts.median()) if len(firsts) else math.nan,
+            })
+
+    summarise("(all)", "(all)", able)
+    for param in split_by:
+        level, _ = levels(used[param], study.param_kinds.get(param, "categorical"), bins)
+        label = able["trial_id"].map(level)
+        for value in level.cat.categories:
+            part = able[label == value]
+            if len(part):
+                summarise(param, value, part)
+    out = pd.DataFrame(rows, columns=["param", "value", "loss", "n", "n_diverging", "share", "first_epoch_min", "first_epoch_median"])
+    out["first_epoch_min"] = out["first_epoch_min"].astype("Int64")
+    return out
+
+
+# --- Pareto fronts ---------------------------------------------------------------------------
+
+
+def fronts(study: Study, which: str = "final") -> dict[str, dict[str, str]]:
+    """The fronts this study reports: {name: {metric: "max"|"min"}}; finest/coarsest accuracy by threshold."""
+    accs = study.accuracies
+    out = {}
+    if len(accs) >= 2:
+        out[f"{accs[0]}_vs_{accs[-1]}"] = {accs[0]: "max", accs[-1]: "max"}
+    if accs and "val_loss" in study.metrics:
+        out[f"val_loss_vs_{accs[0]}"] = {"val_loss": "min", accs[0]: "max"}
+    return out
+
+
+def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
+    """True for rows no other row dominates (at least as good in every objective, better in one)."""
+    signed = np.column_stack([values[m].to_numpy(float) * (1 if how == "max" else -1) for m, how in objectives.items()])
+    keep = np.ones(len(signed), dtype=bool)
+    for i in range(len(signed)):
+        others = np.delete(signed, i, axis=0)
+        dominated = np.all(others >= signed[i], axis=1) & np.any(others > signed[i], axis=1)
+        keep[i] = not dominated.any()
+    return keep
+
+
+def pareto(study: Study, which: str = "final") -> pd.DataFrame:
+    """Every trial on each front: front, number, trial_id, all fronts' objectives, score, the varied params."""
+    used = study.counted()
+    all_fronts = fronts(study, which)
+    shown = list(dict.fromkeys(m for objectives in all_fronts.values() for m in objectives))
+    shown += ["score"] if "score" in study.metrics and "score" not in shown else []
+    rows = []
+    for name, objectives in all_fronts.items():
+        cols = [f"{which}_{m}" for m in objectives]
+        part = used.dropna(subset=cols)
+        if not len(part):
+            continue
+        values = part[cols].rename(columns=lambda c: c[len(which) + 1:])
+        on = part[pareto_mask(values, objectives)]
+        first = next(iter(objectives))
+        on = on.sort_values(f"{which}_{first}", ascending=objectives[first] == "min")
+        for trial in on.to_dict("records"):
+            row = {"front": name, "number": trial["number"], "trial_id": trial["trial_id"]}
+            row.update({m: trial[f"{which}_{m}"] for m in shown})
+            row.update({p: trial[p] for p in study.varied})
+            rows.append(row)
+    return pd.DataFrame(rows, columns=["front", "number", "trial_id", *shown, *study.varied])
+
+
+# --- gallery ceiling -------------------------------------------------------------------------
+
+
+def ceiling(study: Study, which: str = "final") -> pd.DataFrame:
+    """Per threshold: the gallery's ceiling beside the mean and best accuracy reached."""
+    used = study.counted()
+    rows = []
+    for acc in study.accuracies:
+        t = threshold_km(acc)
+        ceil_key = next((m for m in study.metrics if m.startswith("ceiling_") and threshold_km(m) == t), None)
+        accs = pd.to_numeric(used[f"{which}_{acc}"], errors="coerce").dropna()
+        ceil = pd.to_numeric(used[f"final_{ceil_key}"], errors="coerce").dropna() if ceil_key else pd.Series(dtype=float)
+        c = ceil.mean() if len(ceil) else math.nan
+        rows.append({
+            "threshold_km": t, "metric": acc,
+            "ceiling": c,
+            "ceiling_varies": bool(len(ceil) and ceil.max() - ceil.min() > 1e-9),
+            "mean_acc": accs.mean() if len(accs) else math.nan,
+            "best_acc": accs.max() if len(accs) else math.nan,
+            "best_share_of_ceiling": accs.max() / c if len(accs) and c > 0 else math.nan,
+        })
+    return pd.DataFrame(rows)

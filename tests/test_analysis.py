@@ -1,0 +1,505 @@
+"""analysis/: a hand-made study directory whose every number is known in advance, read back from the files.
+
+The known study: 9 counted trials k = 0..8 over noise sigma (0, 0.15, 0.3) x seed (0, 1, 2), with
+final metrics built so that the answers are exact:
+
+- train_loss = 3.5 - 0.1 k and acc_1km = 0.20 - 0.01 k fall together: Spearman +1;
+  acc_25/200/750km = c + 0.01 k rise as train_loss falls: Spearman -1;
+- acc_2500km = ACC2500[k]: k = 4 is moved from rank 5 to rank 2 (sum d^2 = 12), so
+  rho(k, acc_2500km) = 1 - 6*12/720 = 0.9 and rho(train_loss, acc_2500km) = -0.9;
+- val_loss = 4.0 - 0.1 k except k = 6 (3.55, swapping ranks with k = 5): rho(val_loss, acc_1km)
+  = 1 - 6*2/720 = 0.98333, rho(val_loss, acc_2500km) = 1 - 6*226/720 = -0.88333;
+- Pareto (max acc_1km, max acc_2500km): all but k = 4 (k = 1 beats it); (min val_loss, max
+  acc_1km): all but k = 6 (k = 5 beats it);
+- within trials: sigma 0 curves never diverge; sigma 0.15 has acc_1km falling at epochs 3 and 4
+  with train_loss falling (first 3) but val_loss rising at 3 (first 4); sigma 0.3 has acc_1km
+  falling from epoch 2 on (first 2 for both losses);
+- trials 2 and 8 were stopped by ASHA at epoch 2; an errored and a running trial carry absurd
+  metrics (acc 0.99) so that counting them by mistake changes every number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from analysis import AnalysisError, analyse
+
+SIGMAS = [0.0, 0.15, 0.3]
+SEEDS = [0, 1, 2]
+LRS = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4]
+ACC2500 = [0.70, 0.72, 0.74, 0.76, 0.71, 0.78, 0.80, 0.82, 0.84]
+STOPPED = {2, 8}
+MAX_EPOCHS = 4
+CEILING = {"ceiling_1km": 0.25, "ceiling_25km": 0.6, "ceiling_200km": 0.8, "ceiling_750km": 0.95, "ceiling_2500km": 1.0}
+ACCS = ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km"]
+PNG = b"\x89PNG\r\n\x1a\n"
+SIGMA = "train.noise.batch_sigma"
+
+
+def final(k: int) -> dict:
+    m = {
+        "train_loss": 3.5 - 0.1 * k,
+        "val_loss": 3.55 if k == 6 else 4.0 - 0.1 * k,
+        "acc_1km": 0.20 - 0.01 * k,
+        "acc_25km": 0.30 + 0.01 * k,
+        "acc_200km": 0.45 + 0.01 * k,
+        "acc_750km": 0.60 + 0.01 * k,
+        "acc_2500km": ACC2500[k],
+        "median_km": 500.0 - 20 * k,
+    }
+    m["score"] = sum(m[a] for a in ACCS) / 5
+    return m
+
+
+def curve(k: int) -> list[dict]:
+    """Per-epoch metrics of trial k, ending at final(k)."""
+    j, last = k // 3, (2 if k in STOPPED else MAX_EPOCHS)
+    f = final(k)
+    rows = []
+    for e in range(1, last + 1):
+        back = last - e
+        if j == 0:
+            acc1 = f["acc_1km"] - 0.01 * back
+        elif j == 1:
+            acc1 = f["acc_1km"] + {1: 0.005, 2: 0.02, 3: 0.01, 4: 0.0}[e]
+        else:
+            acc1 = f["acc_1km"] + 0.01 * back
+        val = f["val_loss"] + ({1: 0.3, 2: 0.1, 3: 0.2, 4: 0.0}[e] if j == 1 else 0.2 * back)
+        row = {"epoch": e, "train_loss": f["train_loss"] + 0.5 * back, "val_loss": val, "acc_1km": acc1}
+        for a in ACCS[1:]:
+            row[a] = f[a] - 0.01 * back if a != "acc_2500km" else f[a]
+        row["median_km"] = f["median_km"]
+        row["mean_km"] = 2 * f["median_km"]
+        row["score"] = sum(row[a] for a in ACCS) / 5
+        row.update(temperature=0.07, lr=LRS[k], train_s=1.0, eval_s=0.1, node="node-a" if k % 2 == 0 else "node-b")
+        row.update(CEILING)
+        if k == 1:
+            row["im2gps3k_acc_1km"] = 0.05  # an extra evaluation set: carried, never tabulated
+        rows.append(row)
+    return rows
+
+
+def write_trial(root: Path, name: str, number: int, params: dict, lines: list, status: dict | None):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "trial.json").write_text(json.dumps({"trial_id": f"abcde_{number:05d}", "number": number, "params": params}))
+    (d / "metrics.jsonl").write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n" for line in lines))
+    if status is not None:
+        (d / "status.json").write_text(json.dumps(status))
+    # Ray's and TensorBoard's own files: must be ignored.
+    (d / "events.out.tfevents.123.host").write_bytes(b"\x00garbage")
+    (d / "result.json").write_text('{"not": "read"}\n')
+    (d / "params.json").write_text('{"train.noise.batch_sigma": 99}')
+    (d / "checkpoint_000001").mkdir()
+
+
+def params(k_sigma: float, seed: int, lr: float) -> dict:
+    return {SIGMA: k_sigma, "train.seed": seed, "train.lr": lr, "train.queue_size": 1024}
+
+
+def build_known(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "study.yaml").write_text("name: known-answer\n")
+    (root / "optuna.db").write_bytes(b"not a database: must not be needed")
+    (root / "basic-variant-state-2025.json").write_text("{}")
+    (root / "not_a_trial").mkdir()
+    (root / "not_a_trial" / "metrics.jsonl").write_text('{"epoch": 1, "acc_1km": 0.99}\n')
+    for k in range(9):
+        lines = curve(k)
+        if k == 0:
+            # Crash after epoch 3 was reported, resume from the epoch-2 checkpoint: the later line counts.
+            garbage = {**lines[2], "acc_1km": 0.99, "train_loss": 0.01, "val_loss": 0.01}
+            lines = lines[:2] + [garbage] + lines[2:]
+        last = 2 if k in STOPPED else MAX_EPOCHS
+        status = {"status": "stopped" if k in STOPPED else "finished", "epochs": last, "max_epochs": MAX_EPOCHS, "reason": None}
+        write_trial(root, f"trainable_{k:05d}_sigma={SIGMAS[k // 3]}", k, params(SIGMAS[k // 3], SEEDS[k % 3], LRS[k]), lines, status)
+    absurd = {**curve(4)[0], **{a: 0.99 for a in ACCS}, "score": 0.99, "train_loss": 0.0, "val_loss": 0.0}
+    write_trial(root, "trainable_00009", 9, params(0.15, 3, 5e-4), [absurd],
+                {"status": "errored", "epochs": 1, "max_epochs": 4, "reason": "RuntimeError: CUDA out of memory"})
+    write_trial(root, "trainable_00010", 10, params(0.3, 4, 9e-4),
+                [absurd, {**absurd, "epoch": 2}, '{"epoch": 3, "train_lo'], None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def known(tmp_path_factory):
+    root = build_known(tmp_path_factory.mktemp("known") / "study")
+    result = analyse(root, echo_warnings=False)
+    return root, Path(result["out_dir"]), result
+
+
+def read(out: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(out / name)
+
+
+# --- trials.csv and epochs.csv ---------------------------------------------------------------
+
+
+def test_trials_csv_has_every_trial_with_status_params_and_final_best_metrics(known):
+    _, out, result = known
+    trials = read(out, "trials.csv").set_index("number")
+    assert list(trials.index) == list(range(11))
+    assert trials["status"].value_counts().to_dict() == {"finished": 7, "stopped": 2, "errored": 1, "running": 1}
+    assert result["counts"] == {"finished": 7, "stopped": 2, "errored": 1, "running": 1, "total": 11, "counted": 9}
+    for k in range(9):
+        row, f = trials.loc[k], final(k)
+        assert row["trial_id"] == f"abcde_{k:05d}"
+        assert row[SIGMA] == SIGMAS[k // 3] and row["train.seed"] == SEEDS[k % 3] and row["train.lr"] == pytest.approx(LRS[k])
+        assert row["train.queue_size"] == 1024
+        assert row["epochs"] == (2 if k in STOPPED else 4) and row["max_epochs"] == 4
+        assert row["node"] == ("node-a" if k % 2 == 0 else "node-b")
+        for m, v in f.items():
+            assert row[f"final_{m}"] == pytest.approx(v), (k, m)
+        assert row["final_ceiling_1km"] == pytest.approx(0.25)
+    assert trials.loc[2, "status_detail"] == "stopped by ASHA at epoch 2 of 4"
+    assert trials.loc[8, "status"] == "stopped"
+    assert trials.loc[9, "status"] == "errored" and trials.loc[9, "reason"] == "RuntimeError: CUDA out of memory"
+    assert "CUDA out of memory" in trials.loc[9, "status_detail"]
+    assert trials.loc[10, "status"] == "running" and trials.loc[10, "epochs"] == 2  # truncated 3rd line skipped
+    # Crash + resume: the later epoch-3 line replaced the garbage one.
+    assert trials.loc[0, "best_acc_1km"] == pytest.approx(0.20) and trials.loc[0, "best_train_loss"] == pytest.approx(3.5)
+    # best_ = best over epochs: acc_1km of a sigma-0.3 trial peaked at epoch 1.
+    assert trials.loc[6, "best_acc_1km"] == pytest.approx(final(6)["acc_1km"] + 0.03)
+    assert trials.loc[6, "best_val_loss"] == pytest.approx(final(6)["val_loss"])
+    # An extra evaluation set is carried along.
+    assert trials.loc[1, "final_im2gps3k_acc_1km"] == pytest.approx(0.05)
+    assert pd.isna(trials.loc[0, "final_im2gps3k_acc_1km"])
+
+
+def test_epochs_csv_has_one_row_per_trial_and_epoch(known):
+    _, out, _ = known
+    epochs = read(out, "epochs.csv")
+    assert len(epochs) == 7 * 4 + 2 * 2 + 1 + 2
+    assert not epochs.duplicated(["trial_id", "epoch"]).any()
+    k0 = epochs[epochs["number"] == 0].set_index("epoch")
+    assert list(k0.index) == [1, 2, 3, 4]
+    assert k0.loc[3, "acc_1km"] == pytest.approx(curve(0)[2]["acc_1km"])  # not the 0.99 of the crashed run
+    assert (epochs[epochs["number"] == 5][SIGMA] == 0.15).all()  # params ride along for filtering
+
+
+# --- ablation tables -------------------------------------------------------------------------
+
+
+def test_ablation_by_noise_sigma_has_known_mean_std_n_and_best(known):
+    _, out, _ = known
+    table = read(out, "ablation_train_noise_batch_sigma.csv")
+    assert list(table["value"]) == [0, 0.15, 0.3]
+    assert list(table["n"]) == [3, 3, 3]  # errored and running trials left out
+    for j, row in table.iterrows():
+        ks = [3 * j + s for s in range(3)]
+        for m in ACCS + ["median_km", "score"]:
+            values = [final(k)[m] for k in ks]
+            assert row[f"{m}_mean"] == pytest.approx(statistics.mean(values)), (j, m)
+            assert row[f"{m}_std"] == pytest.approx(statistics.stdev(values)), (j, m)
+            assert row[f"{m}_n"] == 3
+    assert table.loc[0, "acc_1km_mean"] == pytest.approx(0.19) and table.loc[0, "acc_1km_std"] == pytest.approx(0.01)
+    assert table.loc[1, "acc_2500km_mean"] == pytest.approx(0.75) and table.loc[1, "acc_2500km_std"] == pytest.approx(0.0013**0.5)
+    assert list(table["acc_1km_best"]) == [True, False, False]
+    assert list(table["acc_2500km_best"]) == [False, False, True]
+    assert list(table["median_km_best"]) == [False, False, True]  # lower is better
+    assert not [c for c in table.columns if "im2gps3k" in c]
+
+    md = (out / "ablation_train_noise_batch_sigma.md").read_text()
+    assert "**19.00 ± 1.00**" in md and "**82.00 ± 2.00**" in md and "16.00 ± 1.00" in md
+    assert "finished (7) or were stopped early by ASHA (2)" in md and "final-epoch" in md
+    tex = (out / "ablation_train_noise_batch_sigma.tex").read_text()
+    assert r"\textbf{19.00 $\pm$ 1.00}" in tex
+
+
+def test_continuous_parameter_is_binned_and_thin_cells_warned(known):
+    root, out, result = known
+    table = read(out, "ablation_train_lr.csv")
+    assert list(table["value"]) == ["[0.0001, 0.0003]", "[0.0004, 0.0005]", "[0.0006, 0.0007]", "[0.0008, 0.0009]"]
+    assert list(table["n"]) == [3, 2, 2, 2]
+    assert table.loc[3, "acc_1km_mean"] == pytest.approx((final(7)["acc_1km"] + final(8)["acc_1km"]) / 2)
+    warning = [w for w in result["warnings"] if "ablation by train.lr" in w]
+    assert len(warning) == 1 and "(n=2)" in warning[0] and warning[0].startswith("warning:")
+    assert warning[0] in (out / "report.md").read_text()
+    assert "quantile bins" in (out / "ablation_train_lr.md").read_text()
+    assert not [w for w in result["warnings"] if "ablation by train.noise" in w]  # 3 runs per cell: no warning
+
+
+def test_best_epoch_values_option(tmp_path):
+    root = build_known(tmp_path / "study")
+    analyse(root, tmp_path / "out", by=[SIGMA], formats=("csv",), values="best", plots=False, echo_warnings=False)
+    table = read(tmp_path / "out", "ablation_train_noise_batch_sigma.csv")
+    best_acc1 = [final(6)["acc_1km"] + 0.03, final(7)["acc_1km"] + 0.03, final(8)["acc_1km"] + 0.01]
+    assert table.loc[2, "acc_1km_mean"] == pytest.approx(statistics.mean(best_acc1))
+    assert sorted(p.name for p in (tmp_path / "out").glob("ablation_*")) == ["ablation_train_noise_batch_sigma.csv"]
+
+
+# --- loss versus accuracy --------------------------------------------------------------------
+
+
+def test_spearman_correlations_are_the_known_values(known):
+    _, out, _ = known
+    corr = read(out, "loss_vs_accuracy.csv").set_index(["loss", "metric"])
+    expected = {
+        ("train_loss", "acc_1km"): 1.0,
+        ("train_loss", "acc_25km"): -1.0,
+        ("train_loss", "acc_750km"): -1.0,
+        ("train_loss", "acc_2500km"): -0.9,
+        ("val_loss", "acc_1km"): 1 - 6 * 2 / 720,
+        ("val_loss", "acc_2500km"): 1 - 6 * 226 / 720,
+    }
+    for key, rho in expected.items():
+        row = corr.loc[key]
+        assert row["rho"] == pytest.approx(rho), key
+        assert row["n"] == 9
+        assert row["ci_low"] - 1e-9 <= row["rho"] <= row["ci_high"] + 1e-9
+    assert corr.loc[("train_loss", "acc_1km"), "ci_low"] == pytest.approx(1.0)  # every resample is +1
+    assert corr.loc[("train_loss", "acc_25km"), "ci_high"] == pytest.approx(-1.0)
+    assert corr.loc[("train_loss", "acc_2500km"), "excludes_zero"]
+    assert len(corr) == 10  # two losses x five accuracies; the extra set is not tabulated
+    md = (out / "loss_vs_accuracy.md").read_text()
+    assert "+0.98" in md and "-0.88" in md
+
+
+def test_bootstrap_interval_is_reproducible_and_handles_degenerate_input():
+    import numpy as np
+
+    from analysis.tradeoff import spearman_ci
+
+    x = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.3, 0.8])
+    y = np.array([1.0, 2.0, 3.0, 6.0, 4.0, 1.5, 5.0])
+    first = spearman_ci(x, y)
+    assert first == spearman_ci(x, y)  # seeded: same interval every run
+    assert first[2] < first[0] < first[3]
+    constant = spearman_ci(np.ones(5), np.arange(5.0))
+    assert math.isnan(constant[0]) and math.isnan(constant[2])
+    assert all(math.isnan(v) for v in spearman_ci(np.array([1.0, 2.0]), np.array([1.0, 2.0])))  # n < 3
+
+
+def test_divergence_epochs_per_trial_and_by_noise_sigma(known):
+    _, out, _ = known
+    per_trial = read(out, "divergence.csv").set_index(["loss", "number"])
+    train = {3: "3;4", 4: "3;4", 5: "3;4", 6: "2;3;4", 7: "2;3;4", 8: "2"}
+    val = {3: "4", 4: "4", 5: "4", 6: "2;3;4", 7: "2;3;4", 8: "2"}
+    for loss, hits in (("train_loss", train), ("val_loss", val)):
+        for k in range(9):
+            row = per_trial.loc[(loss, k)]
+            assert bool(row["diverges"]) == (k in hits), (loss, k)
+            if k in hits:
+                assert row["divergence_epochs"] == hits[k]
+                assert row["first_epoch"] == int(hits[k].split(";")[0])
+    assert 9 not in per_trial.index.get_level_values("number") and 10 not in per_trial.index.get_level_values("number")
+
+    summary = read(out, "divergence_summary.csv")
+    assert summary["param"].iloc[0] == "(all)" and summary["param"].iloc[2] == SIGMA  # sigma first
+    rows = summary.set_index(["param", "value", "loss"])
+    assert rows.loc[("(all)", "(all)", "train_loss"), ["n", "n_diverging"]].tolist() == [9, 6]
+    assert rows.loc[("(all)", "(all)", "train_loss"), "first_epoch_median"] == 2.5
+    by_sigma = {
+        ("0", "train_loss"): (3, 0, math.nan), ("0.15", "train_loss"): (3, 3, 3), ("0.3", "train_loss"): (3, 3, 2),
+        ("0", "val_loss"): (3, 0, math.nan), ("0.15", "val_loss"): (3, 3, 4), ("0.3", "val_loss"): (3, 3, 2),
+    }
+    for (value, loss), (n, hits, first) in by_sigma.items():
+        row = rows.loc[(SIGMA, value, loss)]
+        assert (row["n"], row["n_diverging"]) == (n, hits)
+        assert row["share"] == pytest.approx(hits / n)
+        assert (math.isnan(first) and pd.isna(row["first_epoch_min"])) or row["first_epoch_min"] == first
+    assert "train.seed" in set(summary["param"]) and "train.lr" in set(summary["param"])
+
+
+def test_pareto_fronts_list_the_known_members(known):
+    _, out, result = known
+    fronts = read(out, "pareto.csv")
+    members = {name: sorted(group["number"]) for name, group in fronts.groupby("front")}
+    assert members == {
+        "acc_1km_vs_acc_2500km": [0, 1, 2, 3, 5, 6, 7, 8],
+        "val_loss_vs_acc_1km": [0, 1, 2, 3, 4, 5, 7, 8],
+    }
+    assert sorted(result["pareto"]["acc_1km_vs_acc_2500km"]) == [f"abcde_{k:05d}" for k in (0, 1, 2, 3, 5, 6, 7, 8)]
+    assert set(fronts.columns) >= {"acc_1km", "acc_2500km", "val_loss", "score", SIGMA}
+    report = (out / "report.md").read_text()
+    assert "8 of 9 trials (#0, #1, #2, #3, #5, #6, #7, #8)" in report
+
+
+def test_gallery_ceiling_beside_accuracies(known):
+    _, out, _ = known
+    ceiling = read(out, "ceiling.csv").set_index("metric")
+    assert ceiling.loc["acc_1km", "ceiling"] == pytest.approx(0.25)
+    assert ceiling.loc["acc_1km", "best_acc"] == pytest.approx(0.20)
+    assert ceiling.loc["acc_1km", "best_share_of_ceiling"] == pytest.approx(0.8)
+    assert ceiling.loc["acc_2500km", "mean_acc"] == pytest.approx(statistics.mean(ACC2500))
+    assert not ceiling["ceiling_varies"].any()
+
+
+def test_importance_for_score_and_acc_1km(known):
+    _, out, result = known
+    table = read(out, "importance.csv")
+    assert set(table["target"]) == {"score", "acc_1km"}
+    for target, group in table.groupby("target"):
+        assert set(group["param"]) == {SIGMA, "train.seed", "train.lr"}
+        assert group["importance"].sum() == pytest.approx(1.0, abs=1e-6)
+    assert result["importance_evaluator"] in ("fANOVA", "PED-ANOVA")
+    assert set(result["importance"]) == {"score", "acc_1km"}
+
+
+# --- report, plots, LaTeX --------------------------------------------------------------------
+
+
+def test_report_summarises_from_the_numbers(known):
+    _, out, result = known
+    report = (out / "report.md").read_text()
+    assert report.startswith("# Study analysis: known-answer")
+    assert "11 in all: 7 finished, 2 stopped early by ASHA, 1 errored, 1 running" in report
+    assert "**Best trial by score:** #8" in report and result["best"]["number"] == 8
+    assert result["best"]["params"][SIGMA] == 0.3
+    assert "train.noise.batch_sigma: highest at 0 (19.00 ± 1.00 %, n=3), lowest at 0.3 (13.00 ± 1.00 %, n=3)" in report
+    assert "train.noise.batch_sigma = 0 is best for acc_1km but 0.3 for acc_2500km" in report
+    assert "a lower final train_loss goes with lower acc_1km (Spearman ρ = +1.00" in report
+    assert "higher acc_2500km (Spearman ρ = -0.90" in report
+    assert "in 6 of 9 trials" in report and "0: 0/3, 0.15: 3/3 (from epoch 3), 0.3: 3/3 (from epoch 2)" in report
+    assert "80 % of the ceiling" in report
+    assert "**Strength of evidence:** 9 trials" in report
+    assert "seed" not in report.split("**What raises acc_1km:**")[1].split("importance")[0]  # seeds are not effects
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
+        assert (out / link).is_file(), link
+    assert len(re.findall(r"!\[", report)) == len(result["plots"]) == 8
+
+
+def test_every_plot_is_a_png(known):
+    _, out, result = known
+    names = {Path(p).name for p in result["plots"].values()}
+    assert {"loss_vs_acc.png", "accuracy_vs_threshold.png", "learning_curves.png", "parallel_coordinates.png",
+            "importance.png", "metrics_vs_train_noise_batch_sigma.png"} <= names
+    for png in out.glob("*.png"):
+        data = png.read_bytes()
+        assert data[:8] == PNG and len(data) > 5000, png.name
+
+
+def test_latex_tables_are_balanced_booktabs(known, tmp_path):
+    _, out, _ = known
+    texs = sorted(out.glob("*.tex"))
+    assert {p.name for p in texs} >= {"ablation_train_noise_batch_sigma.tex", "loss_vs_accuracy.tex", "pareto.tex"}
+    for tex in texs:
+        text = tex.read_text()
+        for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+            assert text.count(rule) == 1, (tex.name, rule)
+        assert text.count(r"\begin{tabular}") == text.count(r"\end{tabular}") == 1
+        assert text.index(r"\toprule") < text.index(r"\midrule") < text.index(r"\bottomrule")
+        body = text.split(r"\toprule")[1].split(r"\bottomrule")[0].replace(r"\midrule", "")
+        rows = [r for r in body.split(r"\\") if r.strip()]
+        amps = {len(re.findall(r"(?<!\\)&", r)) for r in rows}
+        assert len(amps) == 1, (tex.name, amps)
+        columns = re.search(r"\\begin\{tabular\}\{([lrc]+)\}", text).group(1)
+        assert amps == {len(columns) - 1}
+        assert text.isascii(), tex.name  # pdflatex's default fonts have no ρ, ± or –
+        assert not re.search(r"(\\\\|\\midrule)\s*\[", text), tex.name  # would be read as an optional argument
+        code = "\n".join(line for line in text.splitlines() if not line.startswith("%"))  # comments carry warnings
+        assert not re.search(r"(?<!\\)[_%#]", code.replace(r"\_", "").replace(r"\%", "").replace(r"\#", "")), tex.name
+    if shutil.which("pdflatex") is None:
+        pytest.skip("pdflatex not installed: structure checked, compilation not")
+    doc = tmp_path / "doc.tex"
+    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+                   + "".join(f"\\input{{{t}}}\n" for t in texs) + "\\end{document}\n")
+    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-2000:]
+
+
+# --- statuses and edge cases -----------------------------------------------------------------
+
+
+def test_running_errored_and_stopped_trials_are_read_and_counted(tmp_path):
+    root = tmp_path / "study"
+    f = curve(0)
+    write_trial(root, "t_finished", 0, params(0.0, 0, 1e-4), f, {"status": "finished", "epochs": 4, "max_epochs": 4})
+    write_trial(root, "t_stopped", 1, params(0.3, 0, 2e-4), curve(8), {"status": "stopped", "epochs": 2, "max_epochs": 4, "reason": None})
+    write_trial(root, "t_errored", 2, params(0.15, 0, 3e-4), [], {"status": "errored", "epochs": 0, "max_epochs": 4,
+                                                                   "reason": "ValueError: loss is NaN"})
+    write_trial(root, "t_running_no_status", 3, params(0.3, 1, 4e-4), [f[0], '{"epoch": 2, "acc'], None)
+    write_trial(root, "t_running", 4, params(0.0, 1, 5e-4), f[:1], {"status": "running", "epochs": 1, "max_epochs": 4})
+    result = analyse(root, echo_warnings=False)
+    assert result["counts"] == {"finished": 1, "stopped": 1, "errored": 1, "running": 2, "total": 5, "counted": 2}
+    trials = read(tmp_path / "study" / "analysis", "trials.csv").set_index("number")
+    assert trials.loc[2, "reason"] == "ValueError: loss is NaN" and trials.loc[2, "epochs"] == 0
+    assert trials.loc[3, "status"] == "running" and trials.loc[3, "epochs"] == 1
+    assert trials.loc[1, "status_detail"] == "stopped by ASHA at epoch 2 of 4"
+    report = (tmp_path / "study" / "analysis" / "report.md").read_text()
+    assert "not enough trials" in report  # 2 counted trials: no importance, and no failure
+    assert any("unreadable line" in w for w in result["warnings"])
+
+
+def test_study_with_no_finished_trial_yet(tmp_path):
+    root = tmp_path / "study"
+    write_trial(root, "t0", 0, params(0.0, 0, 1e-4), curve(0)[:1], None)
+    write_trial(root, "t1", 1, params(0.3, 0, 1e-4), [], None)
+    result = analyse(root, tmp_path / "out", plots=False, echo_warnings=False)
+    assert result["counts"]["running"] == 2 and result["best"] is None
+    assert "No trial has finished or been stopped yet" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_single_trial_without_optional_files(tmp_path):
+    root = tmp_path / "study"
+    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), {"status": "finished", "epochs": 4, "max_epochs": 4})
+    result = analyse(root, formats=["md"], echo_warnings=False)
+    assert result["varied"] == [] and result["counts"]["finished"] == 1
+    assert "not enough trials" in Path(result["report"]).read_text()
+    for png in Path(result["out_dir"]).glob("*.png"):
+        assert png.read_bytes()[:8] == PNG
+
+
+# --- command line ----------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_rejects_a_directory_without_trials_with_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    foreign = tmp_path / "foreign"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "notes.txt").write_text("hello")
+    (foreign / "sub" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    runs = {d.name: cli(d) for d in (empty, foreign, tmp_path / "missing")}
+    for run in runs.values():
+        assert run.returncode == 2, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
+        assert "Traceback" not in run.stderr
+    assert f"error: {empty}: no trials found (expected trial folders with trial.json, written by tune_main.py)" == runs["empty"].stderr.strip()
+    assert "no trials found" in runs["foreign"].stderr and "no such directory" in runs["missing"].stderr
+    assert not (empty / "analysis").exists()  # nothing half-written
+
+
+def test_cli_rejects_unknown_parameter_and_format(tmp_path):
+    root = tmp_path / "study"
+    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), {"status": "finished", "epochs": 4, "max_epochs": 4})
+    runs = [cli(root, *args) for args in (["--by", "train.nope"], ["--format", "md,docx"])]
+    for run in runs:
+        assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "--by train.nope: no such hyperparameter" in runs[0].stderr and "--format" in runs[1].stderr
+
+
+def test_cli_writes_chosen_tables_and_prints_warnings(tmp_path):
+    root = build_known(tmp_path / "study")
+    run = cli(root, "--out", tmp_path / "out", "--by", SIGMA, "train.lr", "--format", "csv", "--no-plots")
+    assert run.returncode == 0, run.stderr
+    assert "report: " in run.stdout
+    assert any(line.startswith("warning: ablation by train.lr") for line in run.stderr.splitlines())
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"ablation_train_noise_batch_sigma.csv", "ablation_train_lr.csv", "trials.csv", "epochs.csv", "report.md"} <= written
+    assert "ablation_train_seed.csv" not in written and not any(n.endswith((".md", ".tex", ".png")) and n != "report.md" for n in written)
+
+
+def test_analyse_rejects_user_mistakes(tmp_path):
+    with pytest.raises(AnalysisError, match="no trials found"):
+        analyse(tmp_path)
+    with pytest.raises(AnalysisError, match="format"):
+        analyse(tmp_path, formats=("pdf",))
