@@ -1,20 +1,25 @@
-# Two set-up commands: `make run` and `make test`. Both (re)create .venv when it is missing
+# The two set-up commands: `make run` and `make test`. Both (re)create .venv when it is missing
 # or older than pyproject.toml, install the project with its test extras, then run.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SHELL := /bin/bash
+# pip on these machines warns about every package the local mirror does not hold; hide that noise.
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
 .PHONY: run test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	@set -o pipefail; $(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	@echo "installing geoloc-study and its dependencies into $(VENV) (a few minutes the first time)"
+	@set -o pipefail; $(PY) -m pip install --quiet -e '.[test]' $(QUIET_PIP)
 	@touch $(STAMP)
 
+# A second `make run` resumes (and so re-prints) the finished quickstart instead of refusing to overwrite it.
 run: $(STAMP)
-	$(PY) tune_main.py studies/quickstart.yaml
+	$(PY) tune_main.py studies/quickstart.yaml $$(test -f results/quickstart/optuna.db && echo --resume)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

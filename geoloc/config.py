@@ -245,8 +245,14 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def load_config(path: str | Path, overrides: dict | None = None) -> RunConfig:
-    """A validated RunConfig from a YAML file, with optional nested overrides applied on top."""
+    """A validated RunConfig from a YAML file, with optional nested overrides applied on top.
+
+    A study file is accepted too: its ``base`` section is the run (so ``python -m geoloc.train
+    studies/quickstart.yaml`` trains the quickstart's base configuration once).
+    """
     data = load_yaml(path)
+    if "base" in data and "search_space" in data:
+        data = data["base"] or {}
     if overrides:
         data = deep_merge(data, overrides)
     return from_dict(RunConfig, data)

@@ -35,6 +35,7 @@ from .train import CHECKPOINT, METRICS, DivergenceError, Trainer
 STATUS = "status.json"
 OPTUNA_DB = "optuna.db"
 ORPHANS = ".orphaned"
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
 
 
 def trial_dirname(trial) -> str:
@@ -302,6 +303,7 @@ def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None)
         tune_config=tune.TuneConfig(
             metric="score", mode="max", search_alg=searcher, scheduler=make_scheduler(study),
             num_samples=num_trials(study), trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname,
+            reuse_actors=True,  # a worker process runs trial after trial: torch is imported once per slot
         ),
         run_config=tune.RunConfig(
             name=study.name, storage_path=str(study_dir.parent),
