@@ -31,12 +31,16 @@ def strength(rho: float) -> str:
     return "negligible" if a < 0.1 else "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong" if a < 0.7 else "very strong"
 
 
+MIN_DEFINED_SHARE = 0.9
+
+
 def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95):
     """Spearman rho with a percentile bootstrap interval over trials (resampling pairs).
 
     Hand-made rather than scipy.stats.bootstrap: vectorised over resamples (milliseconds), and
     resamples where one side is constant (rho undefined) are dropped instead of poisoning the
-    interval, which matters with the small n of a sweep.
+    interval, which matters with the small n of a sweep; when more than 10% are undefined no
+    interval is given.
     """
     n = len(x)
     if n < 3:
@@ -54,7 +58,9 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: int = 
     ry -= ry.mean(axis=1, keepdims=True)
     den = np.sqrt((rx**2).sum(axis=1) * (ry**2).sum(axis=1))
     valid = den > 1e-12
-    if not valid.any():
+    if valid.mean() < MIN_DEFINED_SHARE:
+        # Most resamples have a constant side (e.g. acc_1km = 0 almost everywhere): an interval
+        # over the rest would be conditional on that and can exclude rho itself; report none.
         return rho, p, math.nan, math.nan
     boot = np.clip((rx * ry).sum(axis=1)[valid] / den[valid], -1.0, 1.0)
     tail = (1 - level) / 2 * 100

@@ -216,8 +216,7 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     checkpoint, metrics_file = out_dir / CHECKPOINT, out_dir / METRICS
     if resume and checkpoint.exists():
         trainer.load(checkpoint)
-        keep = [line for line in metrics_file.read_text().splitlines() if json.loads(line)["epoch"] <= trainer.epoch]
-        metrics_file.write_text("".join(line + "\n" for line in keep))
+        keep_epochs_up_to(metrics_file, trainer.epoch)
     elif metrics_file.exists():
         metrics_file.unlink()
     (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
@@ -235,6 +234,21 @@ def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: b
     finally:
         logger.close(finished=trainer.epoch == cfg.train.epochs)
     return metrics
+
+
+def keep_epochs_up_to(metrics_file: Path, epoch: int) -> None:
+    """Drop lines of epochs after the checkpoint's, so a resumed run writes no duplicate epoch."""
+    if metrics_file.exists():
+        keep = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
+        metrics_file.write_text("".join(line + "\n" for line in keep))
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint file holds; -1 for a torn or foreign file."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except Exception:
+        return -1
 
 
 def format_metrics(m: dict) -> str:

@@ -30,7 +30,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from .events import EventLogger
 from .study import StudyConfig, grid, num_trials, run_config
-from .train import CHECKPOINT, METRICS, DivergenceError, Trainer
+from .train import CHECKPOINT, METRICS, DivergenceError, Trainer, checkpoint_epoch, keep_epochs_up_to
 
 STATUS = "status.json"
 OPTUNA_DB = "optuna.db"
@@ -77,9 +77,9 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
         with restored.as_directory() as d:
             trainer.load(Path(d) / CHECKPOINT)
     own = trial_dir / CHECKPOINT
-    if own.exists() and torch_epoch(own) > trainer.epoch:
+    if own.exists() and checkpoint_epoch(own) > trainer.epoch:
         trainer.load(own)
-    _truncate_metrics(trial_dir / METRICS, trainer.epoch)
+    keep_epochs_up_to(trial_dir / METRICS, trainer.epoch)
     if read_json(trial_dir / STATUS).get("status") in ("finished", "stopped") and trainer.epoch > 0:
         # It ended before the driver died, after Ray's last snapshot: report its end again, train nothing.
         tune.report(_last_metrics(trial_dir / METRICS))
@@ -104,22 +104,6 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
         write_json(trial_dir / STATUS, {"status": "errored", "epochs": trainer.epoch, "max_epochs": cfg.train.epochs, "reason": str(e)})
         logger.close(finished=False)
         raise
-
-
-def torch_epoch(path: Path) -> int:
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:  # a torn or foreign file: ignore it, Ray's checkpoint stands
-        return -1
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Keep the lines of epochs up to the checkpoint's, so a resumed trial writes no duplicate epoch."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
-        path.write_text("".join(line + "\n" for line in lines))
 
 
 def _last_metrics(path: Path) -> dict:

@@ -106,3 +106,42 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, offline_root_sessi
     assert len(nodes) == 2, nodes
     for t in trials:
         assert read_status(t)["status"] == "finished" and list(t.glob("events.out.tfevents.*"))
+
+
+def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_path):
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import spearmanr
+
+    from analysis import analyse
+
+    study_dir, _ = tiny_study
+    summary = analyse(study_dir, tmp_path, echo_warnings=False)
+    table = pd.read_csv(tmp_path / "trials.csv").set_index("trial_id")
+    finals = {}
+    for trial in trial_dirs(study_dir):
+        row, metrics, status = table.loc[trial.name.removeprefix("trial_")], read_metrics(trial), read_status(trial)
+        assert row["status"] == status["status"] and row["epochs"] == len(metrics)
+        assert row["final_score"] == pytest.approx(metrics[-1]["score"])
+        assert row["best_score"] == pytest.approx(max(m["score"] for m in metrics))
+        assert row["final_ceiling_1km"] == pytest.approx(metrics[-1]["ceiling_1km"])
+        finals[trial.name] = {**metrics[-1], "sigma": row["train.noise.batch_sigma"]}
+    assert summary["counts"]["total"] == len(finals)
+
+    final = pd.DataFrame(finals).T.drop(columns=["node", "node_id"]).astype(float)
+    ablation = pd.read_csv(tmp_path / "ablation_train_noise_batch_sigma.csv").set_index("value")
+    for sigma, cell in final.groupby("sigma"):
+        assert ablation.loc[sigma, "n"] == len(cell)
+        assert ablation.loc[sigma, "score_mean"] == pytest.approx(cell["score"].mean())
+        assert ablation.loc[sigma, "acc_2500km_mean"] == pytest.approx(cell["acc_2500km"].mean())
+
+    corr = pd.read_csv(tmp_path / "loss_vs_accuracy.csv").set_index(["loss", "metric"])
+    expected = spearmanr(final["val_loss"], final["acc_2500km"]).statistic
+    assert corr.loc[("val_loss", "acc_2500km"), "rho"] == pytest.approx(expected)
+
+    pareto = pd.read_csv(tmp_path / "pareto.csv")
+    on_front = set(pareto[pareto["front"] == "acc_1km_vs_acc_2500km"]["trial_id"])
+    a1, a2 = final["acc_1km"].to_numpy(), final["acc_2500km"].to_numpy()
+    dominated = [np.any((a1 >= a1[i]) & (a2 >= a2[i]) & ((a1 > a1[i]) | (a2 > a2[i]))) for i in range(len(final))]
+    assert on_front == {name.removeprefix("trial_") for name, d in zip(final.index, dominated) if not d}
+    assert (tmp_path / "report.md").read_text().count(".png") >= 5
