@@ -38,6 +38,8 @@ def load_data(cfg: DataConfig) -> Data:
     for spec in cfg.val:
         cache = open_cache(benchmark / "val" if spec == OFFLINE else spec)
         name = "val" if spec == OFFLINE else Path(spec).expanduser().resolve().name
+        if name in val:  # metrics are keyed by this name: two sets must not share it
+            raise DataError(f"{spec}: data.val names two evaluation sets {name!r} (names come from folder names); rename one")
         if cache.feature_dim != train.feature_dim:
             raise DataError(f"{spec}: feature_dim {cache.feature_dim} differs from the training cache's {train.feature_dim}")
         val[name] = cache

@@ -270,15 +270,18 @@ class ImageViews(torch.utils.data.Dataset):
     """Row i -> (views uint8, ok, reason); a missing or unreadable image gives zeros and ok=False."""
 
     def __init__(self, dataset: ImageDataset, views: Views):
-        self.paths = [str(dataset.path(i)) for i in range(len(dataset))]
+        # One bytes array, not a list of str: forked workers share it without copying it page by
+        # page as reference counts change (MP-16 has 4.65 M rows).
+        self.root = str(dataset.root)
+        self.names = np.array([os.fsencode(name) for name in dataset.images], dtype=bytes)
         self.views = views
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.names)
 
     def __getitem__(self, i: int):
         try:
-            with Image.open(self.paths[i]) as image:
+            with Image.open(os.path.join(self.root, os.fsdecode(self.names[i]))) as image:
                 image = image.convert("RGB")
             return self.views(image, i), True, ""
         except FileNotFoundError:
@@ -349,8 +352,9 @@ def extract(
 
     ``views`` is K, the augmented views per training image (default 4; the cache holds K + 1);
     ``eval`` caches the 10 TenCrop views instead. ``stats``, when given, receives the images
-    extracted by this call, the seconds it took and the worker count. ``_stop_after_shards`` (tests only) raises KeyboardInterrupt after that many shards are
-    written in this call, as a kill would.
+    extracted by this call, the seconds it took and the worker count. ``_stop_after_shards``
+    (tests only) raises KeyboardInterrupt after that many shards are written in this call, as
+    a kill would.
     """
     out = Path(out).expanduser()
     if eval and views is not None:
@@ -367,7 +371,7 @@ def extract(
         raise DataError(f"--max-missing: must lie in [0, 1], got {max_missing}")
     weights = _weights_id(pretrained, checkpoint, seed)
     dataset = read_dataset(csv, images, **(columns or {}))
-    resolve_backbone(model, pretrained, checkpoint, quick_gelu)  # bad names fail before any work
+    quick_gelu = resolve_backbone(model, pretrained, checkpoint, quick_gelu)[3]  # bad names fail before any work
     torch_device = pick_device(device)
     precision = pick_precision(precision, torch_device)
     kind = "eval" if eval else "train"
@@ -377,6 +381,7 @@ def extract(
     identity = {
         "backbone": Path(model).stem if model.endswith(".json") else model,
         "weights": weights,
+        "quick_gelu": quick_gelu,
         "csv_sha256": dataset.sha256,
         "views": n_views,
         "view_kind": kind,
@@ -443,7 +448,6 @@ def extract(
         "split": kind,
         "feature_dim": backbone.feature_dim,
         "backbone_config": backbone.config,
-        "quick_gelu": backbone.quick_gelu,
         "checkpoint": backbone.checkpoint,
         "csv": str(dataset.csv.resolve()),
         "csv_rows": len(dataset),

@@ -1,0 +1,64 @@
+"""Smoke test of the benchmarks: each runs at tiny sizes and both of its sides must agree.
+
+No timing is asserted (the figures of a tiny run mean nothing); what is checked is that every
+benchmark runs end to end and that the two ways it compares computed the same result. One
+thread: on a busy machine, two threads on tiny tensors spend their time waiting for each other.
+"""
+
+import pytest
+import torch
+
+pytest.importorskip("geoclip")
+
+from bench import bench_eval, bench_location_encoder, bench_memory, bench_train_step  # noqa: E402
+from bench.__main__ import main as bench_main  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by Trainer (cpu_share) and the memory children
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_eval_agrees_with_published():
+    result = bench_eval.run(n_val=100, gallery_size=500, parts=1, val_negatives=32)
+    assert result.agreed, result.body
+    assert result.figures["pred_differ"] == 0
+    assert "| 2500 km |" in result.body
+
+
+def test_location_encoder_agrees_and_bf16_runs(tmp_path):
+    tiny = {
+        "data": {"offline": {"n_train": 300, "n_val": 50, "n_gallery": 300, "feature_dim": 32, "views": 1, "root": str(tmp_path)}},
+        "model": {"hidden_dim": 32, "depth": 1, "rff_features": 16, "embed_dim": 16, "image_hidden_dim": 32},
+        "train": {"batch_size": 100, "queue_size": 100},
+    }
+    result = bench_location_encoder.run(n_coords=64, repeats=1, seeds=2, epochs=1, train_overrides=tiny)
+    assert result.agreed, result.body
+    assert result.figures["out_dev"] <= 1e-5
+    # the recommended fp32 Fourier features bring bf16 close to fp32 (plain bf16 is far off)
+    assert result.figures["bf16_fixed_dev"] < 0.01 < result.figures["bf16_dev"]
+    assert set(result.figures["within_noise"]) == {"bf16", "bf16, fp32 Fourier features"}
+
+
+def test_train_step_whole_equals_parts():
+    result = bench_train_step.run({"tiny": (1, 1)})
+    assert result.agreed, result.body
+    assert result.figures["tiny"]["loss_dev"] <= 1e-4
+
+
+def test_memory_children_run():
+    result = bench_memory.run(small=300, large=3000, n_val=50, steps=2)
+    assert result.agreed, result.body
+    for r in result.figures["results"].values():
+        assert r["peak_rss_mb"] >= r["peak_anon_mb"] > 0
+
+
+def test_report_is_written(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    assert bench_main(["--quick", "--only", "bench_train_step", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Benchmarks") and "torch" in text and "Both sides agreed: yes" in text
