@@ -29,7 +29,7 @@ from geoloc.data.cache import FeatureCache
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.train import Trainer
 
-from .common import Result, fp32_fourier_features, interleave, log, median, spread, table
+from .common import Result, interleave, log, median, spread, table
 
 PARTS = ["image head", "location encoder, batch", "location encoder, queue", "logits + loss", "backward + optimizer"]
 
@@ -120,16 +120,10 @@ def measure(size: str, repeats: int, steps: int) -> tuple[list, bool, dict]:
             for name, s in step_in_parts(trainer, feats, gps)[1].items():
                 parts[name].append(s)
 
-    def bf16_fixed():
-        with fp32_fourier_features():
-            for _ in range(steps):
-                bf16.train_step(bf16_feats, bf16_gps)
-
     ways = {
         "train_step, fp32": lambda: [trainer.train_step(feats, gps) for _ in range(steps)],
         "in parts, fp32": in_parts,
         "train_step, bf16 autocast": lambda: [bf16.train_step(bf16_feats, bf16_gps) for _ in range(steps)],
-        "train_step, bf16 autocast, fp32 Fourier features": bf16_fixed,
     }
     log(f"train step ({size}): {len(ways)} ways x {repeats} repeats x {steps} steps")
     times, _ = interleave(ways, repeats)

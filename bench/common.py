@@ -156,22 +156,21 @@ def log(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def fp32_fourier_features():
-    """Compute the location encoder's random Fourier features in fp32 even under autocast.
+def bf16_fourier_features():
+    """The location encoder's random Fourier features as ``geoloc.model`` computed them before it
+    kept them in fp32: under bf16 autocast, ``v @ b.T`` then runs in bf16.
 
-    Under bf16 autocast, ``v @ b.T`` runs in bf16; with the sigma=256 branch the products reach
-    about 2*pi*1000 radians, where bf16 (8 significant bits) is off by whole radians, so cos and
-    sin of them are noise. This patch is the change recommended for ``geoloc.model``; the
-    benchmarks apply it for the duration of a ``with`` block to measure what it would give.
+    With the sigma=256 branch the phases reach about 2*pi*1000 radians, where bf16 (8
+    significant bits) is off by whole radians, so cos and sin of them are noise. The benchmarks
+    patch this in for a ``with`` block to show what the fp32 rule buys.
     """
     import math
 
     from geoloc.model import GaussianFourierFeatures
 
     def forward(self, v):
-        with torch.autocast(v.device.type, enabled=False):
-            vp = 2 * math.pi * v.float() @ self.b.T.float()
-            return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+        vp = 2 * math.pi * v @ self.b.T
+        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
 
     original = GaussianFourierFeatures.forward
     GaussianFourierFeatures.forward = forward

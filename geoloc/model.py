@@ -46,8 +46,11 @@ class GaussianFourierFeatures(nn.Module):
         self.b = nn.Parameter(torch.randn(n_features, input_dim) * sigma, requires_grad=False)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        vp = 2 * math.pi * v @ self.b.T
-        return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
+        # Always fp32: under bf16 autocast the phases of the sigma=256 branch (|B v| in the
+        # hundreds) would keep ~2 significant digits, and cos/sin of them would be noise.
+        with torch.autocast(v.device.type, enabled=False):
+            vp = 2 * math.pi * v.float() @ self.b.T.float()
+            return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
 
 
 class LocationBranch(nn.Module):

@@ -34,12 +34,13 @@ from .cache import MANIFEST, CacheWriter, publish_dir
 
 FIELD_SCALES_KM = (2500.0, 750.0, 200.0, 25.0, 1.0)
 AMPLITUDE = np.array([1.0, 1.0, 1.0, 3.0, 1.0])  # per scale, ordinary images
-LANDMARK_AMPLITUDE = np.array([1.0, 1.0, 1.0, 4.0, 4.0])  # per scale, landmark images
+LANDMARK_AMPLITUDE = np.array([1.0, 1.0, 1.0, 4.0, 10.0])  # per scale, landmark images
 FOURIER_FEATURES = 512  # per scale
 IMAGE_NUISANCE = 8.0  # std per feature, fixed per image
 VIEW_NUISANCE = 2.0  # std per feature, redrawn per view
 DUPLICATE_JITTER_KM = 0.5  # when more images than MP-16 coordinates are asked for
 CHUNK = 8192  # images generated at a time, so a 1M-image cache needs little memory
+GENERATOR_VERSION = 2  # bump when anything above changes: built benchmarks are keyed by it
 
 
 def geoclip_gallery_coords() -> np.ndarray:
@@ -49,7 +50,7 @@ def geoclip_gallery_coords() -> np.ndarray:
 
 def benchmark_dir(cfg: OfflineBenchmarkConfig) -> Path:
     """Where the benchmark of this configuration lives (one folder per distinct configuration)."""
-    key = {k: v for k, v in asdict(cfg).items() if k != "root"}
+    key = {k: v for k, v in asdict(cfg).items() if k != "root"} | {"generator": GENERATOR_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.root).expanduser() / f"offline-{digest}"
 
