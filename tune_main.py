@@ -123,11 +123,16 @@ def start_ray(study: StudyConfig, address: str | None):
     return ray
 
 
-def summarize(study_dir: Path, results) -> None:
+def summarize(study_dir: Path) -> None:
+    """Best trial and top table, read from the trial folders (the study's own record, which also
+    holds trials that ended after Ray's last snapshot before a crash)."""
     trials = []
-    for r in results:
-        if r.metrics and "score" in r.metrics:
-            trials.append((r.metrics["score"], r.metrics, r.config.get("params", {}), Path(r.path).name))
+    for trial in sorted(study_dir.glob("trial_*/metrics.jsonl")):
+        lines = trial.read_text().splitlines()
+        if lines:
+            metrics = json.loads(lines[-1])
+            params = json.loads((trial.parent / "trial.json").read_text())["params"]
+            trials.append((metrics["score"], metrics, params, trial.parent.name))
     trials.sort(key=lambda t: -t[0])
     print()
     if not trials:
@@ -159,7 +164,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
     (study_dir / "study.yaml").write_text(yaml.safe_dump(resolved(study), sort_keys=False))
     reporter = tune.CLIReporter(metric_columns=SHOWN_METRICS, max_report_frequency=10, max_progress_rows=20)
     try:
-        results = make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
+        make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with: python tune_main.py {args.study} --resume" + (f" --storage {args.storage}" if args.storage else ""))
         return 130
@@ -169,7 +174,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
         raise
     finally:
         ray.shutdown()
-    summarize(study_dir, results)
+    summarize(study_dir)
     if not args.no_analysis:
         try:
             from analysis import analyse

@@ -36,6 +36,8 @@ STATUS = "status.json"
 OPTUNA_DB = "optuna.db"
 ORPHANS = ".orphaned"
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
+TrialState = optuna.trial.TrialState
+STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def trial_dirname(trial) -> str:
@@ -168,7 +170,13 @@ class OptunaStudySearcher(Searcher):
         self.set_state(state["live"])
 
     def suggest(self, trial_id: str):
-        trial = self._rebind_orphan(trial_id) or self.optuna.ask()
+        trial = self._rebind_orphan(trial_id)
+        if trial is None:
+            # A trial can end after Ray's last snapshot and before a driver crash: Ray then does not
+            # count it, but Optuna (and its folder) do, so the total is counted here.
+            if len(self.optuna.get_trials(deepcopy=False, states=STARTED)) >= num_trials(self.study):
+                return Searcher.FINISHED
+            trial = self.optuna.ask()
         trial.set_user_attr("ray_trial_id", trial_id)
         self.live[trial_id] = trial
         return {"params": sample(trial, self.study), "number": trial.number}

@@ -8,7 +8,7 @@ from geoloc.config import RunConfig, from_dict
 
 # Small enough for a few seconds per epoch on 2 cores, big enough that learning shows.
 SMALL = {
-    "data": {"offline": {"n_train": 3000, "n_val": 300, "n_gallery": 3000, "feature_dim": 128, "views": 2}},
+    "data": {"offline": {"n_train": 3000, "n_val": 300, "n_gallery": 3000, "feature_dim": 256, "views": 2}},
     "model": {"hidden_dim": 128, "depth": 2, "embed_dim": 64, "image_hidden_dim": 128},
     "train": {"epochs": 4, "batch_size": 128, "queue_size": 256, "lr": 1e-3, "seed": 0},
 }
