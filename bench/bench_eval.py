@@ -116,7 +116,7 @@ def compare(n_val: int = 2997, gallery_size: int | None = None, batch_size: int 
 
     The published evaluation runs once over the batches, split into ``parts`` calls of
     ``eval_images``; ours (fp32) runs before, between and after them (``parts + 1`` times), so both
-    see the same changes of load on a shared machine; the bf16 variants run in every other round.
+    see the same changes of load on a shared machine; ours in bf16 runs in every other round.
     """
     rng = np.random.default_rng(seed)
     gallery = geoclip_gallery_coords()
@@ -219,7 +219,7 @@ def _report(cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_
            f"(a warm-up batch took {first_s:.1f} s, so the full set would exceed the time budget); "
            f"agreement is checked on those {n_cmp} images")
     how += (f", in {len(parts)} consecutive calls of `eval_images` with ours (fp32) run before, between and after them "
-            f"({len(wall['fp32'])} runs; the bf16 variants: {len(wall['bf16'])} each), so that both sides saw the same "
+            f"({len(wall['fp32'])} runs; bf16: {len(wall['bf16'])}), so that both sides saw the same "
             "changes of load" if len(parts) > 1 else ", between two runs of ours (fp32)")
     body = f"""
 {n_val} validation features (random, 768-d, float16 cache written with `CacheWriter`), {len(gallery):,} gallery
@@ -258,8 +258,8 @@ bf16 against fp32 (ours; distance between the two predicted gallery points):
 {table(["ours in", "same prediction", "within 25 km", "within 750 km", "median distance"], low_precision)}
 
 Random features give close gallery similarities, so bf16's small deviations change some
-predictions; targets were placed around the
-fp32 predictions, so bf16 accuracies on them would mean nothing and are not shown.
+predictions; targets were placed around the fp32 predictions, so bf16 accuracies on them would
+mean nothing and are not shown.
 """
     figures = {"ratio": ratios["fp32"], "ratios": ratios, "ratios_best": ratios_best, "ratios_cpu": ratios_cpu,
                "pred_differ": pred_differ, "n": n_cmp,

@@ -25,7 +25,7 @@ from geoloc.config import RunConfig, from_dict
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.model import LocationEncoder
 
-from .common import Result, bf16_fourier_features, interleave, log, median, spread, table
+from .common import Result, bf16_fourier_features, interleave, log, median, paired_speedup, spread, table
 
 PRECISIONS = {  # name -> (train.precision, patch)
     "fp32": ("fp32", contextlib.nullcontext),
@@ -58,7 +58,11 @@ def _grad_deviation(a: torch.nn.Module, b: torch.nn.Module) -> float:
     )
 
 
-def speed(n_coords: int = 4608, repeats: int = 5, seed: int = 0) -> tuple[str, bool, dict]:
+OLD = "ours, bf16 autocast, Fourier features in bf16 (before the fix)"
+
+
+def speed(n_coords: int = 4608, repeats: int = 5, threads: tuple[int, ...] = (1, 2), seed: int = 0) -> tuple[str, bool, dict]:
+    """Every way timed with each torch thread count in ``threads`` (interleaved within a count)."""
     import geoclip
 
     rng = np.random.default_rng(seed)
@@ -72,11 +76,16 @@ def speed(n_coords: int = 4608, repeats: int = 5, seed: int = 0) -> tuple[str, b
         "published, fp32": lambda: forward_backward(published, coords, grad),
         "ours, fp32": lambda: forward_backward(ours, coords, grad),
         "ours, bf16 autocast": lambda: forward_backward(ours, coords, grad, _bf16),
-        "ours, bf16 autocast, Fourier features in bf16 (before the fix)":
-            lambda: forward_backward(ours, coords, grad, _bf16, bf16_fourier_features),
+        OLD: lambda: forward_backward(ours, coords, grad, _bf16, bf16_fourier_features),
     }
-    log(f"location encoder: {len(ways)} ways x {repeats} repeats, {n_coords} coordinates")
-    times, outs = interleave(ways, repeats)
+    previous, timings = torch.get_num_threads(), {}
+    try:
+        for n in threads:
+            torch.set_num_threads(n)
+            log(f"location encoder: {len(ways)} ways x {repeats} repeats, {n_coords} coordinates, {n} thread(s)")
+            timings[n], outs = interleave(ways, repeats)
+    finally:
+        torch.set_num_threads(previous)
 
     forward_backward(ours, coords, grad)
     forward_backward(published, coords, grad)
@@ -85,36 +94,41 @@ def speed(n_coords: int = 4608, repeats: int = 5, seed: int = 0) -> tuple[str, b
     agreed = out_dev <= 1e-5 and grad_dev <= 1e-4
 
     reference = outs["ours, fp32"]
-    t_ours = median(times["ours, fp32"])
-    rows = []
-    for name, values in times.items():
-        out = outs[name]
-        cosine = F.cosine_similarity(out, reference, dim=-1)
-        rows.append([name, spread(values), f"{t_ours / median(values):.2f}x",
-                     f"{(out - reference).abs().max():.1e}", f"{cosine.min():.4f}"])
+    rows, speedups = [], {}
+    for n, times in timings.items():
+        speedups[n] = {name: paired_speedup(times["ours, fp32"], values) for name, values in times.items()}
+        for name, values in times.items():
+            out = outs[name]
+            cosine = F.cosine_similarity(out, reference, dim=-1)
+            rows.append([n, name, spread(values), f"{speedups[n][name]:.2f}x",
+                         f"{(out - reference).abs().max():.1e}", f"{cosine.min():.4f}"])
+    summary = "; ".join(
+        f"{n} thread(s): ours runs at {1 / s['published, fp32']:.2f}x the published speed, bf16 autocast "
+        f"{s['ours, bf16 autocast']:.2f}x ours fp32 (Fourier features in bf16: {s[OLD]:.2f}x)"
+        for n, s in speedups.items()
+    )
     body = f"""
 Forward + backward of {n_coords} coordinates (batch + queue; drawn from the published gallery),
 published weights, a fixed random upstream gradient; {repeats} interleaved repeats after one
-warm-up round, median (min-max). Output scale: max |output| = {reference.abs().max():.3f}.
+warm-up round per thread count, median (min-max); speed: the median of the per-round ratios to
+ours fp32. Output scale: max |output| = {reference.abs().max():.3f}.
 
-{table(["way", "time", "speed vs ours fp32", "max abs deviation from ours fp32", "min cosine to ours fp32"], rows)}
+{table(["threads", "way", "time", "speed vs ours fp32", "max abs deviation from ours fp32", "min cosine to ours fp32"], rows)}
 
 fp32, ours vs published: max abs output difference {out_dev:.1e} (limit 1e-5), largest relative
-weight-gradient difference {grad_dev:.1e}; ours is {median(times["published, fp32"]) / t_ours:.2f}x the published speed.
+weight-gradient difference {grad_dev:.1e}. {summary}.
 
 Under bf16 autocast `geoloc.model` keeps the Fourier features (`v @ b.T`, cos, sin) in fp32. The
-last row shows why: computed in bf16, the sigma=256 branch's phases (|b| up to ~1000, so ~2*pi*1000
-rad) lose whole radians to bf16's 8-bit mantissa and its cos/sin become noise (the large deviation
-and low cosine); the fp32 rule costs no measurable speed ({t_ours / median(times["ours, bf16 autocast"]):.2f}x against
-{t_ours / median(times["ours, bf16 autocast, Fourier features in bf16 (before the fix)"]):.2f}x).
+last row of each group shows why: computed in bf16, the sigma=256 branch's phases (|b| up to
+~1000, so ~2*pi*1000 rad) lose whole radians to bf16's 8-bit mantissa and its cos/sin become noise
+(the large deviation and low cosine). Keeping them in fp32 costs one {n_coords} x 2 x 256 product per branch.
 """
+    last = speedups[threads[-1]]
     figures = {
-        "out_dev": out_dev, "grad_dev": grad_dev,
-        "ours_vs_published": median(times["published, fp32"]) / t_ours,
-        "bf16_speedup": t_ours / median(times["ours, bf16 autocast"]),
-        "bf16_old_speedup": t_ours / median(times["ours, bf16 autocast, Fourier features in bf16 (before the fix)"]),
+        "out_dev": out_dev, "grad_dev": grad_dev, "speedups": speedups,
+        "ours_vs_published": 1 / last["published, fp32"], "bf16_speedup": last["ours, bf16 autocast"],
         "bf16_dev": float((outs["ours, bf16 autocast"] - reference).abs().max()),
-        "bf16_old_dev": float((outs["ours, bf16 autocast, Fourier features in bf16 (before the fix)"] - reference).abs().max()),
+        "bf16_old_dev": float((outs[OLD] - reference).abs().max()),
     }
     return body, agreed, figures
 
@@ -183,9 +197,9 @@ Difference of means against fp32, with seed noise taken as two standard errors o
     return body, {"runs": runs, "within_noise": verdicts}
 
 
-def run(n_coords: int = 4608, repeats: int = 5, train: bool = True, seeds: int = 3, epochs: int = 3,
-        train_overrides: dict | None = None) -> Result:
-    body, agreed, figures = speed(n_coords, repeats)
+def run(n_coords: int = 4608, repeats: int = 4, threads: tuple[int, ...] = (1, 2), train: bool = True, seeds: int = 3,
+        epochs: int = 3, train_overrides: dict | None = None) -> Result:
+    body, agreed, figures = speed(n_coords, repeats, threads)
     if train:
         accuracy_body, accuracy_figures = accuracy_cost(seeds, epochs, train_overrides)
         body += accuracy_body
@@ -196,7 +210,7 @@ def run(n_coords: int = 4608, repeats: int = 5, train: bool = True, seeds: int =
 
 
 def main(quick: bool = False) -> Result:
-    return run(n_coords=256, repeats=2, train=False) if quick else run()
+    return run(n_coords=256, repeats=2, threads=(1,), train=False) if quick else run()
 
 
 if __name__ == "__main__":

@@ -166,6 +166,7 @@ def measure(train: Path, val: Path, steps: int, gallery_size: int, reader: str) 
     out = subprocess.run(
         [sys.executable, "-m", "bench.bench_memory", "--child", str(train), str(val), str(steps), str(gallery_size), reader],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread (Trainer's cpu_share): quicker on a busy machine
     )
     if out.returncode != 0:
         raise RuntimeError(f"memory child failed ({out.returncode}):\n{out.stderr[-3000:]}")
@@ -181,7 +182,7 @@ KEYS = {  # figure -> column
 }
 
 
-def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: int = 300, repeats: int = 3) -> Result:
+def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: int = 300, repeats: int = 2) -> Result:
     """Each (reader, cache) child runs ``repeats`` times, small and large interleaved; medians reported."""
     gallery_size = min(10_000, small)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -221,7 +222,7 @@ def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: i
 Trial-like process in a fresh subprocess: `Trainer` on a cache of N random images (1 view x 768
 float16; the {large:,}-image cache is {large_bytes / MB:,.0f} MiB on disk, written in {build_s:.0f} s), validation cache
 of {n_val:,} images, gallery = training coordinates thinned to {gallery_size:,}, quickstart model sizes,
-{steps} training steps and one evaluation. The caches were just written, so their pages were in
+{steps} training steps and one evaluation, one torch thread. The caches were just written, so their pages were in
 the page cache: the case where a memory map shows most of them. Each configuration ran
 {repeats} times (interleaved); medians in MiB (identical runs differed by up to {spread:.0f} MiB in peak
 RSS: allocator noise). RSS right after the imports: {np.median([r["baseline_mb"] for rs in runs.values() for r in rs]):.0f} MiB, mostly torch's libraries.

@@ -77,6 +77,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def paired_speedup(base: list[float], other: list[float]) -> float:
+    """How many times faster ``other`` ran than ``base``: the median of the per-round ratios of two
+    interleaved timings (each round's pair ran back to back, under nearly the same load)."""
+    return median([b / o for b, o in zip(base, other)])
+
+
 def spread(values: list[float]) -> str:
     """``median (min-max, n=...)`` in seconds or milliseconds, whichever reads better."""
     lo, mid, hi = min(values), median(values), max(values)

@@ -36,7 +36,7 @@ def test_location_encoder_agrees_and_bf16_runs(tmp_path):
         "model": {"hidden_dim": 32, "depth": 1, "rff_features": 16, "embed_dim": 16, "image_hidden_dim": 32},
         "train": {"batch_size": 100, "queue_size": 100},
     }
-    result = bench_location_encoder.run(n_coords=64, repeats=1, seeds=2, epochs=1, train_overrides=tiny)
+    result = bench_location_encoder.run(n_coords=64, repeats=1, threads=(1,), seeds=2, epochs=1, train_overrides=tiny)
     assert result.agreed, result.body
     assert result.figures["out_dev"] <= 1e-5
     # bf16 with the Fourier features in fp32 stays close to fp32; with them in bf16 it is far off
