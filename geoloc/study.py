@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .config import ConfigError, RunConfig, deep_merge, from_dict, load_yaml, set_path, to_dict
+from .config import ConfigError, RunConfig, from_dict, load_yaml, set_path, to_dict
 
 PARAM_TYPES = ("fixed", "uniform", "loguniform", "int", "choice")
 
@@ -293,4 +293,4 @@ def resolved(study: StudyConfig) -> dict:
     return copy.deepcopy(to_dict(study))
 
 
-__all__ = ["StudyConfig", "Param", "load_study", "run_config", "grid", "num_trials", "resolved", "deep_merge"]
+__all__ = ["StudyConfig", "Param", "load_study", "run_config", "grid", "num_trials", "resolved"]

@@ -5,9 +5,7 @@ time are covered in test_real_data.py.)"""
 from __future__ import annotations
 
 import copy
-import json
 
-import numpy as np
 import pytest
 
 import tune_main

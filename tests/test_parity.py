@@ -7,7 +7,7 @@ import torch
 from geoloc.config import EvalConfig, ModelConfig
 from geoloc.evaluate import accuracy_metrics
 from geoloc.geo import haversine_km
-from geoloc.model import GeoCLIP, LocationEncoder, load_geoclip_weights
+from geoloc.model import GeoCLIP, LocationEncoder
 
 geoclip = pytest.importorskip("geoclip")
 

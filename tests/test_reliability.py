@@ -13,12 +13,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import optuna
 import pytest
-
-import tune_main
-from geoloc.data.cache import CacheWriter
 
 from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main as run_tune_main, write_study
 
