@@ -46,7 +46,7 @@ class OfflineBenchmarkConfig:
 
     def validate(self, path: str) -> None:
         for name in ("n_train", "n_val", "n_gallery", "feature_dim", "views"):
-            _at_least(self, name, 1, path)
+            at_least(self, name, 1, path)
         _in_range(self, "landmark_share", 0.0, 1.0, path)
 
 
@@ -70,7 +70,7 @@ class DataConfig:
         if not self.val:
             raise ConfigError(f"{path}.val: needs at least one evaluation set")
         if self.gallery_size is not None:
-            _at_least(self, "gallery_size", 1, path)
+            at_least(self, "gallery_size", 1, path)
 
 
 WARM_START_ARCHITECTURE = ("rff_scales", "rff_features", "hidden_dim", "depth", "embed_dim", "image_hidden_dim")
@@ -107,7 +107,7 @@ class ModelConfig:
         if not self.rff_scales or any(not s > 0 for s in self.rff_scales):
             raise ConfigError(f"{path}.rff_scales: needs one or more positive scales, got {self.rff_scales}")
         for name in ("rff_features", "hidden_dim", "depth", "embed_dim", "image_hidden_dim"):
-            _at_least(self, name, 1, path)
+            at_least(self, name, 1, path)
         if not 0.01 <= self.init_temperature <= 10:
             raise ConfigError(f"{path}.init_temperature: must lie in [0.01, 10], got {self.init_temperature}")
         if self.warm_start:
@@ -132,8 +132,8 @@ class NoiseConfig:
     """Noise on the queue GPS (negatives). The paper quotes 1.0 km."""
 
     def validate(self, path: str) -> None:
-        _at_least(self, "batch_sigma", 0.0, path)
-        _at_least(self, "queue_sigma", 0.0, path)
+        at_least(self, "batch_sigma", 0.0, path)
+        at_least(self, "queue_sigma", 0.0, path)
 
 
 @dataclass
@@ -165,14 +165,14 @@ class TrainConfig:
 
     def validate(self, path: str) -> None:
         for name in ("epochs", "batch_size"):
-            _at_least(self, name, 1, path)
-        _at_least(self, "queue_size", 0, path)
+            at_least(self, name, 1, path)
+        at_least(self, "queue_size", 0, path)
         if not self.lr > 0:
             raise ConfigError(f"{path}.lr: must be > 0, got {self.lr}")
-        _at_least(self, "weight_decay", 0.0, path)
+        at_least(self, "weight_decay", 0.0, path)
         _in_range(self, "lr_gamma", 1e-6, 1.0, path)
         if self.threads is not None:
-            _at_least(self, "threads", 1, path)
+            at_least(self, "threads", 1, path)
 
 
 @dataclass
@@ -203,7 +203,7 @@ class EvalConfig:
         if any(w < 0 for w in self.score_weights) or sum(self.score_weights) <= 0:
             raise ConfigError(f"{path}.score_weights: must be >= 0 with a positive sum, got {self.score_weights}")
         for name in ("val_negatives", "batch_size", "gallery_chunk"):
-            _at_least(self, name, 1, path)
+            at_least(self, name, 1, path)
 
 
 @dataclass
@@ -275,6 +275,16 @@ def set_path(data: dict, dotted: str, value: Any) -> dict:
     out = dict(data)
     out[head] = set_path(out.get(head) if isinstance(out.get(head), dict) else {}, rest, value) if rest else value
     return out
+
+
+def get_path(tree: dict, dotted: str) -> Any:
+    """``tree["a"]["b"]["c"]`` for ``"a.b.c"``; KeyError when a part is missing."""
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
 
 
 def from_dict(cls, data: Any, path: str = ""):
@@ -365,7 +375,8 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _at_least(obj, name: str, low, path: str) -> None:
+def at_least(obj, name: str, low, path: str) -> None:
+    """ConfigError naming ``path.name`` unless ``obj.name >= low``."""
     value = getattr(obj, name)
     if value < low:
         raise ConfigError(f"{path}.{name}: must be >= {low}, got {value}")

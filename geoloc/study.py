@@ -20,13 +20,12 @@ the given value (or one of a list of values); otherwise the base value stands.
 
 from __future__ import annotations
 
-import copy
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from .config import ConfigError, RunConfig, from_dict, load_yaml, set_path, to_dict
+from .config import ConfigError, RunConfig, at_least, from_dict, get_path, load_yaml, set_path, to_dict
 
 PARAM_TYPES = ("fixed", "uniform", "loguniform", "int", "choice")
 
@@ -72,8 +71,7 @@ class SearchConfig:
 
     def validate(self, path: str) -> None:
         for name in ("num_samples", "repeats", "max_concurrent", "n_startup_trials"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{path}.{name}: must be >= 1, got {getattr(self, name)}")
+            at_least(self, name, 1, path)
 
 
 @dataclass
@@ -90,12 +88,10 @@ class SchedulerConfig:
     """ASHA brackets."""
 
     def validate(self, path: str) -> None:
-        if self.grace_period < 1:
-            raise ConfigError(f"{path}.grace_period: must be >= 1, got {self.grace_period}")
+        at_least(self, "grace_period", 1, path)
+        at_least(self, "brackets", 1, path)
         if not self.reduction_factor > 1:
             raise ConfigError(f"{path}.reduction_factor: must be > 1, got {self.reduction_factor}")
-        if self.brackets < 1:
-            raise ConfigError(f"{path}.brackets: must be >= 1, got {self.brackets}")
 
 
 @dataclass
@@ -118,8 +114,7 @@ class ResourcesConfig:
     def validate(self, path: str) -> None:
         if not self.cpu > 0:
             raise ConfigError(f"{path}.cpu: must be > 0, got {self.cpu}")
-        if self.gpu < 0:
-            raise ConfigError(f"{path}.gpu: must be >= 0, got {self.gpu}")
+        at_least(self, "gpu", 0, path)
 
 
 @dataclass
@@ -130,8 +125,7 @@ class FailureConfig:
     """Restarts of a trial from its last checkpoint before it is marked errored."""
 
     def validate(self, path: str) -> None:
-        if self.max_failures < 0:
-            raise ConfigError(f"{path}.max_failures: must be >= 0, got {self.max_failures}")
+        at_least(self, "max_failures", 0, path)
 
 
 @dataclass
@@ -280,17 +274,16 @@ def num_trials(study: StudyConfig) -> int:
 
 
 def _has_path(tree: dict, dotted: str) -> bool:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return not isinstance(node, dict)
+    """True when ``dotted`` names a leaf (not a section) of the configuration."""
+    try:
+        return not isinstance(get_path(tree, dotted), dict)
+    except KeyError:
+        return False
 
 
 def resolved(study: StudyConfig) -> dict:
     """Plain data of the whole validated study (written as STUDY_DIR/study.yaml)."""
-    return copy.deepcopy(to_dict(study))
+    return to_dict(study)
 
 
 __all__ = ["StudyConfig", "Param", "load_study", "run_config", "grid", "num_trials", "resolved"]

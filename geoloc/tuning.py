@@ -28,6 +28,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from .config import get_path, to_dict
 from .events import EventLogger
 from .study import StudyConfig, grid, num_trials, run_config
 from .train import CHECKPOINT, METRICS, DivergenceError, Trainer, checkpoint_epoch, keep_epochs_up_to
@@ -251,18 +252,9 @@ class OptunaStudySearcher(Searcher):
 
 
 def _base_values(study: StudyConfig) -> dict:
-    from .config import to_dict
-
+    """The base configuration's value of every sampled entry (the trial ``enqueue_base`` runs)."""
     base = to_dict(study.base)
-    values = {}
-    for p in study.params():
-        if p.type == "fixed":
-            continue
-        node = base
-        for part in p.name.split("."):
-            node = node[part]
-        values[p.name] = node
-    return values
+    return {p.name: get_path(base, p.name) for p in study.params() if p.type != "fixed"}
 
 
 # -- the study -------------------------------------------------------------------------------------

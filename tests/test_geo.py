@@ -67,3 +67,15 @@ def test_check_coordinates_names_the_row(bad):
     coords = np.array([[0.0, 0.0], [1.0, 1.0], bad])
     with pytest.raises(ValueError, match="where: row 2"):
         check_coordinates(coords, "where")
+
+
+def test_nearest_gallery_distance_equals_the_brute_force_minimum():
+    from geoloc.evaluate import nearest_distance_km
+
+    rng = np.random.default_rng(2)
+    gallery = rng.uniform([-90, -180], [90, 180], size=(3000, 2))
+    points = np.concatenate([gallery[:200] + rng.normal(scale=0.001, size=(200, 2)),  # metres away
+                             rng.uniform([-90, -180], [90, 180], size=(300, 2))])
+    points = np.clip(points, [-90, -180], [90, 180])
+    brute = haversine_km(points[:, None, :], gallery[None, :, :]).min(axis=1)
+    np.testing.assert_allclose(nearest_distance_km(points, gallery, chunk=128), brute, rtol=1e-9, atol=1e-6)

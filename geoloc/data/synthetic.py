@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ..config import OfflineBenchmarkConfig
-from ..geo import EARTH_RADIUS_KM
+from ..geo import EARTH_RADIUS_KM, unit_vectors
 from ..model import geoclip_package_dir
 from .cache import MANIFEST, CacheWriter, publish_dir
 
@@ -101,11 +101,6 @@ def _split(rng: np.random.Generator, cfg: OfflineBenchmarkConfig) -> tuple[np.nd
     return np.concatenate([rest, extra]), val
 
 
-def _unit_vectors(latlon: np.ndarray) -> np.ndarray:
-    lat, lon = np.radians(latlon[:, 0]), np.radians(latlon[:, 1])
-    return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
-
-
 class _Fields:
     """Random smooth fields on the sphere, one per scale, each mapped into feature space."""
 
@@ -117,7 +112,7 @@ class _Fields:
         self.feature_dim = feature_dim
 
     def features(self, rng: np.random.Generator, latlon: np.ndarray, landmark: np.ndarray, views: int) -> np.ndarray:
-        u = _unit_vectors(latlon)
+        u = unit_vectors(latlon)
         amplitude = np.where(landmark[:, None], LANDMARK_AMPLITUDE, AMPLITUDE)  # (n, scales)
         signal = np.zeros((len(u), self.feature_dim))
         for i in range(len(FIELD_SCALES_KM)):
