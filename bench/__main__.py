@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .common import Result, log, machine_header, set_threads
 
-BENCHMARKS = ["bench_eval", "bench_location_encoder", "bench_train_step", "bench_memory"]
+BENCHMARKS = ["bench_eval", "bench_location_encoder", "bench_train_step", "bench_memory", "bench_sweep", "bench_packing"]
 HERE = Path(__file__).resolve().parent
 
 

@@ -4,8 +4,8 @@ Each measurement is a fresh subprocess (``python -m bench.bench_memory --child T
 GALLERY READER``) that does what a trial does: opens the caches (``open_cache``, through
 ``Trainer``), builds a ``Trainer`` (quickstart sizes: batch 128, queue 1024, location-encoder
 width 256; gallery: the training coordinates thinned to GALLERY points, the same for both
-caches), runs STEPS training steps reading the batches with READER (the memory map as the
-trainer does, or ``os.pread``), then one evaluation, and prints its memory as JSON. The caches
+caches), runs STEPS training steps reading the batches with READER (``os.pread`` through
+``FeatureCache.read`` as the trainer does, or indexing the memory map as it did before), then one evaluation, and prints its memory as JSON. The caches
 hold random float16 features, 1 view x 768, written in chunks with ``CacheWriter`` into a
 temporary folder that is deleted afterwards.
 
@@ -96,24 +96,6 @@ class PeakSampler(threading.Thread):
         self.sample()
 
 
-class PreadReader:
-    """Reads one view per image with ``os.pread`` instead of indexing the memory map.
-
-    The alternative measured here: nothing of the cache is mapped into the process, so its RSS
-    does not grow with the pages a run happens to touch (see ``run``'s report).
-    """
-
-    def __init__(self, features: np.memmap):
-        self.fd = os.open(features.filename, os.O_RDONLY)
-        self.offset, (_, self.views, self.dim) = features.offset, features.shape
-        self.itemsize = self.dim * features.dtype.itemsize
-
-    def __call__(self, idx: np.ndarray, views: np.ndarray) -> np.ndarray:
-        buf = b"".join(os.pread(self.fd, self.itemsize, self.offset + (int(i) * self.views + int(v)) * self.itemsize)
-                       for i, v in zip(idx, views))
-        return np.frombuffer(buf, dtype=np.float16).reshape(len(idx), self.dim)
-
-
 def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> dict:
     import torch
 
@@ -131,7 +113,7 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
     trainer = Trainer(cfg)  # opens the caches with open_cache (memory-mapped)
     init_peak_kb = _status_kb("VmHWM")
     cache = trainer.data.train
-    read = PreadReader(cache.features) if reader == "pread" else lambda idx, views: cache.features[idx, views]
+    read = cache.read if reader == "pread" else lambda idx, views: cache.features[idx, views]
     reads_agree, done = True, 0
     while done < steps:  # epochs as Trainer.train_one_epoch runs them, until STEPS steps
         for idx, views in trainer.batches():
@@ -156,8 +138,8 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
 # -- the parent --------------------------------------------------------------------------------
 
 READERS = {
-    "memmap": "indexing the memory map, as `Trainer.train_one_epoch` reads today",
-    "pread": "`os.pread` of the chosen rows, the alternative in `PreadReader`",
+    "memmap": "indexing the memory map, as `Trainer.train_one_epoch` read before",
+    "pread": "`os.pread` of the chosen rows, `FeatureCache.read`, as `Trainer.train_one_epoch` reads now",
 }
 
 

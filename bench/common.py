@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -159,6 +160,33 @@ def published_geoclip(queue_size: int = 4096):
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def quickstart_base() -> dict:
+    """The run configuration of ``studies/quickstart.yaml``, the starting point of the sweep benchmarks."""
+    import yaml
+
+    return yaml.safe_load((ROOT / "studies" / "quickstart.yaml").read_text())["base"]
+
+
+def run_study(spec: dict, storage: Path):
+    """Write ``spec`` as a study file, run it with ``tune_main.py`` (real Ray, real Optuna) into
+    ``storage``; returns its wall seconds and the study as ``analysis.load_study`` reads it."""
+    import subprocess
+
+    import yaml
+
+    from analysis.load import load_study
+
+    path = storage / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "tune_main.py"), str(path), "--storage", str(storage), "--no-analysis"],
+                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start, load_study(storage / spec["name"])
 
 
 @contextlib.contextmanager

@@ -95,7 +95,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def batches(self):
-        """Seeded shuffle; one cached view per image per epoch; indices sorted within a batch for memmap reads."""
+        """Seeded shuffle; one cached view per image per epoch; indices sorted within a batch so reads go forward."""
         n, bs = len(self.data.train), self.cfg.train.batch_size
         order = torch.randperm(n, generator=self.generator)
         views = torch.randint(self.data.train.views, (n,), generator=self.generator)
@@ -141,7 +141,7 @@ class Trainer:
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
         bar = tqdm(self.batches(), total=n_steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
         for idx, views in bar:
-            features = torch.from_numpy(np.asarray(self.data.train.features[idx, views], dtype=np.float32)).to(self.device)
+            features = torch.from_numpy(self.data.train.read(idx, views).astype(np.float32)).to(self.device)
             losses.append(self.train_step(features, self.train_coords[idx].to(self.device)))
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         self.scheduler.step()

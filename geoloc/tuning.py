@@ -100,8 +100,8 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
             with (trial_dir / METRICS).open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             trainer.save(own)
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy(own, Path(tmp) / CHECKPOINT)
+            with tempfile.TemporaryDirectory(prefix=".report-", dir=trial_dir) as tmp:
+                os.link(own, Path(tmp) / CHECKPOINT)  # Ray copies it into its checkpoint folder: no copy here
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
     except DivergenceError as e:
         write_json(trial_dir / STATUS, {"status": "errored", "epochs": trainer.epoch, "max_epochs": cfg.train.epochs, "reason": str(e)})

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("geoclip")
 
-from bench import bench_eval, bench_location_encoder, bench_memory, bench_train_step  # noqa: E402
+from bench import bench_eval, bench_location_encoder, bench_memory, bench_packing, bench_sweep, bench_train_step  # noqa: E402
 from bench.__main__ import main as bench_main  # noqa: E402
 
 
@@ -55,6 +55,22 @@ def test_memory_children_run():
     assert result.agreed, result.body
     for r in result.figures["results"].values():
         assert r["peak_rss_mb"] >= r["peak_anon_mb"] > 0
+
+
+@pytest.mark.slow
+def test_sweep_grid_and_tpe_asha_agree_on_shared_cells():
+    result = bench_sweep.main(quick=True)  # 8-cell grid and 4 TPE + ASHA trials through tune_main.py
+    assert result.agreed, result.body
+    assert result.figures["grid"]["trials"] == 8 and result.figures["tpe"][0]["trials"] == 4
+    assert result.figures["tpe"][0]["epochs"] <= result.figures["grid"]["epochs"]
+
+
+@pytest.mark.slow
+def test_packing_runs_every_level_with_the_same_seed0_score():
+    result = bench_packing.main(quick=True)
+    assert result.agreed, result.body
+    levels = result.figures["levels"]
+    assert [r["trials"] for r in levels] == [r["level"] for r in levels] and len(levels) >= 2
 
 
 def test_report_is_written(tmp_path):

@@ -26,6 +26,17 @@ def test_queue_is_a_fifo_of_any_size():
     assert len(empty.contents()) == 0
 
 
+def test_training_reads_the_rows_the_memory_map_holds(small_config):
+    cache = Trainer(build(small_config)).data.train
+    rng = np.random.default_rng(0)
+    idx = np.sort(rng.choice(len(cache), 50, replace=False))
+    views = rng.integers(cache.views, size=50)
+    rows = cache.read(idx, views)
+    assert rows.shape == (50, cache.feature_dim) and rows.dtype == np.float16
+    assert np.array_equal(rows, cache.features[idx, views])
+    assert not np.array_equal(rows, cache.features[idx, (views + 1) % cache.views])  # the view index counts
+
+
 def test_learning_is_real(small_config):
     trainer = Trainer(build(small_config))
     gallery = trainer.data.gallery

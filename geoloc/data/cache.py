@@ -3,7 +3,7 @@
 A cache is a folder::
 
     manifest.json   format, backbone, weights, views, feature_dim, n, source hash, ...
-    features.npy    float16 (n, views, feature_dim), memory-mapped by readers
+    features.npy    float16 (n, views, feature_dim); training reads its rows with os.pread
     coords.npy      float64 (n, 2), (lat, lon) degrees
 
 Real data (geoloc.data.features) and the offline benchmark (geoloc.data.synthetic) both write
@@ -13,11 +13,12 @@ sees a half-written cache.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,35 @@ class DataError(ValueError):
 
 @dataclass
 class FeatureCache:
-    """An opened cache: features stay on disk (memory-mapped), coordinates are in memory."""
+    """An opened cache: features stay on disk, coordinates are in memory."""
 
     path: Path
     features: np.ndarray  # (n, views, feature_dim) float16 memmap
     coords: np.ndarray  # (n, 2) float64
     manifest: dict
+    _file: io.RawIOBase | None = field(default=None, init=False, repr=False)  # opened by the first read
 
     def __len__(self) -> int:
         return len(self.coords)
+
+    def read(self, idx: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """Rows ``features[idx, views]`` as (len(idx), feature_dim) float16, read with ``os.pread``.
+
+        Why not index the memory map: every page it touches (and the 64 KiB the kernel maps
+        around each fault) stays counted in the process's RSS, so a trial on a 1M-image cache
+        looked 1.5 GiB larger than one on a 10K cache (bench/bench_memory.py); pread copies just
+        the rows and maps nothing. Where there is no ``os.pread`` (Windows) the memory map is used.
+        """
+        if not hasattr(os, "pread"):
+            return np.asarray(self.features[idx, views])
+        if self._file is None:
+            self._file = open(self.features.filename, "rb", buffering=0)  # noqa: SIM115 (lives as long as the cache)
+        fd, row_bytes = self._file.fileno(), self.feature_dim * self.features.dtype.itemsize
+        out = np.empty((len(idx), self.feature_dim), dtype=self.features.dtype)
+        rows = out.view(np.uint8).reshape(len(idx), row_bytes)
+        for k, row in enumerate(np.asarray(idx, np.int64) * self.views + np.asarray(views, np.int64)):
+            rows[k] = np.frombuffer(os.pread(fd, row_bytes, self.features.offset + int(row) * row_bytes), np.uint8)
+        return out
 
     @property
     def views(self) -> int:

@@ -1,0 +1,140 @@
+"""Packing: 1, 2 and 4 concurrent trials on one GPU with fractional GPU requests.
+
+Each packing level K runs K identical trials at once through ``tune_main.py`` (a grid over
+``train.seed`` 0..K-1, ``resources.gpu`` 1/K), at the published sizes (location encoder width
+1024, batch 512, queue 4096, bf16) on an enlarged offline benchmark. Reported per level:
+trial-epochs per hour end to end (all epochs over the study's wall time, Ray and trial start-up
+included) and in steady state (K x 3600 / median seconds of an epoch after the first), and the
+GPU's utilisation and memory sampled by ``nvidia-smi`` every 0.5 s while the study ran.
+
+Without a GPU the same code packs trials onto the CPU cores instead (levels 1 and 2 on the
+quickstart's sizes, ``resources.cpu`` = cores / K, so K trials share the same cores): the
+question a laptop user has, and what this machine can measure.
+
+Agreement check: the seed-0 trial, which every level runs, ends with the same score at every
+level (exactly on CPU; within 0.005 on GPU, whose kernels need not be bit-reproducible).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .common import Result, log, quickstart_base, run_study, table
+
+GPU_LEVELS, CPU_LEVELS = (1, 2, 4), (1, 2)
+EPOCHS = 3
+
+
+def study_spec(level: int, gpu: bool, quick: bool) -> dict:
+    base = quickstart_base()
+    base["train"]["epochs"] = 2 if quick else EPOCHS
+    if gpu:
+        base["data"]["offline"] = {"n_train": 50_000, "n_gallery": 20_000}
+        base["model"] = {}  # the published widths
+        base["train"] |= {"batch_size": 512, "queue_size": 4096, "precision": "bf16", "device": "cuda"}
+        resources = {"cpu": max(1, (os.cpu_count() or 1) // max(GPU_LEVELS)), "gpu": 1 / level}
+    else:
+        if quick:
+            base["data"]["offline"] = {"n_train": 1500, "n_val": 200, "n_gallery": 1500, "feature_dim": 64}
+            base["model"] = {"hidden_dim": 64, "depth": 1}
+        resources = {"cpu": len(os.sched_getaffinity(0)) / level, "gpu": 0}
+    return {
+        "name": f"packing_{level}", "seed": 0, "base": base,
+        "search_space": {"train.seed": {"type": "choice", "values": list(range(level))}},
+        "search": {"algorithm": "grid", "max_concurrent": level}, "scheduler": {"type": "none"},
+        "resources": resources, "failure": {"max_failures": 0},
+    }
+
+
+class GpuSampler(threading.Thread):
+    """``nvidia-smi`` utilisation (%) and memory (MiB) every 0.5 s until ``stop()``."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self.proc = None
+
+    def run(self) -> None:
+        self.proc = subprocess.Popen(
+            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        for line in self.proc.stdout:
+            util, mem = (float(x) for x in line.split(",")[:2])
+            self.samples.append((util, mem))
+
+    def stop(self) -> dict:
+        if self.proc:
+            self.proc.terminate()
+        self.join(timeout=5)
+        if not self.samples:
+            return {"gpu_util": float("nan"), "gpu_mem_mib": float("nan")}
+        util, mem = np.array(self.samples).T
+        return {"gpu_util": float(util.mean()), "gpu_mem_mib": float(mem.max())}
+
+
+def measure(level: int, gpu: bool, quick: bool, storage: Path) -> dict:
+    log(f"packing: {level} trial(s) at once on the {'GPU' if gpu else 'CPU'}")
+    sampler = GpuSampler() if gpu and shutil.which("nvidia-smi") else None
+    if sampler:
+        sampler.start()
+    wall, study = run_study(study_spec(level, gpu, quick), storage)
+    usage = sampler.stop() if sampler else {}
+    epochs = study.epochs
+    later = epochs[epochs["epoch"] > 1]
+    epoch_s = float((later["train_s"] + later["eval_s"]).median())
+    seed0 = study.trials[study.trials["train.seed"] == 0]
+    return {
+        "level": level, "trials": len(study.trials), "epochs": len(epochs), "wall_s": wall,
+        "end_to_end_per_hour": len(epochs) / wall * 3600, "epoch_s": epoch_s,
+        "steady_per_hour": level * 3600 / epoch_s, "seed0_score": float(seed0["final_score"].iloc[0]), **usage,
+    }
+
+
+def run(quick: bool = False) -> Result:
+    gpu = torch.cuda.is_available()
+    levels = GPU_LEVELS if gpu else CPU_LEVELS
+    with tempfile.TemporaryDirectory(prefix="bench-packing-") as tmp:
+        results = [measure(level, gpu, quick, Path(tmp)) for level in levels]
+
+    epochs = 2 if quick else EPOCHS
+    tolerance = 0.005 if gpu else 1e-9
+    scores = [r["seed0_score"] for r in results]
+    agreed = all(r["trials"] == r["level"] and r["epochs"] == r["level"] * epochs for r in results) \
+        and max(scores) - min(scores) <= tolerance
+    one = results[0]
+    rows = [[r["level"], f"{r['wall_s']:.0f}", f"{r['end_to_end_per_hour']:.0f}",
+             f"{r['end_to_end_per_hour'] / one['end_to_end_per_hour']:.2f}", f"{r['epoch_s']:.1f}",
+             f"{r['steady_per_hour']:.0f}", f"**{r['steady_per_hour'] / one['steady_per_hour']:.2f}**",
+             *([f"{r['gpu_util']:.0f}", f"{r['gpu_mem_mib']:.0f}"] if gpu else []), f"{r['seed0_score']:.4f}"]
+            for r in results]
+    headers = ["trials at once", "wall s", "trial-epochs / h", "x of 1", "s per epoch (after the 1st)",
+               "steady trial-epochs / h", "x of 1", *(["GPU util %", "GPU memory MiB (peak)"] if gpu else []), "seed-0 score"]
+    where = (f"one GPU ({torch.cuda.get_device_name(0)}), `resources.gpu` = 1 / K, published sizes, bf16" if gpu else
+             f"no GPU on this machine, so CPU packing instead: {len(os.sched_getaffinity(0))} cores shared by K trials "
+             "(`resources.cpu` = cores / K), quickstart sizes")
+    body = f"""
+K identical trials at once ({epochs} epochs each, `train.seed` 0..K-1) on {where}.
+
+{table(headers, rows)}
+
+The seed-0 trial's final score at every level: {", ".join(f"{s:.4f}" for s in scores)}.
+"""
+    return Result("Packing: concurrent trials on one device", body, agreed, {"gpu": gpu, "levels": results})
+
+
+def main(quick: bool = False) -> Result:
+    return run(quick)
+
+
+if __name__ == "__main__":
+    print(main("--quick" in sys.argv).markdown())
