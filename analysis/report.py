@@ -197,7 +197,7 @@ def write_report(path: Path, study: Study, which: str, summary_lines: list[str],
     if warnings:
         out += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
 
-    out += ["## Trials", "", f"Every trial and its status; all columns in `trials.csv`, every epoch in `epochs.csv`.", ""]
+    out += ["## Trials", "", "Every trial and its status; all columns in `trials.csv`, every epoch in `epochs.csv`.", ""]
     out += [markdown(_trial_overview(study, which)), ""]
     fixed = [p for p in study.params if p not in study.varied]
     if fixed:
