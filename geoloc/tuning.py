@@ -36,6 +36,7 @@ from .train import CHECKPOINT, METRICS, DivergenceError, Trainer, checkpoint_epo
 STATUS = "status.json"
 OPTUNA_DB = "optuna.db"
 ORPHANS = ".orphaned"
+REPORT_PREFIX = ".report-"  # a trial's temporary folder handing its checkpoint to Ray
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
 TrialState = optuna.trial.TrialState
 STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -83,6 +84,8 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
     if own.exists() and checkpoint_epoch(own) > trainer.epoch:
         trainer.load(own)
     keep_epochs_up_to(trial_dir / METRICS, trainer.epoch)
+    for stale in trial_dir.glob(REPORT_PREFIX + "*"):  # left by a worker killed while reporting
+        shutil.rmtree(stale, ignore_errors=True)
     if read_json(trial_dir / STATUS).get("status") in ("finished", "stopped") and trainer.epoch > 0:
         # It ended before the driver died, after Ray's last snapshot: report its end again, train nothing.
         tune.report(_last_metrics(trial_dir / METRICS))
@@ -100,13 +103,21 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
             with (trial_dir / METRICS).open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
             trainer.save(own)
-            with tempfile.TemporaryDirectory(prefix=".report-", dir=trial_dir) as tmp:
-                os.link(own, Path(tmp) / CHECKPOINT)  # Ray copies it into its checkpoint folder: no copy here
+            with tempfile.TemporaryDirectory(prefix=REPORT_PREFIX, dir=trial_dir) as tmp:
+                link_or_copy(own, Path(tmp) / CHECKPOINT)  # Ray copies it into its checkpoint folder
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
     except DivergenceError as e:
         write_json(trial_dir / STATUS, {"status": "errored", "epochs": trainer.epoch, "max_epochs": cfg.train.epochs, "reason": str(e)})
         logger.close(finished=False)
         raise
+
+
+def link_or_copy(src: Path, dst: Path) -> None:
+    """A hard link where the file system has them: the checkpoint is then written once, not twice."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy(src, dst)
 
 
 def _last_metrics(path: Path) -> dict:

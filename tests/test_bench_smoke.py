@@ -5,6 +5,8 @@ benchmark runs end to end and that the two ways it compares computed the same re
 thread: on a busy machine, two threads on tiny tensors spend their time waiting for each other.
 """
 
+import os
+
 import pytest
 import torch
 
@@ -71,6 +73,32 @@ def test_packing_runs_every_level_with_the_same_seed0_score():
     assert result.agreed, result.body
     levels = result.figures["levels"]
     assert [r["trials"] for r in levels] == [r["level"] for r in levels] and len(levels) >= 2
+
+
+@pytest.mark.parametrize("level", bench_packing.GPU_LEVELS)
+def test_gpu_packing_studies_are_valid(level, tmp_path):
+    """The GPU side cannot run on a machine without one; its study files must still validate."""
+    import yaml
+
+    from geoloc.study import load_study
+
+    path = tmp_path / "packing.yaml"
+    path.write_text(yaml.safe_dump(bench_packing.study_spec(level, gpu=True, quick=False)))
+    study = load_study(path)
+    assert study.resources.gpu == 1 / level and study.search.max_concurrent == level
+    assert study.base.train.device == "cuda" and study.base.model.hidden_dim == 1024
+
+
+def test_gpu_sampler_reads_nvidia_smi_lines(tmp_path, monkeypatch):
+    """Parsing only: a stand-in ``nvidia-smi`` prints two samples in the format asked for."""
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '30, 1000'\necho '50, 3000'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sampler = bench_packing.GpuSampler()
+    sampler.start()
+    sampler.join(timeout=10)
+    assert sampler.stop() == {"gpu_util": 40.0, "gpu_mem_mib": 3000.0}
 
 
 def test_report_is_written(tmp_path):

@@ -51,7 +51,7 @@ class FeatureCache:
 
         Why not index the memory map: every page it touches (and the 64 KiB the kernel maps
         around each fault) stays counted in the process's RSS, so a trial on a 1M-image cache
-        looked 1.5 GiB larger than one on a 10K cache (bench/bench_memory.py); pread copies just
+        looked 1.2 GiB larger than one on a 10K cache (bench/bench_memory.py); pread copies just
         the rows and maps nothing. Where there is no ``os.pread`` (Windows) the memory map is used.
         """
         if not hasattr(os, "pread"):
