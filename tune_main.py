@@ -10,7 +10,7 @@ any trial starts: exit status 2 and one line naming the key, file or row; nothin
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
 import shutil
 import sys
@@ -123,30 +123,35 @@ def start_ray(study: StudyConfig, address: str | None):
     return ray
 
 
+def sampled(row, params: list[str]) -> dict:
+    """A trial's own hyperparameters: a conditional one it did not sample is empty (None or NaN) in its row."""
+    return {k: row[k] for k in params if row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
+
+
 def summarize(study_dir: Path) -> None:
     """Best trial and top table, read from the trial folders (the study's own record, which also
     holds trials that ended after Ray's last snapshot before a crash)."""
-    trials = []
-    for trial in sorted(study_dir.glob("trial_*/metrics.jsonl")):
-        lines = trial.read_text().splitlines()
-        if lines:
-            metrics = json.loads(lines[-1])
-            params = json.loads((trial.parent / "trial.json").read_text())["params"]
-            trials.append((metrics["score"], metrics, params, trial.parent.name))
-    trials.sort(key=lambda t: -t[0])
+    from analysis.load import AnalysisError, load_study
+
+    try:
+        study = load_study(study_dir)
+        trials = study.trials.dropna(subset=["final_score"]).sort_values("final_score", ascending=False, kind="stable")
+    except AnalysisError:
+        study, trials = None, []
     print()
-    if not trials:
+    if not len(trials):
         print("no trial reported a result")
     else:
-        score, metrics, params, name = trials[0]
-        print(f"best trial: {name}  score={score:.4f} after {metrics['epoch']} epochs")
-        for k, v in params.items():
+        accs = [m for m in study.metrics if m.startswith("acc_")]
+        best = trials.iloc[0]
+        print(f"best trial: {best['trial_dir']}  score={best['final_score']:.4f} after {best['epochs']} epochs")
+        for k, v in sampled(best, study.params).items():
             print(f"  {k} = {v}")
-        print("  " + "  ".join(f"{k}={metrics[k]:.3f}" for k in metrics if k.startswith("acc_")) + f"  median={metrics['median_km']:.0f} km")
+        print("  " + "  ".join(f"{m}={best['final_' + m]:.3f}" for m in accs) + f"  median={best['final_median_km']:.0f} km")
         print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {'acc_1km':>8s} {'acc_2500km':>10s} {'epochs':>6s}  params")
-        for score, m, p, n in trials[:10]:
-            shown = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in p.items())
-            print(f"  {n:22s} {score:7.4f} {m['acc_1km']:8.3f} {m['acc_2500km']:10.3f} {m['epoch']:6d}  {shown}")
+        for _, row in trials.head(10).iterrows():
+            shown = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in sampled(row, study.params).items())
+            print(f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {row['final_acc_1km']:8.3f} {row['final_acc_2500km']:10.3f} {row['epochs']:6d}  {shown}")
     print(f"\nresults:      {study_dir}")
     print(f"optuna:       optuna-dashboard sqlite:///{study_dir / 'optuna.db'}")
     print(f"tensorboard:  tensorboard --logdir {study_dir}")

@@ -4,10 +4,11 @@ Each measurement is a fresh subprocess (``python -m bench.bench_memory --child T
 GALLERY READER``) that does what a trial does: opens the caches (``open_cache``, through
 ``Trainer``), builds a ``Trainer`` (quickstart sizes: batch 128, queue 1024, location-encoder
 width 256; gallery: the training coordinates thinned to GALLERY points, the same for both
-caches), runs STEPS training steps reading the batches with READER (``os.pread`` through
-``FeatureCache.read`` as the trainer does, or indexing the memory map as it did before), then one evaluation, and prints its memory as JSON. The caches
-hold random float16 features, 1 view x 768, written in chunks with ``CacheWriter`` into a
-temporary folder that is deleted afterwards.
+caches), runs STEPS training steps reading the batches with READER (``pread``: ``os.pread``
+through ``FeatureCache.read``, as the trainer does; ``memmap``: indexing the memory map, as it
+did before), then one evaluation, and prints its memory as JSON. The caches hold random float16
+features, 1 view x 768, written in chunks with ``CacheWriter`` into a temporary folder that is
+deleted afterwards.
 
 Reported: peak RSS (VmHWM from /proc/self/status, the high-water mark of what ``top`` shows;
 ``getrusage``'s maxrss is not used: a child inherits it from the parent at fork); peak anonymous

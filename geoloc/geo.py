@@ -38,7 +38,7 @@ def haversine_km(a, b):
 
 def unit_vectors(latlon) -> np.ndarray:
     """(N, 3) float64 points on the unit sphere for (N, 2) (lat, lon) degrees."""
-    lat, lon = np.radians(np.asarray(latlon, dtype=np.float64)[:, 0]), np.radians(np.asarray(latlon, dtype=np.float64)[:, 1])
+    lat, lon = np.radians(np.asarray(latlon, dtype=np.float64)).T
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
 
 

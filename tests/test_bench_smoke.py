@@ -64,7 +64,6 @@ def test_sweep_grid_and_tpe_asha_agree_on_shared_cells():
     result = bench_sweep.main(quick=True)  # 8-cell grid and 4 TPE + ASHA trials through tune_main.py
     assert result.agreed, result.body
     assert result.figures["grid"]["trials"] == 8 and result.figures["tpe"][0]["trials"] == 4
-    assert result.figures["tpe"][0]["epochs"] <= result.figures["grid"]["epochs"]
 
 
 @pytest.mark.slow
