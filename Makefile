@@ -8,7 +8,7 @@ SHELL := /bin/bash
 # pip on these machines warns about every package the local mirror does not hold; hide that noise.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: run test test-fast bench clean
+.PHONY: run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,11 +21,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) tune_main.py studies/quickstart.yaml $$(test -f results/quickstart/optuna.db && echo --resume)
 
-test: $(STAMP)
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
+
+# ruff's lint rules and formatting are configured in pyproject.toml; `make format` applies them.
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
 
 bench: $(STAMP)
 	$(PY) -m bench

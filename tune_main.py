@@ -26,9 +26,18 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 from geoloc.config import ConfigError  # noqa: E402
 from geoloc.data import DataError, load_data  # noqa: E402
-from geoloc.study import StudyConfig, load_study, num_trials, resolved, run_config  # noqa: E402
-
-SHOWN_METRICS = ["epoch", "score", "acc_1km", "acc_2500km", "val_loss"]
+from geoloc.folders import StudyFolder, TrialFolder  # noqa: E402
+from geoloc.metrics import MetricRegistry  # noqa: E402
+from geoloc.study import (  # noqa: E402
+    ChoiceEntry,
+    FixedEntry,
+    IntEntry,
+    StudyConfig,
+    load_study_file,
+    num_trials,
+    resolved_study,
+    trial_config,
+)
 
 
 class UsageError(Exception):
@@ -38,11 +47,15 @@ class UsageError(Exception):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__.split("\n\n")[0])
     p.add_argument("study", help="study file (studies/*.yaml)")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="join this Ray cluster (default: start a local one)")
+    p.add_argument(
+        "--address", default=os.environ.get("RAY_ADDRESS"), help="join this Ray cluster (default: start a local one)"
+    )
     p.add_argument("--storage", help="storage folder (overrides the study's 'storage'; must be shared on a cluster)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted study: finished trials are kept")
     p.add_argument("--dry-run", action="store_true", help="validate and print the resolved study without starting Ray")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key, e.g. base.train.epochs=3")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a study key, e.g. base.train.epochs=3"
+    )
     p.add_argument("--num-samples", type=int, help="override search.num_samples")
     p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
     p.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
@@ -63,7 +76,7 @@ def load(args: argparse.Namespace) -> StudyConfig:
     if args.storage:
         overrides["storage"] = args.storage
     try:
-        return load_study(args.study, overrides)
+        return load_study_file(args.study, overrides)
     except ConfigError as e:
         msg = str(e)
         raise UsageError(msg if msg.startswith(args.study) else f"{args.study}: {msg}") from None
@@ -80,8 +93,10 @@ def check_storage(study_dir: Path, resume: bool) -> None:
     if not os.access(probe, os.W_OK) or not probe.is_dir():
         raise UsageError(f"storage: {parent}: cannot write there")
     if study_dir.exists() and any(study_dir.iterdir()) and not resume:
-        raise UsageError(f"storage: {study_dir} already holds a study; use --resume to continue it, or --storage elsewhere")
-    if resume and not (study_dir / "optuna.db").exists():
+        raise UsageError(
+            f"storage: {study_dir} already holds a study; use --resume to continue it, or --storage elsewhere"
+        )
+    if resume and not StudyFolder(study_dir).optuna_db.exists():
         raise UsageError(f"--resume: {study_dir} holds no interrupted study to resume")
 
 
@@ -89,21 +104,28 @@ def check_data(study: StudyConfig) -> None:
     """Open every cache and gallery once in the driver (building the offline benchmark if named)."""
     try:
         load_data(study.base.data)
-        run_config(study, {})
+        trial_config(study, {})
     except (DataError, ConfigError) as e:
         raise UsageError(f"data: {e}") from None
 
 
 def dry_run(study: StudyConfig, study_dir: Path) -> None:
-    out = resolved(study)
-    print(yaml.safe_dump({"study": out}, sort_keys=False).rstrip())
+    print(yaml.safe_dump({"study": resolved_study(study)}, sort_keys=False).rstrip())
     print("\nsearch space:")
-    for p in study.params():
-        shown = p.values if p.type in ("choice", "fixed") else f"[{p.low}, {p.high}]" + (f" step {p.step}" if p.step else "")
-        cond = f"  when {p.when}" if p.when else ""
-        print(f"  {p.name:32s} {p.type:10s} {shown}{cond}")
-    print(f"\ntrials: {num_trials(study)} ({study.search.algorithm}), at most {study.search.max_concurrent} at once; "
-          f"scheduler: {study.scheduler.type}, {study.epochs} epochs max")
+    for entry in study.space:
+        if isinstance(entry, FixedEntry):
+            shown = [entry.value]
+        elif isinstance(entry, ChoiceEntry):
+            shown = entry.values
+        else:
+            step = entry.step if isinstance(entry, IntEntry) and entry.step != 1 else None
+            shown = f"[{entry.low}, {entry.high}]" + (f" step {step}" if step else "")
+        cond = f"  when {entry.when}" if entry.when else ""
+        print(f"  {entry.name:32s} {entry.type:10s} {shown}{cond}")
+    print(
+        f"\ntrials: {num_trials(study)} ({study.search.algorithm}), at most {study.search.max_concurrent} at once; "
+        f"scheduler: {study.scheduler.type}, {study.epochs} epochs max"
+    )
     print(f"resources per trial: {study.resources.cpu:g} CPU, {study.resources.gpu:g} GPU")
     print(f"results would go to: {study_dir}")
 
@@ -119,7 +141,9 @@ def start_ray(study: StudyConfig, address: str | None):
     for kind, need in (("GPU", study.resources.gpu), ("CPU", study.resources.cpu)):
         if need > total.get(kind, 0):
             ray.shutdown()
-            raise UsageError(f"resources.{kind.lower()}: a trial asks for {need:g} {kind}, the cluster has {total.get(kind, 0):g}")
+            raise UsageError(
+                f"resources.{kind.lower()}: a trial asks for {need:g} {kind}, the cluster has {total.get(kind, 0):g}"
+            )
     return ray
 
 
@@ -131,10 +155,10 @@ def sampled(row, params: list[str]) -> dict:
 def summarize(study_dir: Path) -> None:
     """Best trial and top table, read from the trial folders (the study's own record, which also
     holds trials that ended after Ray's last snapshot before a crash)."""
-    from analysis.load import AnalysisError, load_study
+    from analysis.load import AnalysisError, read_study
 
     try:
-        study = load_study(study_dir)
+        study = read_study(study_dir)
         trials = study.trials.dropna(subset=["final_score"]).sort_values("final_score", ascending=False, kind="stable")
     except AnalysisError:
         study, trials = None, []
@@ -142,18 +166,29 @@ def summarize(study_dir: Path) -> None:
     if not len(trials):
         print("no trial reported a result")
     else:
-        accs = [m for m in study.metrics if m.startswith("acc_")]
+        accs = study.registry.accuracies()
+        fine, coarse = accs[0], accs[-1]
         best = trials.iloc[0]
         print(f"best trial: {best['trial_dir']}  score={best['final_score']:.4f} after {best['epochs']} epochs")
         for k, v in sampled(best, study.params).items():
             print(f"  {k} = {v}")
-        print("  " + "  ".join(f"{m}={best['final_' + m]:.3f}" for m in accs) + f"  median={best['final_median_km']:.0f} km")
-        print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {'acc_1km':>8s} {'acc_2500km':>10s} {'epochs':>6s}  params")
+        print(
+            "  "
+            + "  ".join(f"{m}={best['final_' + m]:.3f}" for m in accs)
+            + f"  median={best['final_median_km']:.0f} km"
+        )
+        print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {fine:>10s} {coarse:>10s} {'epochs':>6s}  params")
         for _, row in trials.head(10).iterrows():
-            shown = ", ".join(f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}" for k, v in sampled(row, study.params).items())
-            print(f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {row['final_acc_1km']:8.3f} {row['final_acc_2500km']:10.3f} {row['epochs']:6d}  {shown}")
+            shown = ", ".join(
+                f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                for k, v in sampled(row, study.params).items()
+            )
+            print(
+                f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {row['final_' + fine]:10.3f} "
+                f"{row['final_' + coarse]:10.3f} {row['epochs']:6d}  {shown}"
+            )
     print(f"\nresults:      {study_dir}")
-    print(f"optuna:       optuna-dashboard sqlite:///{study_dir / 'optuna.db'}")
+    print(f"optuna:       optuna-dashboard {StudyFolder(study_dir).optuna_url}")
     print(f"tensorboard:  tensorboard --logdir {study_dir}")
     print(f"analysis:     python -m analysis {study_dir}")
 
@@ -161,20 +196,28 @@ def summarize(study_dir: Path) -> None:
 def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
     from ray import tune
 
-    from geoloc.tuning import make_tuner
+    from geoloc.tuner import make_tuner
 
     ray = start_ray(study, args.address)
     created = not study_dir.exists()
     study_dir.mkdir(parents=True, exist_ok=True)
-    (study_dir / "study.yaml").write_text(yaml.safe_dump(resolved(study), sort_keys=False))
-    reporter = tune.CLIReporter(metric_columns=SHOWN_METRICS, max_report_frequency=10, max_progress_rows=20)
+    folder = StudyFolder(study_dir)
+    folder.write_study(yaml.safe_dump(resolved_study(study), sort_keys=False))
+    registry = MetricRegistry.for_run(study.base)
+    registry.save(folder.path / folder.REGISTRY)
+    reporter = tune.CLIReporter(
+        metric_columns=registry.progress_columns(), max_report_frequency=10, max_progress_rows=20
+    )
     try:
         make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python tune_main.py {args.study} --resume" + (f" --storage {args.storage}" if args.storage else ""))
+        print(
+            f"\ninterrupted; continue with: python tune_main.py {args.study} --resume"
+            + (f" --storage {args.storage}" if args.storage else "")
+        )
         return 130
     except BaseException:
-        if created and not any(p.name.startswith("trial_") for p in study_dir.iterdir()):
+        if created and not any(p.name.startswith(TrialFolder.PREFIX) for p in study_dir.iterdir()):
             shutil.rmtree(study_dir, ignore_errors=True)  # nothing ran: leave nothing half-written
         raise
     finally:
@@ -185,7 +228,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
             from analysis import analyse
         except ImportError:
             return 0
-        out = analyse(study_dir, study_dir / "analysis")
+        out = analyse(study_dir, study_dir / StudyFolder.ANALYSIS)
         print(f"report:       {out['report']}")
     return 0
 

@@ -1,9 +1,11 @@
-"""``python -m analysis STUDY_DIR [--out DIR] [--by PARAM ...] [--format md,tex,csv]``."""
+"""``python -m analysis STUDY_DIR [--out DIR] [--by PARAM ...] [--format md,tex,csv] [--which final|best]``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+from geoloc.folders import Status, TrialFolder
 
 from .load import AnalysisError
 
@@ -14,13 +16,31 @@ def parser() -> argparse.ArgumentParser:
         description="Tables, plots and a report from a study directory written by tune_main.py "
         "(finished or still running; read from its files, no Ray needed).",
     )
-    p.add_argument("study_dir", metavar="STUDY_DIR", help="the study directory: one folder per trial, each with trial.json")
+    p.add_argument(
+        "study_dir",
+        metavar="STUDY_DIR",
+        help=f"the study directory: one folder per trial, each with {TrialFolder.TRIAL}",
+    )
     p.add_argument("--out", metavar="DIR", help="where to write (default: STUDY_DIR/analysis)")
-    p.add_argument("--by", metavar="PARAM", nargs="+", help="hyperparameters to tabulate (default: each one the study varied)")
-    p.add_argument("--format", default="md,tex,csv", help="table formats, comma-separated subset of md,tex,csv (default: all)")
-    p.add_argument("--values", choices=("final", "best"), default="final",
-                   help="each trial's final-epoch metrics (default) or its best epoch's")
-    p.add_argument("--bins", type=int, default=4, help="quantile bins for a numeric parameter with many values (default: 4)")
+    p.add_argument(
+        "--by", metavar="PARAM", nargs="+", help="hyperparameters to tabulate (default: each one the study varied)"
+    )
+    p.add_argument(
+        "--format", default="md,tex,csv", help="table formats, comma-separated subset of md,tex,csv (default: all)"
+    )
+    p.add_argument(
+        "--which",
+        choices=("final", "best"),
+        default="final",
+        help="each trial's final-epoch metrics (default) or its best epoch's",
+    )
+    # The option's earlier name, so that existing commands still work.
+    p.add_argument(
+        "--values", dest="which", choices=("final", "best"), default=argparse.SUPPRESS, help=argparse.SUPPRESS
+    )
+    p.add_argument(
+        "--bins", type=int, default=4, help="quantile bins for a numeric parameter with many values (default: 4)"
+    )
     p.add_argument("--no-plots", action="store_true", help="tables and report only")
     return p
 
@@ -30,14 +50,24 @@ def main(argv=None) -> int:
     from .pipeline import analyse  # after parsing: --help stays instant
 
     try:
-        result = analyse(args.study_dir, args.out, by=args.by, formats=args.format, values=args.values,
-                         bins=args.bins, plots=not args.no_plots)
+        result = analyse(
+            args.study_dir,
+            args.out,
+            by=args.by,
+            formats=args.format,
+            which=args.which,
+            bins=args.bins,
+            plots=not args.no_plots,
+        )
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = result["counts"]
-    print(f"{c['total']} trials ({c['finished']} finished, {c['stopped']} stopped, {c['errored']} errored, "
-          f"{c['running']} running); {len(result['files'])} files in {result['out_dir']}")
+    statuses = (Status.FINISHED, Status.STOPPED, Status.ERRORED, Status.RUNNING)
+    print(
+        f"{c['total']} trials ({', '.join(f'{c[s.value]} {s.value}' for s in statuses)}); "
+        f"{len(result['files'])} files in {result['out_dir']}"
+    )
     print(f"report: {result['report']}")
     return 0
 

@@ -1,4 +1,4 @@
-"""Hyperparameter importance for score and for acc_1km, from the trial table alone.
+"""Hyperparameter importance for score and for the finest accuracy (acc_1km), from the trial table alone.
 
 An in-memory Optuna study is rebuilt from trials.csv's rows, so importance works for any study
 directory, with or without its optuna.db, and uses the same trials as every other table.
@@ -38,11 +38,13 @@ def distribution(values: list, kind: str):
     return CategoricalDistribution(sorted({str(v) for v in values}))
 
 
-def importances(study: Study, targets=("score", "acc_1km"), which: str = "final") -> Importance:
+def importances(study: Study, targets=None, which: str = "final") -> Importance:
+    """Importance of each varied hyperparameter for each target metric (default: score and the finest accuracy)."""
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    targets = ["score", *study.accuracies[:1]] if targets is None else list(targets)
     used = study.counted()
     # A param missing from some trials (conditional search space) cannot be compared across all.
     params = [p for p in study.varied if used[p].notna().all() and used[p].nunique() > 1] if len(used) else []
@@ -67,10 +69,13 @@ def importances(study: Study, targets=("score", "acc_1km"), which: str = "final"
             )
             continue
         dists = {p: distribution(part[p].tolist(), study.param_kinds[p]) for p in params}
-        optuna_study = optuna.create_study(direction="maximize")
+        direction = "minimize" if study.registry.direction(target) == "min" else "maximize"
+        optuna_study = optuna.create_study(direction=direction)
         for trial in part.to_dict("records"):
             values = {p: _as_param(trial[p], study.param_kinds[p]) for p in params}
-            optuna_study.add_trial(optuna.trial.create_trial(params=values, distributions=dists, value=float(trial[column])))
+            optuna_study.add_trial(
+                optuna.trial.create_trial(params=values, distributions=dists, value=float(trial[column]))
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # PED-ANOVA is marked experimental

@@ -1,34 +1,37 @@
 """Read a study directory into two DataFrames: one row per trial, one row per trial and epoch.
 
-Only the files the launcher writes are read (``trial.json``, ``metrics.jsonl``, ``status.json``),
-so a finished study, a running one, or a copy on a laptop all read the same, without Ray.
-A study that is still running is being written while we read it: a half-written last line or
-status file is skipped with a warning rather than treated as a user's mistake.
+Only the files the launcher writes are read, through ``geoloc.folders`` (trial records, metrics,
+statuses) and ``geoloc.metrics`` (the study's metric registry), so a finished study, a running
+one, or a copy on a laptop all read the same, without Ray or torch. A study that is still
+running is being written while we read it: a half-written last line or status file is skipped
+with a warning rather than treated as a user's mistake.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-TRIAL_FILE = "trial.json"
-METRICS_FILE = "metrics.jsonl"
-STATUS_FILE = "status.json"
+from geoloc.config import DataConfig, EvalConfig
+from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.metrics import MetricRegistry, eval_set_name
 
-STATUSES = ("finished", "stopped", "errored", "running")
-COUNTED = ("finished", "stopped")  # trials whose final metrics mean something
 NOISE_PARAM = "train.noise.batch_sigma"
-
-# A metric's direction is read from its (possibly set-prefixed, e.g. "im2gps3k_acc_1km") name.
-_HIGHER = re.compile(r"(^|_)(acc_[\d.]+km|score|ceiling_[\d.]+km)$")
-_LOWER = re.compile(r"(^|_)(loss|median_km|mean_km)$")
-_ACC = re.compile(r"^acc_([\d.]+)km$")
-_TRIAL_COLUMNS = ("number", "trial_id", "status", "status_detail", "epochs", "max_epochs", "node", "reason", "trial_dir")
+_TRIAL_COLUMNS = (
+    "number",
+    "trial_id",
+    "status",
+    "status_detail",
+    "epochs",
+    "max_epochs",
+    "node",
+    "reason",
+    "trial_dir",
+)
 
 
 class AnalysisError(Exception):
@@ -44,66 +47,64 @@ class Study:
     params: list[str]  # every hyperparameter, in first-seen order
     param_kinds: dict[str, str]  # "int" | "float" | "categorical"
     varied: list[str]  # hyperparameters with more than one value across the trials
-    metrics: list[str]  # numeric per-epoch metric keys
+    metrics: list[str]  # numeric per-epoch metric keys (registry-known or not)
+    registry: MetricRegistry  # what each metric key means: direction, fraction, threshold
     warnings: list[str] = field(default_factory=list)
 
     @property
     def accuracies(self) -> list[str]:
-        """Plain accuracy keys (acc_1km ...), finest threshold first."""
-        return sorted((m for m in self.metrics if _ACC.match(m)), key=threshold_km)
+        """The primary evaluation set's accuracy keys that the trials reported, finest threshold first."""
+        return [key for key in self.registry.accuracies() if key in self.metrics]
+
+    @property
+    def ceilings(self) -> list[str]:
+        """The primary evaluation set's gallery-ceiling keys that the trials reported, finest first."""
+        return [key for key in self.registry.ceilings() if key in self.metrics]
 
     def counted(self) -> pd.DataFrame:
         """Trials that finished or were stopped by ASHA: the ones tables and statistics use."""
-        return self.trials[self.trials["status"].isin(COUNTED)]
+        return self.trials[self.trials["status"].isin([s.value for s in Status if s.counted])]
 
 
-def threshold_km(metric: str) -> float:
-    """acc_25km -> 25.0 (also for ceiling_25km)."""
-    return float(re.search(r"_([\d.]+)km$", metric).group(1))
-
-
-def direction(metric: str) -> str | None:
-    """"max", "min", or None where "best" means nothing (lr, temperature, timings)."""
-    if _HIGHER.search(metric):
-        return "max"
-    if _LOWER.search(metric):
-        return "min"
-    return None
-
-
-def load_study(study_dir: str | Path) -> Study:
+def read_study(study_dir: str | Path) -> Study:
+    """The study in ``study_dir`` (a folder of trial folders); AnalysisError when it is not one."""
     path = Path(study_dir)
     if not path.exists():
         raise AnalysisError(f"{path}: no such directory (expected a study directory written by tune_main.py)")
     if not path.is_dir():
         raise AnalysisError(f"{path}: not a directory (expected a study directory written by tune_main.py)")
 
+    folder = StudyFolder(path)
     warnings: list[str] = []
-    trial_dirs = sorted(p.parent for p in path.glob(f"*/{TRIAL_FILE}"))
-    if not trial_dirs:
-        hint = ""
-        nested = sorted({p.parent.parent for p in path.glob(f"*/*/{TRIAL_FILE}")})
-        if nested:
-            hint = f"; did you mean {nested[0]}?"
-        raise AnalysisError(f"{path}: no trials found (expected trial folders with {TRIAL_FILE}, written by tune_main.py){hint}")
+    trial_folders = folder.trials()
+    if not trial_folders:
+        nested = folder.nested_study()
+        hint = f"; did you mean {nested}?" if nested else ""
+        raise AnalysisError(
+            f"{path}: no trials found (expected trial folders with {TrialFolder.TRIAL}, written by tune_main.py){hint}"
+        )
 
     rows, epoch_rows, raw_params = [], [], []
-    for trial_dir in trial_dirs:
-        trial = _read_trial(trial_dir, warnings)
-        if trial is None:
+    for trial in trial_folders:
+        read = _read_trial(trial, warnings)
+        if read is None:
             continue
-        info, params, epochs = trial
+        info, params, epochs = read
         if info["trial_id"] in {r["trial_id"] for r in rows}:
             # A copied trial folder: keep both, told apart by folder name, rather than merge their curves.
-            warnings.append(f"{trial_dir.name}: trial_id {info['trial_id']} appears twice; renamed by its folder")
-            info["trial_id"] = f"{info['trial_id']}@{trial_dir.name}"
+            warnings.append(f"{trial.name}: trial_id {info['trial_id']} appears twice; renamed by its folder")
+            info["trial_id"] = f"{info['trial_id']}@{trial.name}"
         rows.append(info)
         raw_params.append(params)
         for e in epochs:
             epoch_rows.append({"number": info["number"], "trial_id": info["trial_id"], "status": info["status"], **e})
     if not rows:
-        raise AnalysisError(f"{path}: no readable trials ({len(trial_dirs)} {TRIAL_FILE} files, none valid JSON)")
+        raise AnalysisError(
+            f"{path}: no readable trials ({len(trial_folders)} {TrialFolder.TRIAL} files, none valid JSON)"
+        )
 
+    study_doc = _study_doc(folder)
+    registry = _registry(folder, study_doc, warnings)
     params = list(dict.fromkeys(k for p in raw_params for k in p))
     clashes = [k for k in params if k in _TRIAL_COLUMNS or k.startswith(("final_", "best_"))]
     if clashes:
@@ -120,11 +121,11 @@ def load_study(study_dir: str | Path) -> Study:
         trials[col] = pd.to_numeric(trials[col], errors="coerce").astype("Int64")
     for k in params:
         trials[k] = [p.get(k) for p in raw_params]
-    trials = _with_final_and_best(trials, epochs, metric_keys)
+    trials = _with_final_and_best(trials, epochs, metric_keys, registry)
     trials = trials.sort_values(["number", "trial_id"], na_position="last").reset_index(drop=True)
 
     if len(epochs):
-        by_trial = {t: p for t, p in zip([r["trial_id"] for r in rows], raw_params)}
+        by_trial = {t: p for t, p in zip([r["trial_id"] for r in rows], raw_params, strict=True)}
         for k in params:
             if k not in epochs.columns:  # a metric of the same name wins; trials.csv still has the param
                 epochs[k] = [by_trial[t].get(k) for t in epochs["trial_id"]]
@@ -133,88 +134,107 @@ def load_study(study_dir: str | Path) -> Study:
     else:
         epochs = pd.DataFrame(columns=["number", "trial_id", "status", "epoch", *params])
 
+    name = study_doc.get("name")
     return Study(
         path=path,
-        name=_study_name(path),
+        name=name if isinstance(name, str) else path.resolve().name,
         trials=trials,
         epochs=epochs,
         params=params,
         param_kinds=kinds,
         varied=varied,
         metrics=metric_keys,
+        registry=registry,
         warnings=warnings,
     )
 
 
-def _read_trial(trial_dir: Path, warnings: list[str]):
+def _read_trial(trial: TrialFolder, warnings: list[str]):
     """(info, params, epoch rows) of one trial folder, or None when its trial.json is unreadable."""
-    meta = _read_json(trial_dir / TRIAL_FILE)
-    if not isinstance(meta, dict):
-        warnings.append(f"{trial_dir.name}: {TRIAL_FILE} is not a JSON object; trial skipped")
+    meta = trial.read_trial()
+    if meta is None:
+        warnings.append(f"{trial.name}: {TrialFolder.TRIAL} is not a JSON object; trial skipped")
         return None
     params = _flatten(meta.get("params") or {})
     number = meta.get("number")
     number = int(number) if isinstance(number, (int, float)) and not isinstance(number, bool) else None
 
-    epochs = _read_metrics(trial_dir, warnings)
-    status_path = trial_dir / STATUS_FILE
-    status_doc = _read_json(status_path) if status_path.exists() else {}
-    if not isinstance(status_doc, dict):
-        # Being rewritten as we read it: the trial is alive, so call it running.
-        warnings.append(f"{trial_dir.name}: unreadable {STATUS_FILE}; counted as running")
-        status_doc = {}
-    status = status_doc.get("status") or "running"
-    if status not in STATUSES:
-        warnings.append(f"{trial_dir.name}: unknown status {status!r}; counted as running")
-        status = "running"
-
-    n_epochs = max((e["epoch"] for e in epochs), default=None)
-    if n_epochs is None:
-        n_epochs = int(status_doc.get("epochs") or 0)
-    max_epochs = status_doc.get("max_epochs")
-    nodes = list(dict.fromkeys(str(e["node"]) for e in epochs if e.get("node")))
+    log = trial.read_metrics()
+    if log.unreadable:
+        warnings.append(
+            f"{trial.name}: skipped {log.unreadable} unreadable line(s) in {TrialFolder.METRICS} (still being written?)"
+        )
+    try:
+        record = trial.read_status() or StatusRecord(Status.RUNNING)  # no status file yet: just started
+    except (ValueError, TypeError) as exc:
+        # Being rewritten as we read it, or written by a newer version: the trial is alive, so call it running.
+        warnings.append(f"{trial.name}: unreadable {TrialFolder.STATUS} ({exc}); counted as running")
+        record = StatusRecord(Status.RUNNING)
+    if log.rows:  # the epochs reported, which may run ahead of the status file
+        record = dataclasses.replace(record, epochs=log.last["epoch"])
+    nodes = list(dict.fromkeys(str(e["node"]) for e in log.rows if e.get("node")))
     info = {
         "number": number,
-        "trial_id": str(meta.get("trial_id") or trial_dir.name),
-        "status": status,
-        "status_detail": _detail(status, n_epochs, max_epochs, status_doc.get("reason")),
-        "epochs": n_epochs,
-        "max_epochs": max_epochs,
+        "trial_id": str(meta.get("trial_id") or trial.name),
+        "status": record.status.value,
+        "status_detail": record.describe(),
+        "epochs": record.epochs,
+        "max_epochs": record.max_epochs,
         # A resumed trial may move; all nodes are kept, last one last.
         "node": ";".join(nodes) if nodes else None,
-        "reason": status_doc.get("reason"),
-        "trial_dir": trial_dir.name,
+        "reason": record.reason,
+        "trial_dir": trial.name,
     }
-    return info, params, epochs
+    return info, params, log.rows
 
 
-def _read_metrics(trial_dir: Path, warnings: list[str]) -> list[dict]:
-    path = trial_dir / METRICS_FILE
-    if not path.exists():
-        return []
-    by_epoch: dict[int, dict] = {}
-    bad = 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            epoch = int(row["epoch"])
-        except (ValueError, TypeError, KeyError):
-            bad += 1
-            continue
-        # After a crash and resume an epoch is reported again: the later line is the one that counts.
-        by_epoch[epoch] = {**row, "epoch": epoch}
-    if bad:
-        warnings.append(f"{trial_dir.name}: skipped {bad} unreadable line(s) in {METRICS_FILE} (still being written?)")
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _read_json(path: Path):
+def _study_doc(folder: StudyFolder) -> dict:
+    """study.yaml as a dict; {} when it is missing or broken (that must not stop the analysis of its trials)."""
+    text = folder.read_study_text()
+    if text is None:
+        return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+        import yaml
+
+        doc = yaml.safe_load(text)
+    except Exception:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _registry(folder: StudyFolder, study_doc: dict, warnings: list[str]) -> MetricRegistry:
+    """The study's metrics.json; else the registry its study.yaml implies, with a warning saying so."""
+    path = folder.path / StudyFolder.REGISTRY
+    if path.exists():
+        try:
+            return MetricRegistry.load(path)
+        except (OSError, ValueError, TypeError) as exc:
+            problem = f"unreadable {StudyFolder.REGISTRY} ({type(exc).__name__})"
+    else:
+        problem = f"no {StudyFolder.REGISTRY} (a study written before it existed, or a hand-made folder)"
+    base = _dict(study_doc.get("base"))
+    thresholds = _dict(base.get("eval")).get("thresholds_km")
+    if not (isinstance(thresholds, list) and thresholds and all(_positive(t) for t in thresholds)):
+        thresholds = list(EvalConfig().thresholds_km)
+    val = _dict(base.get("data")).get("val")
+    val = [val] if isinstance(val, str) else val
+    if not (isinstance(val, list) and val and all(isinstance(v, str) and v for v in val)):
+        val = list(DataConfig().val)
+    sets = [eval_set_name(v) for v in val]
+    source = StudyFolder.STUDY if study_doc else f"the defaults (no readable {StudyFolder.STUDY})"
+    warnings.append(
+        f"{problem}; metrics taken from {source}: thresholds "
+        f"{', '.join(f'{float(t):g}' for t in sorted(thresholds))} km, evaluation sets {', '.join(sets)}"
+    )
+    return MetricRegistry.build([float(t) for t in thresholds], sets)
+
+
+def _dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -243,17 +263,6 @@ def _kind(values: list) -> str:
     return "categorical"
 
 
-def _detail(status: str, epochs: int, max_epochs, reason) -> str:
-    of = f" of {max_epochs}" if max_epochs else ""
-    if status == "finished":
-        return f"finished after {epochs}{of} epochs"
-    if status == "stopped":
-        return f"stopped by ASHA at epoch {epochs}{of}"
-    if status == "errored":
-        return f"errored at epoch {epochs}{of}" + (f": {reason}" if reason else "")
-    return f"running, {epochs}{of} epochs done"
-
-
 def _numeric_metric_keys(epochs: pd.DataFrame) -> list[str]:
     skip = {"number", "trial_id", "status", "epoch", "node"}
     keys = []
@@ -266,8 +275,10 @@ def _numeric_metric_keys(epochs: pd.DataFrame) -> list[str]:
     return keys
 
 
-def _with_final_and_best(trials: pd.DataFrame, epochs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
-    """final_<m>: the last epoch's value; best_<m>: the best over epochs where "best" has a direction."""
+def _with_final_and_best(
+    trials: pd.DataFrame, epochs: pd.DataFrame, metrics: list[str], registry: MetricRegistry
+) -> pd.DataFrame:
+    """final_<m>: the last epoch's value; best_<m>: the best over epochs, where the registry gives m a direction."""
     if not len(epochs):
         for m in metrics:
             trials[f"final_{m}"] = math.nan
@@ -277,24 +288,9 @@ def _with_final_and_best(trials: pd.DataFrame, epochs: pd.DataFrame, metrics: li
     last = ordered.groupby("trial_id").tail(1).set_index("trial_id")
     columns = {f"final_{m}": pd.to_numeric(last[m], errors="coerce") for m in metrics}
     for m in metrics:
-        how = direction(m)
-        if how and not re.search(r"(^|_)ceiling_", m):
+        how = registry.direction(m)
+        if how:
             values = pd.to_numeric(ordered[m], errors="coerce")
             columns[f"best_{m}"] = getattr(values.groupby(ordered["trial_id"]), how)()
     table = pd.DataFrame(columns)
     return trials.join(table, on="trial_id")
-
-
-def _study_name(path: Path) -> str:
-    """The study's name from study.yaml when it has one; else the folder name."""
-    yaml_path = path / "study.yaml"
-    if yaml_path.exists():
-        try:
-            import yaml
-
-            doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
-            if isinstance(doc, dict) and isinstance(doc.get("name"), str):
-                return doc["name"]
-        except Exception:  # a broken study.yaml must not stop the analysis of its trials
-            pass
-    return path.resolve().name

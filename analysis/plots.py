@@ -19,8 +19,10 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from geoloc.folders import Status
+
 from .importance import Importance
-from .load import NOISE_PARAM, Study, threshold_km
+from .load import NOISE_PARAM, Study
 from .tables import MAX_LEVELS, fmt_value, levels, slug
 from .tradeoff import pareto_mask
 
@@ -65,16 +67,25 @@ def loss_vs_fine(study: Study, out: Path, which: str = "final") -> Path | None:
     key, colour = _colour_key(study)
     norm = _norm(colour)
     fig, axes = _figure(1, len(losses), (5.5 * len(losses), 4.5))
-    for ax, loss in zip(axes[0], losses):
+    for ax, loss in zip(axes[0], losses, strict=True):
         part = used.dropna(subset=[f"{which}_{loss}", f"{which}_{fine}"])
         x, y = part[f"{which}_{loss}"].astype(float), part[f"{which}_{fine}"].astype(float)
-        dots = ax.scatter(x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=norm, s=45, edgecolors="k", linewidths=0.4)
-        for xi, yi, number in zip(x, y, part["number"]):
+        dots = ax.scatter(
+            x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=norm, s=45, edgecolors="k", linewidths=0.4
+        )
+        for xi, yi, number in zip(x, y, part["number"], strict=True):
             ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if len(part):
             on = pareto_mask(pd.DataFrame({loss: x, fine: y}), {loss: "min", fine: "max"})
             front = part[on].sort_values(f"{which}_{loss}")
-            ax.step(front[f"{which}_{loss}"], front[f"{which}_{fine}"], where="post", color="crimson", lw=1.5, label="Pareto front")
+            ax.step(
+                front[f"{which}_{loss}"],
+                front[f"{which}_{fine}"],
+                where="post",
+                color="crimson",
+                lw=1.5,
+                label="Pareto front",
+            )
             ax.legend(loc="best", fontsize=8)
         ax.set_xlabel(f"{which} {loss}")
         ax.set_ylabel(f"{which} {fine}")
@@ -94,16 +105,21 @@ def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: in
     if not accs or f"{which}_score" not in used or not len(used):
         return None
     best = used.dropna(subset=[f"{which}_score"]).nlargest(top, f"{which}_score")
-    x = [threshold_km(a) for a in accs]
-    ceilings = [m for m in study.metrics if m.startswith("ceiling_")]
+    x = [study.registry.get(a).threshold_km for a in accs]
+    ceilings = study.ceilings
     fig, axes = _figure(1, 1, (7, 4.5))
     ax = axes[0, 0]
     tab10 = matplotlib.colormaps["tab10"]
     for i, trial in enumerate(best.to_dict("records")):
         colour = tab10(i % 10)
-        ax.plot(x, [trial[f"{which}_{a}"] for a in accs], "o-", color=colour,
-                label=f"#{trial['number']} (score {trial[f'{which}_score']:.3f})")
-        ceil = {threshold_km(c): trial.get(f"final_{c}") for c in ceilings}
+        ax.plot(
+            x,
+            [trial[f"{which}_{a}"] for a in accs],
+            "o-",
+            color=colour,
+            label=f"#{trial['number']} (score {trial[f'{which}_score']:.3f})",
+        )
+        ceil = {study.registry.get(c).threshold_km: trial.get(f"final_{c}") for c in ceilings}
         ys = [ceil.get(t, np.nan) for t in x]
         if not np.all(pd.isna(ys)):
             ax.plot(x, ys, "--", color=colour, alpha=0.6, lw=1)
@@ -131,23 +147,25 @@ def learning_curves(study: Study, out: Path) -> Path | None:
     cmap = matplotlib.colormaps[CMAP]
     fig, axes = _figure(1, len(panels), (5 * len(panels), 4.2))
     status = study.trials.set_index("trial_id")["status"]
-    for ax, metric in zip(axes[0], panels):
+    for ax, metric in zip(axes[0], panels, strict=True):
         for trial_id, curve in study.epochs.groupby("trial_id", sort=False):
             c = cmap(norm(colour.get(trial_id, 0.0)))
-            style = ":" if status[trial_id] == "running" else "-"
+            style = ":" if status[trial_id] == Status.RUNNING.value else "-"
             y = pd.to_numeric(curve[metric], errors="coerce")
             ax.plot(curve["epoch"], y, style, color=c, lw=1.2, alpha=0.85)
-            if status[trial_id] == "stopped":
+            if status[trial_id] == Status.STOPPED.value:
                 ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "x", color="k", ms=7, mew=1.5)
-            elif status[trial_id] == "errored":
+            elif status[trial_id] == Status.ERRORED.value:
                 ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "o", mfc="none", color="crimson", ms=7)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
-    handles = [Line2D([], [], ls="", marker="x", color="k", label="stopped by ASHA"),
-               Line2D([], [], ls="", marker="o", mfc="none", color="crimson", label="errored"),
-               Line2D([], [], ls=":", color="grey", label="running")]
+    handles = [
+        Line2D([], [], ls="", marker="x", color="k", label="stopped by ASHA"),
+        Line2D([], [], ls="", marker="o", mfc="none", color="crimson", label="errored"),
+        Line2D([], [], ls=":", color="grey", label="running"),
+    ]
     axes[0][-1].legend(handles=handles, fontsize=8)
     if key:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=key)
@@ -170,7 +188,7 @@ def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") 
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
     fig, axes = _figure(rows, cols, (4.2 * cols, 3.4 * rows))
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
         y = pd.to_numeric(used[f"{which}_{metric}"], errors="coerce")
         ax.scatter(x, y, s=25, alpha=0.8, edgecolors="k", linewidths=0.3)
         means = y.groupby(x).mean()
@@ -183,7 +201,7 @@ def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") 
         ax.set_xlabel(param)
         ax.set_ylabel(f"{which} {metric}")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(metrics):]:
+    for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"{which} metrics against {param} (one dot per finished or stopped trial)")
     return _save(fig, out / f"metrics_vs_{slug(param)}.png")
@@ -215,7 +233,8 @@ def parallel_coordinates(study: Study, out: Path, which: str = "final") -> Path 
     fig, axes = _figure(1, 1, (max(6, 1.8 * len(axes_names)), 4.5))
     ax = axes[0, 0]
     segments = [np.column_stack([np.arange(len(axes_names)), row]) for row in data]
-    norm = matplotlib.colors.Normalize(vmin=score.min(), vmax=score.max() if score.max() > score.min() else score.min() + 1)
+    top = score.max() if score.max() > score.min() else score.min() + 1
+    norm = matplotlib.colors.Normalize(vmin=score.min(), vmax=top)
     lines = LineCollection(segments, cmap=CMAP, norm=norm, linewidths=1.4, alpha=0.85)
     lines.set_array(score)
     ax.add_collection(lines)
@@ -245,7 +264,7 @@ def importance_bars(result: Importance, out: Path) -> Path | None:
         return None
     targets = list(dict.fromkeys(result.table["target"]))
     fig, axes = _figure(1, len(targets), (5.5 * len(targets), 0.5 * result.table["param"].nunique() + 2.2))
-    for ax, target in zip(axes[0], targets):
+    for ax, target in zip(axes[0], targets, strict=True):
         part = result.table[result.table["target"] == target].sort_values("importance")
         ax.barh(part["param"], part["importance"], color="steelblue")
         ax.set_xlabel(f"{result.evaluator} importance")

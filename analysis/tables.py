@@ -15,7 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .load import Study, direction
+from geoloc.folders import Status
+
+from .load import Study
 
 MAX_LEVELS = 6  # a numeric parameter with more distinct values than this is binned
 MIN_RUNS = 3  # cells with fewer runs get a warning: their std means little
@@ -27,6 +29,7 @@ class Ablation:
     binned: bool
     columns: list[str]  # metric keys, in table order
     cells: pd.DataFrame  # one row per level: value, n, <m>_mean, <m>_std, <m>_n, <m>_best
+    percent: list[str]  # the columns that are fractions, shown in %
     caption: str
     warnings: list[str] = field(default_factory=list)
 
@@ -91,8 +94,8 @@ def counted_caption(study: Study, which: str | None) -> str:
     left_out = len(study.trials) - len(used)
     what = "epoch curves" if which is None else f"{which}-epoch metrics"
     return (
-        f"{what} of the {len(used)} trials that finished ({counts.get('finished', 0)}) "
-        f"or were stopped early by ASHA ({counts.get('stopped', 0)}); "
+        f"{what} of the {len(used)} trials that finished ({counts.get(Status.FINISHED.value, 0)}) "
+        f"or were stopped early by ASHA ({counts.get(Status.STOPPED.value, 0)}); "
         f"{left_out} running or errored trial(s) left out"
     )
 
@@ -116,7 +119,7 @@ def ablation(study: Study, param: str, which: str = "final", bins: int = 4) -> A
     cells = pd.DataFrame(rows, columns=["value", "n"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")])
     for m in columns:
         means = cells[f"{m}_mean"]
-        best = means.max() if direction(m) == "max" else means.min()
+        best = means.max() if study.registry.direction(m) == "max" else means.min()
         cells[f"{m}_best"] = np.isclose(means, best, rtol=0, atol=1e-12) if means.notna().any() else False
 
     caption = (
@@ -126,20 +129,18 @@ def ablation(study: Study, param: str, which: str = "final", bins: int = 4) -> A
     )
     thin = [f"{r.value} (n={r.n})" for r in cells.itertuples() if r.n < MIN_RUNS]
     warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} runs in {', '.join(thin)}"] if thin else []
-    return Ablation(param, binned, columns, cells, caption, warnings)
+    percent = [m for m in columns if study.registry.fraction(m)]
+    return Ablation(param, binned, columns, cells, percent, caption, warnings)
 
 
 # --- rendering -------------------------------------------------------------------------------
 
 
-def _is_fraction(metric: str) -> bool:
-    return direction(metric) == "max"  # accuracies and score are fractions 0..1
-
-
-def cell_text(mean: float, std: float, metric: str) -> str:
+def cell_text(mean: float, std: float, fraction: bool) -> str:
+    """Mean ± std: a fraction (accuracies, score) in % with 2 decimals, anything else with 1."""
     if pd.isna(mean):
         return "–"
-    scale, digits = (100.0, 2) if _is_fraction(metric) else (1.0, 1)
+    scale, digits = (100.0, 2) if fraction else (1.0, 1)
     text = f"{mean * scale:.{digits}f}"
     if not pd.isna(std):
         text += f" ± {std * scale:.{digits}f}"
@@ -151,7 +152,7 @@ def _display(ab: Ablation, bold, escape) -> pd.DataFrame:
     for m in ab.columns:
         texts = []
         for _, r in ab.cells.iterrows():
-            text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m)
+            text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m in ab.percent)
             if r[f"{m}_n"] != r["n"]:
                 text += f" (n={r[f'{m}_n']})"
             texts.append(bold(escape(text)) if r[f"{m}_best"] else escape(text))
@@ -166,11 +167,27 @@ def to_markdown(ab: Ablation) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$",
-          "≥": r"$\geq$", "ρ": r"$\rho$", "≤": r"$\leq$", "–": "--", "−": "$-$",
-          # A cell starting with "[" right after \\ or \midrule would be read as their optional argument.
-          "[": "{[}", "]": "{]}"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "≥": r"$\geq$",
+    "ρ": r"$\rho$",
+    "≤": r"$\leq$",
+    "–": "--",
+    "−": "$-$",
+    # A cell starting with "[" right after \\ or \midrule would be read as their optional argument.
+    "[": "{[}",
+    "]": "{]}",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -221,7 +238,9 @@ def write(ab: Ablation, out_dir: Path, formats) -> dict[str, Path]:
     return paths
 
 
-def write_table(numeric: pd.DataFrame, display: pd.DataFrame, out_dir: Path, name: str, caption: str, formats) -> dict[str, Path]:
+def write_table(
+    numeric: pd.DataFrame, display: pd.DataFrame, out_dir: Path, name: str, caption: str, formats
+) -> dict[str, Path]:
     """Any other table: CSV from the numbers, Markdown and LaTeX from the display strings."""
     paths = {}
     if "csv" in formats:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .load import NOISE_PARAM, Study, threshold_km
+from .load import NOISE_PARAM, Study
 from .tables import levels
 
 LOSSES = ("train_loss", "val_loss")
@@ -28,7 +28,10 @@ def strength(rho: float) -> str:
     if pd.isna(rho):
         return "undefined"
     a = abs(rho)
-    return "negligible" if a < 0.1 else "weak" if a < 0.3 else "moderate" if a < 0.5 else "strong" if a < 0.7 else "very strong"
+    for bound, label in ((0.1, "negligible"), (0.3, "weak"), (0.5, "moderate"), (0.7, "strong")):
+        if a < bound:
+            return label
+    return "very strong"
 
 
 MIN_DEFINED_SHARE = 0.9
@@ -79,20 +82,33 @@ def loss_vs_accuracy(study: Study, which: str = "final") -> pd.DataFrame:
             pair = used[[f"{which}_{loss}", f"{which}_{acc}"]].apply(pd.to_numeric, errors="coerce").dropna()
             x, y = pair.iloc[:, 0].to_numpy(float), pair.iloc[:, 1].to_numpy(float)
             rho, p, lo, hi = spearman_ci(x, y)
-            rows.append({
-                "loss": loss, "metric": acc, "n": len(pair), "rho": rho, "p_value": p,
-                "ci_low": lo, "ci_high": hi,
-                "excludes_zero": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
-                "strength": strength(rho),
-            })
-    return pd.DataFrame(rows, columns=["loss", "metric", "n", "rho", "p_value", "ci_low", "ci_high", "excludes_zero", "strength"])
+            rows.append(
+                {
+                    "loss": loss,
+                    "metric": acc,
+                    "n": len(pair),
+                    "rho": rho,
+                    "p_value": p,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "excludes_zero": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
+                    "strength": strength(rho),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["loss", "metric", "n", "rho", "p_value", "ci_low", "ci_high", "excludes_zero", "strength"]
+    )
 
 
 # --- within trials ---------------------------------------------------------------------------
 
 
-def divergence(study: Study, fine: str = "acc_1km") -> pd.DataFrame:
-    """Per counted trial and loss: the epochs e > 1 where the loss fell versus e-1 while `fine` fell too."""
+def divergence(study: Study, fine: str | None = None) -> pd.DataFrame:
+    """Per counted trial and loss: the epochs e > 1 where the loss fell versus e-1 while `fine` fell too.
+
+    fine: an accuracy key (default: the finest threshold's).
+    """
+    fine = fine or (study.accuracies[0] if study.accuracies else None)
     used = study.counted()
     rows = []
     for loss in LOSSES:
@@ -103,15 +119,24 @@ def divergence(study: Study, fine: str = "acc_1km") -> pd.DataFrame:
             lv = pd.to_numeric(curve[loss], errors="coerce")
             av = pd.to_numeric(curve[fine], errors="coerce")
             hits = [
-                int(e) for e in curve.index
+                int(e)
+                for e in curve.index
                 if e > 1 and (e - 1) in curve.index and lv[e] < lv[e - 1] and av[e] < av[e - 1]
             ]
-            rows.append({
-                "number": trial.number, "trial_id": trial.trial_id, "loss": loss, "epochs_run": len(curve),
-                "diverges": bool(hits), "first_epoch": hits[0] if hits else pd.NA,
-                "divergence_epochs": ";".join(map(str, hits)),
-            })
-    out = pd.DataFrame(rows, columns=["number", "trial_id", "loss", "epochs_run", "diverges", "first_epoch", "divergence_epochs"])
+            rows.append(
+                {
+                    "number": trial.number,
+                    "trial_id": trial.trial_id,
+                    "loss": loss,
+                    "epochs_run": len(curve),
+                    "diverges": bool(hits),
+                    "first_epoch": hits[0] if hits else pd.NA,
+                    "divergence_epochs": ";".join(map(str, hits)),
+                }
+            )
+    out = pd.DataFrame(
+        rows, columns=["number", "trial_id", "loss", "epochs_run", "diverges", "first_epoch", "divergence_epochs"]
+    )
     out["first_epoch"] = out["first_epoch"].astype("Int64")
     return out
 
@@ -129,12 +154,18 @@ def divergence_summary(study: Study, per_trial: pd.DataFrame, bins: int = 4) -> 
     def summarise(param, value, part):
         for loss, group in part.groupby("loss", sort=False):
             firsts = group["first_epoch"].dropna()
-            rows.append({
-                "param": param, "value": value, "loss": loss, "n": len(group), "n_diverging": int(group["diverges"].sum()),
-                "share": group["diverges"].mean() if len(group) else math.nan,
-                "first_epoch_min": int(firsts.min()) if len(firsts) else pd.NA,
-                "first_epoch_median": float(firsts.median()) if len(firsts) else math.nan,
-            })
+            rows.append(
+                {
+                    "param": param,
+                    "value": value,
+                    "loss": loss,
+                    "n": len(group),
+                    "n_diverging": int(group["diverges"].sum()),
+                    "share": group["diverges"].mean() if len(group) else math.nan,
+                    "first_epoch_min": int(firsts.min()) if len(firsts) else pd.NA,
+                    "first_epoch_median": float(firsts.median()) if len(firsts) else math.nan,
+                }
+            )
 
     summarise("(all)", "(all)", able)
     for param in split_by:
@@ -144,7 +175,9 @@ def divergence_summary(study: Study, per_trial: pd.DataFrame, bins: int = 4) -> 
             part = able[label == value]
             if len(part):
                 summarise(param, value, part)
-    out = pd.DataFrame(rows, columns=["param", "value", "loss", "n", "n_diverging", "share", "first_epoch_min", "first_epoch_median"])
+    out = pd.DataFrame(
+        rows, columns=["param", "value", "loss", "n", "n_diverging", "share", "first_epoch_min", "first_epoch_median"]
+    )
     out["first_epoch_min"] = out["first_epoch_min"].astype("Int64")
     return out
 
@@ -152,15 +185,15 @@ def divergence_summary(study: Study, per_trial: pd.DataFrame, bins: int = 4) -> 
 # --- Pareto fronts ---------------------------------------------------------------------------
 
 
-def fronts(study: Study, which: str = "final") -> dict[str, dict[str, str]]:
+def fronts(study: Study) -> dict[str, dict[str, str]]:
     """The fronts this study reports: {name: {metric: "max"|"min"}}; finest/coarsest accuracy by threshold."""
     accs = study.accuracies
-    out = {}
+    pairs = []
     if len(accs) >= 2:
-        out[f"{accs[0]}_vs_{accs[-1]}"] = {accs[0]: "max", accs[-1]: "max"}
+        pairs.append((accs[0], accs[-1]))
     if accs and "val_loss" in study.metrics:
-        out[f"val_loss_vs_{accs[0]}"] = {"val_loss": "min", accs[0]: "max"}
-    return out
+        pairs.append(("val_loss", accs[0]))
+    return {f"{a}_vs_{b}": {m: study.registry.direction(m) for m in (a, b)} for a, b in pairs}
 
 
 def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
@@ -177,7 +210,7 @@ def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
 def pareto(study: Study, which: str = "final") -> pd.DataFrame:
     """Every trial on each front: front, number, trial_id, all fronts' objectives, score, the varied params."""
     used = study.counted()
-    all_fronts = fronts(study, which)
+    all_fronts = fronts(study)
     shown = list(dict.fromkeys(m for objectives in all_fronts.values() for m in objectives))
     shown += ["score"] if "score" in study.metrics and "score" not in shown else []
     rows = []
@@ -186,7 +219,7 @@ def pareto(study: Study, which: str = "final") -> pd.DataFrame:
         part = used.dropna(subset=cols)
         if not len(part):
             continue
-        values = part[cols].rename(columns=lambda c: c[len(which) + 1:])
+        values = part[cols].rename(columns=lambda c: c[len(which) + 1 :])
         on = part[pareto_mask(values, objectives)]
         first = next(iter(objectives))
         on = on.sort_values(f"{which}_{first}", ascending=objectives[first] == "min")
@@ -206,17 +239,22 @@ def ceiling(study: Study, which: str = "final") -> pd.DataFrame:
     used = study.counted()
     rows = []
     for acc in study.accuracies:
-        t = threshold_km(acc)
-        ceil_key = next((m for m in study.metrics if m.startswith("ceiling_") and threshold_km(m) == t), None)
+        t = study.registry.get(acc).threshold_km
+        ceil_key = next((c for c in study.ceilings if study.registry.get(c).threshold_km == t), None)
         accs = pd.to_numeric(used[f"{which}_{acc}"], errors="coerce").dropna()
-        ceil = pd.to_numeric(used[f"final_{ceil_key}"], errors="coerce").dropna() if ceil_key else pd.Series(dtype=float)
+        ceil = (
+            pd.to_numeric(used[f"final_{ceil_key}"], errors="coerce").dropna() if ceil_key else pd.Series(dtype=float)
+        )
         c = ceil.mean() if len(ceil) else math.nan
-        rows.append({
-            "threshold_km": t, "metric": acc,
-            "ceiling": c,
-            "ceiling_varies": bool(len(ceil) and ceil.max() - ceil.min() > 1e-9),
-            "mean_acc": accs.mean() if len(accs) else math.nan,
-            "best_acc": accs.max() if len(accs) else math.nan,
-            "best_share_of_ceiling": accs.max() / c if len(accs) and c > 0 else math.nan,
-        })
+        rows.append(
+            {
+                "threshold_km": t,
+                "metric": acc,
+                "ceiling": c,
+                "ceiling_varies": bool(len(ceil) and ceil.max() - ceil.min() > 1e-9),
+                "mean_acc": accs.mean() if len(accs) else math.nan,
+                "best_acc": accs.max() if len(accs) else math.nan,
+                "best_share_of_ceiling": accs.max() / c if len(accs) and c > 0 else math.nan,
+            }
+        )
     return pd.DataFrame(rows)

@@ -10,24 +10,29 @@ Default output: ``bench/RESULTS.md`` for the full run, ``bench/RESULTS-quick.md`
 the report is printed and written only where ``--out`` says. Exit status 1 when any benchmark's
 two sides disagreed or a benchmark failed.
 
-``bench/bench_extraction.py`` (feature extraction, another module) is run too when it exists:
-its ``main(argv)`` is called (with ``["--quick"]`` in quick mode) and its figures, rendered by its
-own ``markdown()`` one heading level down, become the last section.
+``bench/bench_extraction.py`` (feature extraction) has its own command line; a full or quick run
+calls its ``main(argv)`` too, and its figures, one heading level down, become the last section.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import inspect
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from .common import Result, log, machine_header, set_threads
+from .common import log, machine_header, set_threads
 
-BENCHMARKS = ["bench_eval", "bench_location_encoder", "bench_train_step", "bench_memory", "bench_sweep", "bench_packing"]
+BENCHMARKS = [
+    "bench_eval",
+    "bench_location_encoder",
+    "bench_train_step",
+    "bench_memory",
+    "bench_sweep",
+    "bench_packing",
+]
 HERE = Path(__file__).resolve().parent
 
 
@@ -41,43 +46,18 @@ def run_one(name: str, quick: bool) -> tuple[str, bool]:
     return f"{result.markdown()}\n_`{name}`: {time.perf_counter() - start:.0f} s wall time._\n", result.agreed
 
 
-def run_extraction(quick: bool) -> tuple[str, bool] | None:
-    """``bench_extraction.main`` (another module's contract: ``main(argv)`` returning its figures,
-    rendered by its ``markdown(figures)``; a ``quick=`` keyword, a ``Result`` or a string work too)."""
-    try:
-        from . import bench_extraction
-    except ImportError as e:
-        if getattr(e, "name", None) == "bench.bench_extraction":
-            return None  # not written (yet)
-        return f"## bench_extraction: not run\n\nImporting it failed: `{e}`\n", True
-    params = inspect.signature(bench_extraction.main).parameters
-    if "quick" in params:
-        call = lambda: bench_extraction.main(quick=quick)  # noqa: E731
-    elif "argv" in params:
-        call = lambda: bench_extraction.main(["--quick"] if quick else [])  # noqa: E731
-    elif not quick:
-        call = bench_extraction.main
-    else:
-        return "## bench_extraction: skipped in --quick mode\n\nIts `main()` has no quick mode.\n", True
+def run_extraction(quick: bool) -> tuple[str, bool]:
+    """``bench_extraction`` has its own command line: its ``main(argv)`` returns figures that its
+    ``markdown(figures)`` renders; the section nests under ours, one heading level down."""
+    from . import bench_extraction
+
     start = time.perf_counter()
     try:
-        out = call()
-    except BaseException as e:  # argparse exits with SystemExit
-        if isinstance(e, KeyboardInterrupt):
-            raise
+        text = bench_extraction.markdown(bench_extraction.main(["--quick"] if quick else []))
+    except Exception:
         return f"## bench_extraction: FAILED\n\n```\n{traceback.format_exc()}```\n", False
-    took = f"\n_`bench_extraction`: {time.perf_counter() - start:.0f} s wall time._\n"
-    if isinstance(out, Result):
-        return out.markdown() + took, out.agreed
-    if isinstance(out, dict) and hasattr(bench_extraction, "markdown"):
-        text, agreed = bench_extraction.markdown(out), out.get("agreed", True) is not False
-    elif isinstance(out, str):
-        text, agreed = out, True
-    else:
-        return f"## bench_extraction\n\nRan; it reports on its own output.{took}", True
-    # its report nests under ours: one heading level down
     text = "\n".join("#" + line if line.startswith("#") else line for line in text.strip().splitlines())
-    return text + "\n" + took, agreed
+    return f"{text}\n\n_`bench_extraction`: {time.perf_counter() - start:.0f} s wall time._\n", True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     set_threads()
     mode = "--quick (small sizes: smoke figures, not results)" if args.quick else "full"
     head = f"# Benchmarks\n\n`python -m bench{' --quick' if args.quick else ''}`, mode: {mode}.\n\n{machine_header()}\n"
-    head += ("\nEvery time is the median of interleaved repeats measured in the same process run; the\n"
-             "machine is shared, so compare the ratios, not the absolute times.\n")
+    head += (
+        "\nEvery time is the median of interleaved repeats measured in the same process run; the\n"
+        "machine is shared, so compare the ratios, not the absolute times.\n"
+    )
     sections, all_agreed = [], True
 
     def write():
@@ -108,10 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         all_agreed &= agreed
         write()
     if not args.only:
-        extraction = run_extraction(args.quick)
-        if extraction:
-            sections.append(extraction[0])
-            all_agreed &= extraction[1]
+        section, agreed = run_extraction(args.quick)
+        sections.append(section)
+        all_agreed &= agreed
     report = write()
     print(report)
     if out:

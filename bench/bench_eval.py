@@ -27,11 +27,12 @@ from unittest import mock
 import numpy as np
 import torch
 
-from geoloc.config import EvalConfig, ModelConfig, metric_name
+from geoloc.config import EvalConfig, ModelConfig
 from geoloc.data.cache import CacheWriter, FeatureCache, open_cache
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.evaluate import Evaluator, accuracy_metrics
 from geoloc.geo import displace, haversine_km
+from geoloc.metrics import accuracy_key
 from geoloc.model import GeoCLIP
 
 from .common import Result, log, median, published_geoclip, quiet, spread, table, timed, timed_cpu
@@ -90,7 +91,11 @@ def _targets_around(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Each point moved 30 m to 10,000 km (log-uniform) in a random direction."""
     distance = 10 ** rng.uniform(math.log10(0.03), 4, len(points))
     bearing = rng.uniform(0, 2 * math.pi, len(points))
-    moved = displace(torch.from_numpy(points), torch.from_numpy(distance * np.cos(bearing)), torch.from_numpy(distance * np.sin(bearing)))
+    moved = displace(
+        torch.from_numpy(points),
+        torch.from_numpy(distance * np.cos(bearing)),
+        torch.from_numpy(distance * np.sin(bearing)),
+    )
     return moved.numpy()
 
 
@@ -102,16 +107,27 @@ def run(threads: int | None = None, **sizes) -> Result:
         result = compare(**sizes)
     finally:
         torch.set_num_threads(previous)
-    why = (" Both sides used one thread: with two, on this shared 2-core machine, the small operations of\n"
-           "ours (top-1 search, per-batch encodes) slowed 3-4x whenever other processes took a core,\n"
-           "against about 2x for the published side's large matrix products, so two-thread ratios\n"
-           "followed other people's load; one thread compares the work itself." if threads == 1 else "")
+    why = (
+        " Both sides used one thread: with two, on this shared 2-core machine, the small operations of\n"
+        "ours (top-1 search, per-batch encodes) slowed 3-4x whenever other processes took a core,\n"
+        "against about 2x for the published side's large matrix products, so two-thread ratios\n"
+        "followed other people's load; one thread compares the work itself."
+        if threads == 1
+        else ""
+    )
     result.body = f"\nTorch threads: {threads or previous}.{why}\n" + result.body
     return result
 
 
-def compare(n_val: int = 2997, gallery_size: int | None = None, batch_size: int = 128, parts: int = 3,
-            published_budget_s: float = 600.0, val_negatives: int = 1024, seed: int = 0) -> Result:
+def compare(
+    n_val: int = 2997,
+    gallery_size: int | None = None,
+    batch_size: int = 128,
+    parts: int = 3,
+    published_budget_s: float = 600.0,
+    val_negatives: int = 1024,
+    seed: int = 0,
+) -> Result:
     """``gallery_size=None`` uses the published 100K gallery; a smaller one is a seeded subset of it.
 
     The published evaluation runs once over the batches, split into ``parts`` calls of
@@ -144,12 +160,17 @@ def compare(n_val: int = 2997, gallery_size: int | None = None, batch_size: int 
         construct_s, evaluator = timed(lambda: Evaluator(cfg, cache, gallery, negatives, torch.device("cpu")))
 
         batches = [
-            (torch.from_numpy(features[s : s + batch_size, 0].astype(np.float32)), torch.from_numpy(targets[s : s + batch_size]))
+            (
+                torch.from_numpy(features[s : s + batch_size, 0].astype(np.float32)),
+                torch.from_numpy(targets[s : s + batch_size]),
+            )
             for s in range(0, n_val, batch_size)
         ]
         # One published batch first: a warm-up, and the estimate that decides full size or subset.
         first_s, _ = timed(lambda: _run_published(published, batches[:1]))
-        subset = len(batches) if first_s * len(batches) <= published_budget_s else max(1, int(published_budget_s // first_s))
+        subset = (
+            len(batches) if first_s * len(batches) <= published_budget_s else max(1, int(published_budget_s // first_s))
+        )
         chunks = [list(c) for c in np.array_split(np.arange(subset), min(parts, subset))]
 
         times = {p: [] for p in [*PRECISIONS, "published"]}  # (wall s, process CPU s) per run or part
@@ -157,12 +178,14 @@ def compare(n_val: int = 2997, gallery_size: int | None = None, batch_size: int 
         for round_ in range(len(chunks) + 1):
             for precision in PRECISIONS if round_ % 2 else ["fp32"]:
                 log(f"eval: ours {precision}, round {round_ + 1}/{len(chunks) + 1}")
-                wall, cpu, ours[precision] = timed_cpu(lambda: _run_ours(evaluator, model, precision))
+                wall, cpu, ours[precision] = timed_cpu(
+                    lambda precision=precision: _run_ours(evaluator, model, precision)
+                )
                 times[precision].append((wall, cpu))
             if round_ < len(chunks):
                 part = [batches[i] for i in chunks[round_]]
                 log(f"eval: published, batches {chunks[round_][0] + 1}-{chunks[round_][-1] + 1} of {len(batches)}")
-                wall, cpu, (accs, preds) = timed_cpu(lambda: _run_published(published, part))
+                wall, cpu, (accs, preds) = timed_cpu(lambda part=part: _run_published(published, part))
                 times["published"].append((wall, cpu, len(part)))
                 pub_preds.append(preds)
                 for key, acc in accs.items():  # accuracies of the parts, back to hit counts
@@ -170,11 +193,25 @@ def compare(n_val: int = 2997, gallery_size: int | None = None, batch_size: int 
         n_cmp = sum(len(p) for p in pub_preds)
         pub_accs = {key: hits / n_cmp for key, hits in pub_hits.items()}
 
-    return _report(cfg, gallery, targets, n_cmp, subset, len(batches), first_s, construct_s, times, ours, pub_accs,
-                   np.concatenate(pub_preds))
+    return _report(
+        cfg,
+        gallery,
+        targets,
+        n_cmp,
+        subset,
+        len(batches),
+        first_s,
+        construct_s,
+        times,
+        ours,
+        pub_accs,
+        np.concatenate(pub_preds),
+    )
 
 
-def _report(cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_s, times, ours, pub_accs, pub_pred) -> Result:
+def _report(
+    cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_s, times, ours, pub_accs, pub_pred
+) -> Result:
     from geopy.distance import geodesic
 
     ours_metrics, ours_pred = ours["fp32"]
@@ -187,11 +224,11 @@ def _report(cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_
     ours_cmp = accuracy_metrics(ours_errors[:n_cmp], cfg)
     pred_differ = int(np.sum(ours_pred[:n_cmp] != pub_pred[:n_cmp]))
     pub_gallery = gallery.astype(np.float32)  # the published side holds its gallery in float32
-    geodesic_km = np.array([geodesic(pub_gallery[p], t).km for p, t in zip(pub_pred, targets[:n_cmp])])
+    geodesic_km = np.array([geodesic(pub_gallery[p], t).km for p, t in zip(pub_pred, targets[:n_cmp], strict=False)])
 
     rows, accuracies_agree = [], True
     for t in cfg.thresholds_km:
-        ours_acc, pub_acc = ours_cmp[metric_name(t)], pub_accs[f"acc_{t:g}_km"]
+        ours_acc, pub_acc = ours_cmp[accuracy_key(t)], pub_accs[f"acc_{t:g}_km"]
         differ = round(abs(ours_acc - pub_acc) * n_cmp)
         in_band = int(np.sum(np.abs(geodesic_km - t) <= BAND * t))
         ok = differ <= in_band + pred_differ
@@ -212,32 +249,80 @@ def _report(cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_
     low_precision = []
     for p in list(PRECISIONS)[1:]:
         moved_km = haversine_km(gallery[ours[p][1]], gallery[ours_pred])
-        low_precision.append([p, f"{np.sum(moved_km == 0)} of {n_val}", f"{np.mean(moved_km <= 25):.1%}",
-                              f"{np.mean(moved_km <= 750):.1%}", f"{np.median(moved_km):.0f} km"])
-    how = (f"timed once at full size ({n_batches} batches)" if subset == n_batches else
-           f"timed once on the first {subset} of {n_batches} batches and scaled by {n_batches / subset:.2f} "
-           f"(a warm-up batch took {first_s:.1f} s, so the full set would exceed the time budget); "
-           f"agreement is checked on those {n_cmp} images")
-    how += (f", in {len(parts)} consecutive calls of `eval_images` with ours (fp32) run before, between and after them "
-            f"({len(wall['fp32'])} runs; bf16: {len(wall['bf16'])}), so that both sides saw the same "
-            "changes of load" if len(parts) > 1 else ", between two runs of ours (fp32)")
+        low_precision.append(
+            [
+                p,
+                f"{np.sum(moved_km == 0)} of {n_val}",
+                f"{np.mean(moved_km <= 25):.1%}",
+                f"{np.mean(moved_km <= 750):.1%}",
+                f"{np.median(moved_km):.0f} km",
+            ]
+        )
+    how = (
+        f"timed once at full size ({n_batches} batches)"
+        if subset == n_batches
+        else f"timed once on the first {subset} of {n_batches} batches and scaled by {n_batches / subset:.2f} "
+        f"(a warm-up batch took {first_s:.1f} s, so the full set would exceed the time budget); "
+        f"agreement is checked on those {n_cmp} images"
+    )
+    how += (
+        f", in {len(parts)} consecutive calls of `eval_images` with ours (fp32) run before, between and after them "
+        f"({len(wall['fp32'])} runs; bf16: {len(wall['bf16'])}), so that both sides saw the same "
+        "changes of load"
+        if len(parts) > 1
+        else ", between two runs of ours (fp32)"
+    )
     body = f"""
 {n_val} validation features (random, 768-d, float16 cache written with `CacheWriter`), {len(gallery):,} gallery
-points{" (the published 100K MP-16 gallery)" if len(gallery) == 100_000 else ""}, batch size {cfg.batch_size} on both sides,
+points{" (the published 100K MP-16 gallery)" if len(gallery) == 100_000 else ""}, batch size {
+        cfg.batch_size
+    } on both sides,
 published weights on both sides, after one warm-up batch of the published evaluation and one
 untimed run of ours. The published evaluation was {how}.
 
-{table(["way", "wall time", "process CPU time", "ratio of medians", "ratio of minima", "ratio of CPU times"], [
-    ["published `eval_images` (gallery re-encoded per batch, geopy geodesic loop; fp32)",
-     f"{pub_s:.1f} s" + (f" (parts: {', '.join(f'{w:.1f}' for w, _, _ in parts)} s)" if len(parts) > 1 else ""),
-     f"{pub_cpu:.1f} s", "1.0x", "1.0x", "1.0x"],
-    *[[f"ours, `Evaluator.__call__`, {p}", spread(wall[p]), f"{median(cpu[p]):.1f} s",
-       f"**{ratios[p]:.1f}x**" if p == "fp32" else f"{ratios[p]:.1f}x", f"{ratios_best[p]:.1f}x", f"{ratios_cpu[p]:.1f}x"]
-      for p in PRECISIONS],
-    ["ours, one-time `Evaluator(...)` construction (gallery ceiling)", f"{construct_s:.2f} s", "", "", "", ""],
-    ["ours fp32, construction + one call", f"{construct_s + median(wall['fp32']):.1f} s", "",
-     f"{pub_s / (construct_s + median(wall['fp32'])):.1f}x", "", ""],
-])}
+{
+        table(
+            ["way", "wall time", "process CPU time", "ratio of medians", "ratio of minima", "ratio of CPU times"],
+            [
+                [
+                    "published `eval_images` (gallery re-encoded per batch, geopy geodesic loop; fp32)",
+                    f"{pub_s:.1f} s"
+                    + (f" (parts: {', '.join(f'{w:.1f}' for w, _, _ in parts)} s)" if len(parts) > 1 else ""),
+                    f"{pub_cpu:.1f} s",
+                    "1.0x",
+                    "1.0x",
+                    "1.0x",
+                ],
+                *[
+                    [
+                        f"ours, `Evaluator.__call__`, {p}",
+                        spread(wall[p]),
+                        f"{median(cpu[p]):.1f} s",
+                        f"**{ratios[p]:.1f}x**" if p == "fp32" else f"{ratios[p]:.1f}x",
+                        f"{ratios_best[p]:.1f}x",
+                        f"{ratios_cpu[p]:.1f}x",
+                    ]
+                    for p in PRECISIONS
+                ],
+                [
+                    "ours, one-time `Evaluator(...)` construction (gallery ceiling)",
+                    f"{construct_s:.2f} s",
+                    "",
+                    "",
+                    "",
+                    "",
+                ],
+                [
+                    "ours fp32, construction + one call",
+                    f"{construct_s + median(wall['fp32']):.1f} s",
+                    "",
+                    f"{pub_s / (construct_s + median(wall['fp32'])):.1f}x",
+                    "",
+                    "",
+                ],
+            ],
+        )
+    }
 
 Ratio of medians: the published total against the median of ours' runs (the brief's figure).
 Other processes on this shared machine only ever add time, and they came and went during the
@@ -261,9 +346,17 @@ Random features give close gallery similarities, so bf16's small deviations chan
 predictions; targets were placed around the fp32 predictions, so bf16 accuracies on them would
 mean nothing and are not shown.
 """
-    figures = {"ratio": ratios["fp32"], "ratios": ratios, "ratios_best": ratios_best, "ratios_cpu": ratios_cpu,
-               "pred_differ": pred_differ, "n": n_cmp,
-               "published_s": pub_s, "subset": subset, "n_batches": n_batches}
+    figures = {
+        "ratio": ratios["fp32"],
+        "ratios": ratios,
+        "ratios_best": ratios_best,
+        "ratios_cpu": ratios_cpu,
+        "pred_differ": pred_differ,
+        "n": n_cmp,
+        "published_s": pub_s,
+        "subset": subset,
+        "n_batches": n_batches,
+    }
     return Result("Evaluation: Evaluator vs published eval_images", body, agreed, figures)
 
 

@@ -47,7 +47,9 @@ def make_images(root: Path, n: int, seed: int = 0) -> Path:
     rows = []
     yy, xx = np.mgrid[0:375, 0:500]
     for i in range(n):
-        base = np.stack([np.sin(xx / rng.uniform(20, 80)), np.cos(yy / rng.uniform(20, 80)), np.sin((xx + yy) / 50)], -1)
+        base = np.stack(
+            [np.sin(xx / rng.uniform(20, 80)), np.cos(yy / rng.uniform(20, 80)), np.sin((xx + yy) / 50)], -1
+        )
         pixels = np.clip(128 + 80 * base + rng.normal(scale=20, size=base.shape), 0, 255).astype(np.uint8)
         if i % 3 == 0:
             pixels = pixels.transpose(1, 0, 2)
@@ -59,18 +61,42 @@ def make_images(root: Path, n: int, seed: int = 0) -> Path:
     return csv
 
 
-def extraction_rows(csv: Path, root: Path, work: Path, models: list[str], batch_sizes: list[int], workers: int) -> list[dict]:
+def extraction_rows(
+    csv: Path, root: Path, work: Path, models: list[str], batch_sizes: list[int], workers: int
+) -> list[dict]:
     from geoloc.data.features import extract
+    from geoloc.data.request import ExtractionRequest
 
     rows = []
     for model in models:
         for bs in batch_sizes:
             stats: dict = {}
             log(f"extraction: {model}, batch {bs}, {workers} workers")
-            extract(csv, root, work / f"x-{model}-{bs}", model=model, pretrained="random", views=0, batch_size=bs,
-                    workers=workers, stats=stats, columns={"image_column": "IMG_ID"})
-            rows.append({"model": model, "batch_size": bs, "views": 1, "workers": workers, "images": stats["images"],
-                         "seconds": stats["seconds"], "images_per_s": stats["images"] / stats["seconds"]})
+            extract(
+                ExtractionRequest(
+                    csv,
+                    root,
+                    work / f"x-{model}-{bs}",
+                    model=model,
+                    pretrained="random",
+                    views=0,
+                    batch_size=bs,
+                    workers=workers,
+                    image_column="IMG_ID",
+                ),
+                stats=stats,
+            )
+            rows.append(
+                {
+                    "model": model,
+                    "batch_size": bs,
+                    "views": 1,
+                    "workers": workers,
+                    "images": stats["images"],
+                    "seconds": stats["seconds"],
+                    "images_per_s": stats["images"] / stats["seconds"],
+                }
+            )
     return rows
 
 
@@ -102,29 +128,47 @@ def published_model(visual: torch.nn.Module, feature_dim: int, queue_size: int):
     return GeoCLIPOverOpenClip()
 
 
-def epoch_comparison(csv: Path, root: Path, work: Path, model: str, batch: int, queue: int, views: int,
-                     workers: int, repeats: int) -> dict:
+def epoch_comparison(
+    csv: Path, root: Path, work: Path, model: str, batch: int, queue: int, views: int, workers: int, repeats: int
+) -> dict:
     import geoclip
     from geoclip.train.dataloader import GeoDataLoader, img_train_transform
 
-    from geoloc.config import RunConfig, from_dict
+    from geoloc.config import parse_job
     from geoloc.data import Data
+    from geoloc.data.backbone import load_backbone
     from geoloc.data.cache import open_cache
-    from geoloc.data.features import extract, load_backbone
+    from geoloc.data.features import extract
+    from geoloc.data.request import ExtractionRequest
     from geoloc.train import Trainer
 
     log(f"epoch comparison: extracting the cache once ({model}, {views} + 1 views)")
     stats: dict = {}
-    cache_dir = extract(csv, root, work / "cache", model=model, pretrained="random", views=views, batch_size=batch,
-                        workers=workers, stats=stats, columns={"image_column": "IMG_ID"})
+    cache_dir = extract(
+        ExtractionRequest(
+            csv,
+            root,
+            work / "cache",
+            model=model,
+            pretrained="random",
+            views=views,
+            batch_size=batch,
+            workers=workers,
+            image_column="IMG_ID",
+        ),
+        stats=stats,
+    )
     cache = open_cache(cache_dir)
 
     # ours
-    cfg = from_dict(RunConfig, {"train": {"batch_size": batch, "queue_size": queue, "device": "cpu",
-                                          "threads": torch.get_num_threads()}})
+    cfg = parse_job(
+        {"train": {"batch_size": batch, "queue_size": queue, "device": "cpu", "threads": torch.get_num_threads()}}
+    )
     trainer = Trainer(cfg, Data(cache, {"val": cache}, cache.coords))
     rng = np.random.default_rng(0)
-    trainer.model.queue.push(torch.from_numpy(np.stack([rng.uniform(-60, 70, queue), rng.uniform(-180, 180, queue)], 1)).float())
+    trainer.model.queue.push(
+        torch.from_numpy(np.stack([rng.uniform(-60, 70, queue), rng.uniform(-180, 180, queue)], 1)).float()
+    )
 
     # published
     backbone = load_backbone(model, pretrained="random")
@@ -146,33 +190,61 @@ def epoch_comparison(csv: Path, root: Path, work: Path, model: str, batch: int, 
     times, _ = interleave({"published": published_epoch, "ours": trainer.train_one_epoch}, repeats=repeats, warmup=1)
     ours, theirs = median(times["ours"]), median(times["published"])
     return {
-        "model": model, "images": len(cache), "batch_size": batch, "queue_size": queue, "workers": workers,
-        "published_epoch_s": theirs, "ours_epoch_s": ours, "ratio": theirs / ours,
-        "published_spread": spread(times["published"]), "ours_spread": spread(times["ours"]),
-        "extraction_views": views + 1, "extraction_s": stats["seconds"],
+        "model": model,
+        "images": len(cache),
+        "batch_size": batch,
+        "queue_size": queue,
+        "workers": workers,
+        "published_epoch_s": theirs,
+        "ours_epoch_s": ours,
+        "ratio": theirs / ours,
+        "published_spread": spread(times["published"]),
+        "ours_spread": spread(times["ours"]),
+        "extraction_views": views + 1,
+        "extraction_s": stats["seconds"],
         "break_even_epochs": stats["seconds"] / max(theirs - ours, 1e-9),
     }
 
 
 def markdown(figures: dict) -> str:
-    ex = table(["backbone (random weights)", "batch", "views", "decode workers", "images", "images/s"],
-               [[r["model"], r["batch_size"], r["views"], r["workers"], r["images"], f"{r['images_per_s']:.1f}"] for r in figures["extraction"]])
+    ex = table(
+        ["backbone (random weights)", "batch", "views", "decode workers", "images", "images/s"],
+        [
+            [r["model"], r["batch_size"], r["views"], r["workers"], r["images"], f"{r['images_per_s']:.1f}"]
+            for r in figures["extraction"]
+        ],
+    )
     e = figures["epoch"]
-    ep = table(["one epoch", "time", "ratio"], [
-        [f"published `geoclip.train`, backbone every step ({e['model']}, batch {e['batch_size']}, queue {e['queue_size']})", e["published_spread"], f"{e['ratio']:.1f}x"],
-        ["ours, `Trainer.train_one_epoch` on the cache", e["ours_spread"], "1x"],
-        [f"(once) extraction of the cache, {e['extraction_views']} views per image", f"{e['extraction_s']:.2f} s",
-         f"pays off after {e['break_even_epochs']:.1f} epochs"],
-    ])
-    return (f"# Feature extraction and training on the cache\n\n{figures['machine']}\n\n"
-            f"## (a) Extraction throughput\n\n{ex}\n\n## (b) One training epoch, {e['images']} images\n\n{ep}\n")
+    ep = table(
+        ["one epoch", "time", "ratio"],
+        [
+            [
+                f"published `geoclip.train`, backbone every step ({e['model']}, batch {e['batch_size']}, "
+                f"queue {e['queue_size']})",
+                e["published_spread"],
+                f"{e['ratio']:.1f}x",
+            ],
+            ["ours, `Trainer.train_one_epoch` on the cache", e["ours_spread"], "1x"],
+            [
+                f"(once) extraction of the cache, {e['extraction_views']} views per image",
+                f"{e['extraction_s']:.2f} s",
+                f"pays off after {e['break_even_epochs']:.1f} epochs",
+            ],
+        ],
+    )
+    return (
+        f"# Feature extraction and training on the cache\n\n{figures['machine']}\n\n"
+        f"## (a) Extraction throughput\n\n{ex}\n\n## (b) One training epoch, {e['images']} images\n\n{ep}\n"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_extraction", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="64 images, one batch size, 1 timed epoch")
     parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--models", default="ViT-B-32", help="comma-separated open_clip names for (a); (b) uses the first")
+    parser.add_argument(
+        "--models", default="ViT-B-32", help="comma-separated open_clip names for (a); (b) uses the first"
+    )
     parser.add_argument("--batch-sizes", default="16,64", help="comma-separated batch sizes for (a)")
     parser.add_argument("--batch", type=int, default=32, help="training batch for (b)")
     parser.add_argument("--queue", type=int, default=256, help="GPS queue for (b)")
@@ -181,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2, help="timed epochs per side in (b)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every usable CPU)")
     args = parser.parse_args(argv)
-    from geoloc.data.features import default_workers
+    from geoloc.data.request import default_workers
 
     n_images = 64 if args.quick else args.images
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")][: 1 if args.quick else None]
@@ -196,8 +268,17 @@ def main(argv: list[str] | None = None) -> dict:
         figures = {
             "machine": machine_header(),
             "extraction": extraction_rows(csv, work / "images", work, models, batch_sizes, workers),
-            "epoch": epoch_comparison(csv, work / "images", work, models[0], args.batch, args.queue, args.views, workers,
-                                      1 if args.quick else args.repeats),
+            "epoch": epoch_comparison(
+                csv,
+                work / "images",
+                work,
+                models[0],
+                args.batch,
+                args.queue,
+                args.views,
+                workers,
+                1 if args.quick else args.repeats,
+            ),
         }
     figures["seconds"] = time.perf_counter() - start
     print(markdown(figures))

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.config import RunConfig, from_dict
+from geoloc.config import parse_job
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.model import LocationEncoder
 
@@ -39,8 +39,9 @@ def _bf16():
     return torch.autocast("cpu", dtype=torch.bfloat16)
 
 
-def forward_backward(encoder, coords: torch.Tensor, grad: torch.Tensor, autocast=contextlib.nullcontext,
-                     patch=contextlib.nullcontext) -> torch.Tensor:
+def forward_backward(
+    encoder, coords: torch.Tensor, grad: torch.Tensor, autocast=contextlib.nullcontext, patch=contextlib.nullcontext
+) -> torch.Tensor:
     """One forward and backward pass (a fixed upstream gradient); returns the output in fp32."""
     encoder.zero_grad(set_to_none=True)
     with patch(), autocast():
@@ -54,14 +55,17 @@ def _grad_deviation(a: torch.nn.Module, b: torch.nn.Module) -> float:
     grads_b = dict(b.named_parameters())
     return max(
         float((p.grad - grads_b[name].grad).abs().max() / grads_b[name].grad.abs().max())
-        for name, p in a.named_parameters() if p.grad is not None
+        for name, p in a.named_parameters()
+        if p.grad is not None
     )
 
 
 OLD = "ours, bf16 autocast, Fourier features in bf16 (before the fix)"
 
 
-def speed(n_coords: int = 4608, repeats: int = 5, threads: tuple[int, ...] = (1, 2), seed: int = 0) -> tuple[str, bool, dict]:
+def speed(
+    n_coords: int = 4608, repeats: int = 5, threads: tuple[int, ...] = (1, 2), seed: int = 0
+) -> tuple[str, bool, dict]:
     """Every way timed with each torch thread count in ``threads`` (interleaved within a count)."""
     import geoclip
 
@@ -100,8 +104,16 @@ def speed(n_coords: int = 4608, repeats: int = 5, threads: tuple[int, ...] = (1,
         for name, values in times.items():
             out = outs[name]
             cosine = F.cosine_similarity(out, reference, dim=-1)
-            rows.append([n, name, spread(values), f"{speedups[n][name]:.2f}x",
-                         f"{(out - reference).abs().max():.1e}", f"{cosine.min():.4f}"])
+            rows.append(
+                [
+                    n,
+                    name,
+                    spread(values),
+                    f"{speedups[n][name]:.2f}x",
+                    f"{(out - reference).abs().max():.1e}",
+                    f"{cosine.min():.4f}",
+                ]
+            )
     summary = "; ".join(
         f"{n} thread(s): ours runs at {1 / s['published, fp32']:.2f}x the published speed, bf16 autocast "
         f"{s['ours, bf16 autocast']:.2f}x ours fp32 (Fourier features in bf16: {s[OLD]:.2f}x)"
@@ -113,7 +125,19 @@ published weights, a fixed random upstream gradient; {repeats} interleaved repea
 warm-up round per thread count, median (min-max); speed: the median of the per-round ratios to
 ours fp32. Output scale: max |output| = {reference.abs().max():.3f}.
 
-{table(["threads", "way", "time", "speed vs ours fp32", "max abs deviation from ours fp32", "min cosine to ours fp32"], rows)}
+{
+        table(
+            [
+                "threads",
+                "way",
+                "time",
+                "speed vs ours fp32",
+                "max abs deviation from ours fp32",
+                "min cosine to ours fp32",
+            ],
+            rows,
+        )
+    }
 
 fp32, ours vs published: max abs output difference {out_dev:.1e} (limit 1e-5), largest relative
 weight-gradient difference {grad_dev:.1e}. {summary}.
@@ -125,8 +149,11 @@ last row of each group shows why: computed in bf16, the sigma=256 branch's phase
 """
     last = speedups[threads[-1]]
     figures = {
-        "out_dev": out_dev, "grad_dev": grad_dev, "speedups": speedups,
-        "ours_vs_published": 1 / last["published, fp32"], "bf16_speedup": last["ours, bf16 autocast"],
+        "out_dev": out_dev,
+        "grad_dev": grad_dev,
+        "speedups": speedups,
+        "ours_vs_published": 1 / last["published, fp32"],
+        "bf16_speedup": last["ours, bf16 autocast"],
         "bf16_dev": float((outs["ours, bf16 autocast"] - reference).abs().max()),
         "bf16_old_dev": float((outs[OLD] - reference).abs().max()),
     }
@@ -148,7 +175,7 @@ def accuracy_cost(seeds: int = 3, epochs: int = 3, overrides: dict | None = None
     for seed in range(seeds):
         for name, (precision, patch) in PRECISIONS.items():
             data = deep_merge(QUICKSTART, {"train": {"precision": precision, "seed": seed, "epochs": epochs}})
-            cfg = from_dict(RunConfig, deep_merge(data, overrides or {}))
+            cfg = parse_job(deep_merge(data, overrides or {}))
             log(f"location encoder: training {name}, seed {seed} ({epochs} epochs)")
             start = time.perf_counter()
             with patch():
@@ -197,8 +224,15 @@ Difference of means against fp32, with seed noise taken as two standard errors o
     return body, {"runs": runs, "within_noise": verdicts}
 
 
-def run(n_coords: int = 4608, repeats: int = 4, threads: tuple[int, ...] = (1, 2), train: bool = True, seeds: int = 3,
-        epochs: int = 3, train_overrides: dict | None = None) -> Result:
+def run(
+    n_coords: int = 4608,
+    repeats: int = 4,
+    threads: tuple[int, ...] = (1, 2),
+    train: bool = True,
+    seeds: int = 3,
+    epochs: int = 3,
+    train_overrides: dict | None = None,
+) -> Result:
     body, agreed, figures = speed(n_coords, repeats, threads)
     if train:
         accuracy_body, accuracy_figures = accuracy_cost(seeds, epochs, train_overrides)

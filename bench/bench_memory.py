@@ -47,7 +47,9 @@ def build_cache(path: Path, n: int, seed: int) -> Path:
     writer = CacheWriter(path, n, 1, FEATURE_DIM)
     for start in range(0, n, CHUNK):
         m = min(CHUNK, n - start)
-        writer.features[start : start + m] = rng.standard_normal((m, 1, FEATURE_DIM), dtype=np.float32).astype(np.float16)
+        writer.features[start : start + m] = rng.standard_normal((m, 1, FEATURE_DIM), dtype=np.float32).astype(
+            np.float16
+        )
     writer.coords[:] = np.column_stack([rng.uniform(-80, 80, n), rng.uniform(-180, 180, n)])
     return writer.commit({"backbone": "random", "views": 1, "feature_dim": FEATURE_DIM})
 
@@ -100,17 +102,19 @@ class PeakSampler(threading.Thread):
 def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> dict:
     import torch
 
-    from geoloc.config import RunConfig, from_dict
+    from geoloc.config import parse_job
     from geoloc.train import Trainer
 
     sampler = PeakSampler()
     baseline_kb = _status_kb("VmRSS")
     sampler.start()
-    cfg = from_dict(RunConfig, {
-        "data": {"train": train, "val": [val], "gallery": "train", "gallery_size": gallery_size},
-        "model": {"hidden_dim": 256},
-        "train": {"batch_size": 128, "queue_size": 1024, "lr": 3e-4, "device": "cpu"},
-    })
+    cfg = parse_job(
+        {
+            "data": {"train": train, "val": [val], "gallery": "train", "gallery_size": gallery_size},
+            "model": {"hidden_dim": 256},
+            "train": {"batch_size": 128, "queue_size": 1024, "lr": 3e-4, "device": "cpu"},
+        }
+    )
     trainer = Trainer(cfg)  # opens the caches with open_cache (memory-mapped)
     init_peak_kb = _status_kb("VmHWM")
     cache = trainer.data.train
@@ -120,7 +124,9 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
         for idx, views in trainer.batches():
             rows = read(idx, views)
             if done == 0 and reader == "pread":  # the same rows as the memory map gives (then unmapped again)
-                reads_agree = bool(np.array_equal(rows, np.load(Path(train) / "features.npy", mmap_mode="r")[idx, views]))
+                reads_agree = bool(
+                    np.array_equal(rows, np.load(Path(train) / "features.npy", mmap_mode="r")[idx, views])
+                )
             trainer.train_step(torch.from_numpy(np.asarray(rows, dtype=np.float32)), trainer.train_coords[idx])
             done += 1
             if done == steps:
@@ -128,9 +134,14 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
     metrics = trainer.evaluate()
     sampler.stop()
     return {
-        "n": len(cache), "reader": reader, "steps": done, "reads_agree": reads_agree,
-        "baseline_mb": baseline_kb / 1024, "init_peak_mb": init_peak_kb / 1024,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024, "peak_anon_mb": sampler.peak_anon / 1024,
+        "n": len(cache),
+        "reader": reader,
+        "steps": done,
+        "reads_agree": reads_agree,
+        "baseline_mb": baseline_kb / 1024,
+        "init_peak_mb": init_peak_kb / 1024,
+        "peak_rss_mb": _status_kb("VmHWM") / 1024,
+        "peak_anon_mb": sampler.peak_anon / 1024,
         "cache_mapped_mb": _mapped_kb(Path(train).resolve() / "features.npy") / 1024,
         "acc_2500km": metrics["acc_2500km"],
     }
@@ -147,8 +158,20 @@ READERS = {
 def measure(train: Path, val: Path, steps: int, gallery_size: int, reader: str) -> dict:
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "bench.bench_memory", "--child", str(train), str(val), str(steps), str(gallery_size), reader],
-        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+        [
+            sys.executable,
+            "-m",
+            "bench.bench_memory",
+            "--child",
+            str(train),
+            str(val),
+            str(steps),
+            str(gallery_size),
+            reader,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # one torch thread (Trainer's cpu_share): quicker on a busy machine
     )
     if out.returncode != 0:
@@ -195,12 +218,14 @@ def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: i
         rows.append([reader, "**difference**", *(f"**{diffs[reader][k]:+.0f}**" for k in KEYS)])
     verdict = lambda d: "under" if d < 100 else "**over**"  # noqa: E731
     lines = "\n".join(
-        f"- {reader} ({what}): peak RSS {diffs[reader]['peak_rss_mb']:+.0f} MiB ({verdict(diffs[reader]['peak_rss_mb'])} "
+        f"- {reader} ({what}): peak RSS {diffs[reader]['peak_rss_mb']:+.0f} MiB "
+        f"({verdict(diffs[reader]['peak_rss_mb'])} "
         f"the 100 MiB limit), peak anonymous memory {diffs[reader]['peak_anon_mb']:+.0f} MiB "
         f"({verdict(diffs[reader]['peak_anon_mb'])} it)."
         for reader, what in READERS.items()
     )
     spread = max(max(r["peak_rss_mb"] for r in rs) - min(r["peak_rss_mb"] for r in rs) for rs in runs.values())
+    baseline_mb = np.median([r["baseline_mb"] for rs in runs.values() for r in rs])
     body = f"""
 Trial-like process in a fresh subprocess: `Trainer` on a cache of N random images (1 view x 768
 float16; the {large:,}-image cache is {large_bytes / MB:,.0f} MiB on disk, written in {build_s:.0f} s), validation cache
@@ -208,7 +233,7 @@ of {n_val:,} images, gallery = training coordinates thinned to {gallery_size:,},
 {steps} training steps and one evaluation, one torch thread. The caches were just written, so their pages were in
 the page cache: the case where a memory map shows most of them. Each configuration ran
 {repeats} times (interleaved); medians in MiB (identical runs differed by up to {spread:.0f} MiB in peak
-RSS: allocator noise). RSS right after the imports: {np.median([r["baseline_mb"] for rs in runs.values() for r in rs]):.0f} MiB, mostly torch's libraries.
+RSS: allocator noise). RSS right after the imports: {baseline_mb:.0f} MiB, mostly torch's libraries.
 
 {table(["reader", "images", *KEYS.values()], rows)}
 

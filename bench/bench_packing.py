@@ -48,10 +48,14 @@ def study_spec(level: int, gpu: bool, quick: bool) -> dict:
             base["model"] = {"hidden_dim": 64, "depth": 1}
         resources = {"cpu": len(os.sched_getaffinity(0)) / level, "gpu": 0}
     return {
-        "name": f"packing_{level}", "seed": 0, "base": base,
+        "name": f"packing_{level}",
+        "seed": 0,
+        "base": base,
         "search_space": {"train.seed": {"type": "choice", "values": list(range(level))}},
-        "search": {"algorithm": "grid", "max_concurrent": level}, "scheduler": {"type": "none"},
-        "resources": resources, "failure": {"max_failures": 0},
+        "search": {"algorithm": "grid", "max_concurrent": level},
+        "scheduler": {"type": "none"},
+        "resources": resources,
+        "failure": {"max_failures": 0},
     }
 
 
@@ -66,7 +70,8 @@ class GpuSampler(threading.Thread):
     def run(self) -> None:
         self.proc = subprocess.Popen(
             ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
-            stdout=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         for line in self.proc.stdout:
             util, mem = (float(x) for x in line.split(",")[:2])
@@ -94,9 +99,15 @@ def measure(level: int, gpu: bool, quick: bool, storage: Path) -> dict:
     epoch_s = float((later["train_s"] + later["eval_s"]).median())
     seed0 = study.trials[study.trials["train.seed"] == 0]
     return {
-        "level": level, "trials": len(study.trials), "epochs": len(epochs), "wall_s": wall,
-        "end_to_end_per_hour": len(epochs) / wall * 3600, "epoch_s": epoch_s,
-        "steady_per_hour": level * 3600 / epoch_s, "seed0_score": float(seed0["final_score"].iloc[0]), **usage,
+        "level": level,
+        "trials": len(study.trials),
+        "epochs": len(epochs),
+        "wall_s": wall,
+        "end_to_end_per_hour": len(epochs) / wall * 3600,
+        "epoch_s": epoch_s,
+        "steady_per_hour": level * 3600 / epoch_s,
+        "seed0_score": float(seed0["final_score"].iloc[0]),
+        **usage,
     }
 
 
@@ -109,19 +120,42 @@ def run(quick: bool = False) -> Result:
     epochs = 2 if quick else EPOCHS
     tolerance = 0.005 if gpu else 1e-9
     scores = [r["seed0_score"] for r in results]
-    agreed = all(r["trials"] == r["level"] and r["epochs"] == r["level"] * epochs for r in results) \
+    agreed = (
+        all(r["trials"] == r["level"] and r["epochs"] == r["level"] * epochs for r in results)
         and max(scores) - min(scores) <= tolerance
+    )
     one = results[0]
-    rows = [[r["level"], f"{r['wall_s']:.0f}", f"{r['end_to_end_per_hour']:.0f}",
-             f"{r['end_to_end_per_hour'] / one['end_to_end_per_hour']:.2f}", f"{r['epoch_s']:.1f}",
-             f"{r['steady_per_hour']:.0f}", f"**{r['steady_per_hour'] / one['steady_per_hour']:.2f}**",
-             *([f"{r['gpu_util']:.0f}", f"{r['gpu_mem_mib']:.0f}"] if gpu else []), f"{r['seed0_score']:.4f}"]
-            for r in results]
-    headers = ["trials at once", "wall s", "trial-epochs / h", "x of 1", "s per epoch (after the 1st)",
-               "steady trial-epochs / h", "x of 1", *(["GPU util %", "GPU memory MiB (peak)"] if gpu else []), "seed-0 score"]
-    where = (f"one GPU ({torch.cuda.get_device_name(0)}), `resources.gpu` = 1 / K, published sizes, bf16" if gpu else
-             f"no GPU on this machine, so CPU packing instead: {len(os.sched_getaffinity(0))} cores shared by K trials "
-             "(`resources.cpu` = cores / K), quickstart sizes")
+    rows = [
+        [
+            r["level"],
+            f"{r['wall_s']:.0f}",
+            f"{r['end_to_end_per_hour']:.0f}",
+            f"{r['end_to_end_per_hour'] / one['end_to_end_per_hour']:.2f}",
+            f"{r['epoch_s']:.1f}",
+            f"{r['steady_per_hour']:.0f}",
+            f"**{r['steady_per_hour'] / one['steady_per_hour']:.2f}**",
+            *([f"{r['gpu_util']:.0f}", f"{r['gpu_mem_mib']:.0f}"] if gpu else []),
+            f"{r['seed0_score']:.4f}",
+        ]
+        for r in results
+    ]
+    headers = [
+        "trials at once",
+        "wall s",
+        "trial-epochs / h",
+        "x of 1",
+        "s per epoch (after the 1st)",
+        "steady trial-epochs / h",
+        "x of 1",
+        *(["GPU util %", "GPU memory MiB (peak)"] if gpu else []),
+        "seed-0 score",
+    ]
+    where = (
+        f"one GPU ({torch.cuda.get_device_name(0)}), `resources.gpu` = 1 / K, published sizes, bf16"
+        if gpu
+        else f"no GPU on this machine, so CPU packing instead: {len(os.sched_getaffinity(0))} cores shared by K trials "
+        "(`resources.cpu` = cores / K), quickstart sizes"
+    )
     body = f"""
 K identical trials at once ({epochs} epochs each, `train.seed` 0..K-1) on {where}.
 

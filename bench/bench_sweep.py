@@ -34,6 +34,11 @@ ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 3}  # rungs at ep
 SLOTS = 2
 
 
+def _cell_text(cell) -> str:
+    """A grid cell as "batch_sigma=1, queue_size=256, lr=0.0003"; "-" for none."""
+    return ", ".join(f"{k.split('.')[-1]}={v:g}" for k, v in zip(SPACE, cell, strict=True)) if cell else "-"
+
+
 def expected_best_of_random(scores: list[float], k: int) -> float:
     """Expected best of ``k`` cells drawn without replacement from ``scores`` (exact, no sampling):
     the i-th smallest score is the best of the draw with probability C(i-1, k-1) / C(n, k)."""
@@ -51,13 +56,21 @@ def study_spec(name: str, algorithm: str, seed: int, quick: bool) -> dict:
         base["data"]["offline"] = {"n_train": 1500, "n_val": 200, "n_gallery": 1500, "feature_dim": 64}
         base["model"] = {"hidden_dim": 64, "depth": 1}
     space = {k: {"type": "choice", "values": v[:2] if quick else v} for k, v in SPACE.items()}
-    spec = {"name": name, "seed": seed, "base": base, "search_space": space,
-            "resources": {"cpu": 1}, "failure": {"max_failures": 0}}
+    spec = {
+        "name": name,
+        "seed": seed,
+        "base": base,
+        "search_space": space,
+        "resources": {"cpu": 1},
+        "failure": {"max_failures": 0},
+    }
     if algorithm == "grid":
         return spec | {"search": {"algorithm": "grid", "max_concurrent": SLOTS}, "scheduler": {"type": "none"}}
     n = 4 if quick else TPE_TRIALS
-    return spec | {"search": {"algorithm": "tpe", "num_samples": n, "max_concurrent": SLOTS, "n_startup_trials": n // 2},
-                   "scheduler": ASHA}
+    return spec | {
+        "search": {"algorithm": "tpe", "num_samples": n, "max_concurrent": SLOTS, "n_startup_trials": n // 2},
+        "scheduler": ASHA,
+    }
 
 
 def sweep(spec: dict, storage: Path) -> dict:
@@ -68,7 +81,10 @@ def sweep(spec: dict, storage: Path) -> dict:
     full = trials[trials["epochs"] == spec["base"]["train"]["epochs"]]
     cells = {tuple(row[k] for k in SPACE): float(row["final_score"]) for _, row in full.iterrows()}
     return {
-        "wall_s": wall, "trials": len(trials), "full_trials": len(full), "epochs": int(trials["epochs"].sum()),
+        "wall_s": wall,
+        "trials": len(trials),
+        "full_trials": len(full),
+        "epochs": int(trials["epochs"].sum()),
         "best_score": max(cells.values(), default=float("nan")),
         "best_cell": max(cells, key=cells.get) if cells else None,
         "overhead_ratio": float((epochs["train_s"] + epochs["eval_s"]).sum()) / (wall * SLOTS),
@@ -92,25 +108,70 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> Result:
         r["epoch_ratio"] = r["epochs"] / grid["epochs"]
         r["wall_ratio"] = r["wall_s"] / grid["wall_s"]
         epochs_per_trial = grid["epochs"] / len(grid["cells"])
-        r["random_ratio"] = expected_best_of_random(list(grid["cells"].values()), int(r["epochs"] // epochs_per_trial)) / grid["best_score"]
+        r["random_ratio"] = (
+            expected_best_of_random(list(grid["cells"].values()), int(r["epochs"] // epochs_per_trial))
+            / grid["best_score"]
+        )
     met = [r["score_ratio"] >= 0.95 and r["epoch_ratio"] <= 0.30 for r in tpe.values()]
-    fmt_cell = lambda c: ", ".join(f"{k.split('.')[-1]}={v:g}" for k, v in zip(SPACE, c)) if c else "-"  # noqa: E731
-    rows = [["grid", "-", grid["trials"], grid["epochs"], f"{grid['best_score']:.4f}", fmt_cell(grid["best_cell"]),
-             "1", "1", "-", f"{grid['wall_s']:.0f}", f"{grid['overhead_ratio']:.2f}"]]
-    rows += [["TPE + ASHA", seed, r["trials"], r["epochs"], f"{r['best_score']:.4f}", fmt_cell(r["best_cell"]),
-              f"**{r['score_ratio']:.3f}**", f"**{r['epoch_ratio']:.3f}**", f"{r['random_ratio']:.3f}",
-              f"{r['wall_s']:.0f}", f"{r['overhead_ratio']:.2f}"]
-             for seed, r in tpe.items()]
+    rows = [
+        [
+            "grid",
+            "-",
+            grid["trials"],
+            grid["epochs"],
+            f"{grid['best_score']:.4f}",
+            _cell_text(grid["best_cell"]),
+            "1",
+            "1",
+            "-",
+            f"{grid['wall_s']:.0f}",
+            f"{grid['overhead_ratio']:.2f}",
+        ]
+    ]
+    rows += [
+        [
+            "TPE + ASHA",
+            seed,
+            r["trials"],
+            r["epochs"],
+            f"{r['best_score']:.4f}",
+            _cell_text(r["best_cell"]),
+            f"**{r['score_ratio']:.3f}**",
+            f"**{r['epoch_ratio']:.3f}**",
+            f"{r['random_ratio']:.3f}",
+            f"{r['wall_s']:.0f}",
+            f"{r['overhead_ratio']:.2f}",
+        ]
+        for seed, r in tpe.items()
+    ]
     ranked = sorted(grid["cells"].values(), reverse=True)
     body = f"""
 Search space ({n_cells} cells): {", ".join(f"`{k}` in {v[:2] if quick else v}" for k, v in SPACE.items())};
 every other setting as `studies/quickstart.yaml`'s base, {2 if quick else EPOCHS} epochs, `train.seed` 0.
 Grid: every cell, all epochs, no early stopping. TPE + ASHA: {n_tpe} trials (half of them random
-start-up trials), ASHA with grace period {ASHA['grace_period']} and reduction factor {ASHA['reduction_factor']}, one run per study seed.
+start-up trials), ASHA with grace period {ASHA["grace_period"]} and reduction factor {
+        ASHA["reduction_factor"]
+    }, one run per study seed.
 {SLOTS} trials at a time, 1 CPU each. Best score = best final score of a trial that ran all epochs.
 
-{table(["run", "study seed", "trials", "epochs", "best score", "best cell", "score / grid", "epochs / grid",
-        "random search, same epochs: expected score / grid", "wall s", "harness overhead ratio"], rows)}
+{
+        table(
+            [
+                "run",
+                "study seed",
+                "trials",
+                "epochs",
+                "best score",
+                "best cell",
+                "score / grid",
+                "epochs / grid",
+                "random search, same epochs: expected score / grid",
+                "wall s",
+                "harness overhead ratio",
+            ],
+            rows,
+        )
+    }
 
 Target: score / grid >= 0.95 with epochs / grid <= 0.30; met in {sum(met)} of {len(met)} TPE + ASHA runs.
 The grid's scores spread from {ranked[-1]:.4f} to {ranked[0]:.4f} (second best {ranked[1]:.4f}), so 95%
@@ -122,9 +183,13 @@ Cells that a TPE run and the grid both trained to the end: {len(shared)}; scores
 Harness overhead ratio: the trials' own training + evaluation seconds over wall seconds x {SLOTS} slots;
 the rest is Ray and trial start-up (worker, imports, opening the caches, the gallery ceiling).
 """
-    figures = {"grid": {k: v for k, v in grid.items() if k != "cells"},
-               "tpe": {seed: {k: v for k, v in r.items() if k != "cells"} for seed, r in tpe.items()},
-               "shared_cells": len(shared), "mismatched_cells": len(mismatched), "targets_met": sum(met)}
+    figures = {
+        "grid": {k: v for k, v in grid.items() if k != "cells"},
+        "tpe": {seed: {k: v for k, v in r.items() if k != "cells"} for seed, r in tpe.items()},
+        "shared_cells": len(shared),
+        "mismatched_cells": len(mismatched),
+        "targets_met": sum(met),
+    }
     return Result("Sweep efficiency: grid versus TPE + ASHA", body, agreed, figures)
 
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.config import RunConfig, from_dict
+from geoloc.config import parse_job
 from geoloc.data import Data
 from geoloc.data.cache import FeatureCache
 from geoloc.data.synthetic import geoclip_gallery_coords
@@ -56,7 +56,7 @@ def make_trainer(feature_dim: int, train: dict, model: dict, precision: str = "f
         val={"val": _in_memory_cache(features[-256:], coords[-256:])},
         gallery=coords[-256:],
     )
-    cfg = from_dict(RunConfig, {"model": model, "train": {**train, "precision": precision, "device": "cpu", "seed": seed}})
+    cfg = parse_job({"model": model, "train": {**train, "precision": precision, "device": "cpu", "seed": seed}})
     trainer = Trainer(cfg, data)
     trainer.model.queue.push(torch.from_numpy(coords[batch : batch + queue]).float())
     feats = torch.from_numpy(features[:batch].astype(np.float32))
@@ -101,7 +101,11 @@ def _agreement(trainer, features, gps) -> tuple[float, float]:
     whole_weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.load_state_dict(copy.deepcopy(state))
     parts_loss, _ = step_in_parts(trainer, features, gps)
-    weight_dev = max(float((v - whole_weights[k]).abs().max()) for k, v in trainer.model.state_dict().items() if v.is_floating_point())
+    weight_dev = max(
+        float((v - whole_weights[k]).abs().max())
+        for k, v in trainer.model.state_dict().items()
+        if v.is_floating_point()
+    )
     trainer.load_state_dict(state)
     return abs(whole_loss - parts_loss), weight_dev
 
@@ -130,18 +134,30 @@ def measure(size: str, repeats: int, steps: int) -> tuple[list, bool, dict]:
     per_step = {name: [t / steps for t in values] for name, values in times.items()}
     for name in parts:  # drop the warm-up round's laps
         parts[name] = parts[name][steps:]
-    return _rows(size, spec, per_step, parts), agreed, {
-        "loss_dev": loss_dev, "weight_dev": weight_dev,
-        "steps_per_s": 1 / median(per_step["train_step, fp32"]),
-        "bf16_speedup": paired_speedup(per_step["train_step, fp32"], per_step["train_step, bf16 autocast"]),
-        "parts_s": {p: median(v) for p, v in parts.items()},
-    }
+    return (
+        _rows(size, spec, per_step, parts),
+        agreed,
+        {
+            "loss_dev": loss_dev,
+            "weight_dev": weight_dev,
+            "steps_per_s": 1 / median(per_step["train_step, fp32"]),
+            "bf16_speedup": paired_speedup(per_step["train_step, fp32"], per_step["train_step, bf16 autocast"]),
+            "parts_s": {p: median(v) for p, v in parts.items()},
+        },
+    )
 
 
 def _rows(size, spec, per_step, parts):
     whole = median(per_step["train_step, fp32"])
-    step_rows = [[f"{size}: {name}", spread(values), f"{1 / median(values):.2f}",
-                  f"{paired_speedup(per_step['train_step, fp32'], values):.2f}x"] for name, values in per_step.items()]
+    step_rows = [
+        [
+            f"{size}: {name}",
+            spread(values),
+            f"{1 / median(values):.2f}",
+            f"{paired_speedup(per_step['train_step, fp32'], values):.2f}x",
+        ]
+        for name, values in per_step.items()
+    ]
     total = sum(median(v) for v in parts.values())
     part_rows = [[f"{size}: {name}", spread(values), f"{median(values) / total:.0%}"] for name, values in parts.items()]
     part_rows.append([f"{size}: sum of parts", f"{total * 1e3:.1f} ms", f"{total / whole:.2f} of the whole step"])
@@ -159,11 +175,14 @@ def run(sizes: dict[str, tuple[int, int]] | None = None) -> Result:
         agreed &= ok
         figures[size] = figs
     described = "; ".join(
-        f"{size}: {SIZES[size]['feature_dim']}-d features, batch {SIZES[size]['train']['batch_size']}, queue {SIZES[size]['train']['queue_size']}, "
+        f"{size}: {SIZES[size]['feature_dim']}-d features, batch {SIZES[size]['train']['batch_size']}, "
+        f"queue {SIZES[size]['train']['queue_size']}, "
         f"location-encoder width {SIZES[size]['model'].get('hidden_dim', 1024)}, {r} interleaved repeats of {s} step(s)"
         for size, (r, s) in sizes.items()
     )
-    checks = "; ".join(f"{size}: loss {f['loss_dev']:.1e}, weights {f['weight_dev']:.1e}" for size, f in figures.items())
+    checks = "; ".join(
+        f"{size}: loss {f['loss_dev']:.1e}, weights {f['weight_dev']:.1e}" for size, f in figures.items()
+    )
     body = f"""
 Random features, coordinates from the published gallery, full queue, no noise, Adam, fp32 unless named.
 {described}; per-step times, median (min-max) over repeats, after one warm-up round; speed: the

@@ -15,9 +15,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -59,7 +59,9 @@ def timed_cpu(fn: Callable[[], object]) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
-def interleave(ways: dict[str, Callable[[], object]], repeats: int, warmup: int = 1) -> tuple[dict[str, list[float]], dict[str, object]]:
+def interleave(
+    ways: dict[str, Callable[[], object]], repeats: int, warmup: int = 1
+) -> tuple[dict[str, list[float]], dict[str, object]]:
     """Time each way ``repeats`` times in the order A, B, A, B, ... after ``warmup`` untimed rounds.
 
     Returns the seconds of every timed repeat per way and the last output of each way.
@@ -81,7 +83,7 @@ def median(values: list[float]) -> float:
 def paired_speedup(base: list[float], other: list[float]) -> float:
     """How many times faster ``other`` ran than ``base``: the median of the per-round ratios of two
     interleaved timings (each round's pair ran back to back, under nearly the same load)."""
-    return median([b / o for b, o in zip(base, other)])
+    return median([b / o for b, o in zip(base, other, strict=True)])
 
 
 def spread(values: list[float]) -> str:
@@ -112,8 +114,9 @@ def cpu_model() -> str:
 
 def machine_header() -> str:
     """Where and with what the figures were measured."""
-    import geoclip  # noqa: F401  (version below)
     from importlib.metadata import version
+
+    import geoclip  # noqa: F401  (version below)
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = [
@@ -174,19 +177,23 @@ def quickstart_base() -> dict:
 
 def run_study(spec: dict, storage: Path):
     """Write ``spec`` as a study file, run it with ``tune_main.py`` (real Ray, real Optuna) into
-    ``storage``; returns its wall seconds and the study as ``analysis.load_study`` reads it."""
+    ``storage``; returns its wall seconds and the study as ``analysis.read_study`` reads it."""
     import subprocess
 
     import yaml
 
-    from analysis.load import load_study
+    from analysis.load import read_study
 
     path = storage / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     start = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "tune_main.py"), str(path), "--storage", str(storage), "--no-analysis"],
-                   check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start, load_study(storage / spec["name"])
+    subprocess.run(
+        [sys.executable, str(ROOT / "tune_main.py"), str(path), "--storage", str(storage), "--no-analysis"],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    return time.perf_counter() - start, read_study(storage / spec["name"])
 
 
 @contextlib.contextmanager

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import EvalConfig, metric_name
+from .config import EvalConfig
 from .data.cache import FeatureCache
 from .geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
+from .metrics import accuracy_key
 from .model import GeoCLIP
 
 VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_loss compares
@@ -22,7 +23,7 @@ VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_l
 
 def accuracy_metrics(errors_km: np.ndarray, cfg: EvalConfig) -> dict[str, float]:
     """acc_<t>km per threshold, median_km, mean_km and the weighted score from per-image errors."""
-    metrics = {metric_name(t): float(np.mean(errors_km <= t)) for t in cfg.thresholds_km}
+    metrics = {accuracy_key(t): float(np.mean(errors_km <= t)) for t in cfg.thresholds_km}
     metrics["median_km"] = float(np.median(errors_km))
     metrics["mean_km"] = float(np.mean(errors_km))
     metrics["score"] = weighted_score(metrics, cfg)
@@ -30,7 +31,7 @@ def accuracy_metrics(errors_km: np.ndarray, cfg: EvalConfig) -> dict[str, float]
 
 
 def weighted_score(metrics: dict[str, float], cfg: EvalConfig) -> float:
-    accs = [metrics[metric_name(t)] for t in cfg.thresholds_km]
+    accs = [metrics[accuracy_key(t)] for t in cfg.thresholds_km]
     return float(np.dot(cfg.score_weights, accs) / np.sum(cfg.score_weights))
 
 
@@ -38,8 +39,8 @@ def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 10
     """For each point, the great-circle distance to its nearest gallery point.
 
     The nearest point is the one of largest dot product of unit vectors (one matrix product per
-    chunk: 0.34 s instead of 4.5 s for 1,000 points against the 100K gallery); the distance is then taken from the chord,
-    which stays exact for nearby points where an arccos of the dot product would not.
+    chunk: 0.34 s instead of 4.5 s for 1,000 points against the 100K gallery); the distance is then
+    taken from the chord, which stays exact for nearby points where an arccos of the dot product would not.
     """
     g = torch.from_numpy(unit_vectors(gallery))
     p_all = torch.from_numpy(unit_vectors(points))
@@ -55,7 +56,9 @@ def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 10
 class Evaluator:
     """Scores one evaluation cache against a gallery. Per-set constants are computed once here."""
 
-    def __init__(self, cfg: EvalConfig, cache: FeatureCache, gallery: np.ndarray, negatives: np.ndarray, device: torch.device):
+    def __init__(
+        self, cfg: EvalConfig, cache: FeatureCache, gallery: np.ndarray, negatives: np.ndarray, device: torch.device
+    ):
         self.cfg, self.cache, self.device = cfg, cache, device
         self.gallery = gallery
         self.gallery_t = torch.from_numpy(gallery).float().to(device)
@@ -79,7 +82,9 @@ class Evaluator:
     @torch.no_grad()
     def gallery_embeddings(self, model: GeoCLIP) -> torch.Tensor:
         chunk = self.cfg.gallery_chunk
-        return torch.cat([model.encode_locations(self.gallery_t[s : s + chunk]) for s in range(0, len(self.gallery_t), chunk)])
+        return torch.cat(
+            [model.encode_locations(self.gallery_t[s : s + chunk]) for s in range(0, len(self.gallery_t), chunk)]
+        )
 
     @torch.no_grad()
     def __call__(self, model: GeoCLIP, autocast) -> dict[str, float]:

@@ -1,8 +1,8 @@
 """TensorBoard events of one run: per-epoch scalars and an HParams session written at the START.
 
 Ray's own TensorBoard logger writes hparams only when a trial ends, so a running trial would be
-missing from the HParams dashboard; here the session start (hyperparameters + metric names) is
-written when the run starts and the session end when it finishes.
+missing from the HParams dashboard; here the session start (hyperparameters + metric tags from
+the run's ``MetricRegistry``) is written when the run starts and the session end when it finishes.
 """
 
 from __future__ import annotations
@@ -12,18 +12,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
-# Metric keys (DESIGN.md) that are not validation metrics, and their tags.
-_TAGS = {"train_loss": "train/loss", "val_loss": "val/loss", "temperature": "temperature", "lr": "lr"}
-HPARAM_METRICS = ("score", "acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km", "median_km", "val_loss", "train_loss")
-
-
-def tensorboard_tag(key: str) -> str:
-    """The TensorBoard tag of a metric key: train/loss, val/loss, val/acc_1km, lr, time/epoch_s ..."""
-    if key in _TAGS:
-        return _TAGS[key]
-    if key.endswith("_s"):
-        return f"time/{key}"
-    return f"val/{key}"
+from .metrics import MetricRegistry
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -41,25 +30,29 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 
 class EventLogger:
-    """One run's event file: ``log(metrics, epoch)`` per epoch, ``close(status)`` at the end."""
+    """One run's event file: ``log(metrics, epoch)`` per epoch, ``close(finished)`` at the end (idempotent)."""
 
-    def __init__(self, logdir: str | Path, hparams: dict):
+    def __init__(self, logdir: str | Path, hparams: dict, registry: MetricRegistry):
+        self.registry = registry
         # flush_secs: a running trial shows up in TensorBoard within seconds, not minutes.
         self.writer = SummaryWriter(str(logdir), flush_secs=5)
-        experiment, session_start, self._session_end = hparams_summaries(
-            hparams, {tensorboard_tag(k): None for k in HPARAM_METRICS}
-        )
+        experiment, session_start, self._session_end = hparams_summaries(hparams, dict.fromkeys(registry.hparam_tags()))
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(session_start)
         self.writer.flush()
+        self._closed = False
 
     def log(self, metrics: dict, epoch: int) -> None:
         for key, value in metrics.items():
             if key != "epoch" and isinstance(value, (int, float)):
-                self.writer.add_scalar(tensorboard_tag(key), value, global_step=epoch)
+                self.writer.add_scalar(self.registry.tag(key), value, global_step=epoch)
         self.writer.flush()
 
-    def close(self, finished: bool = True) -> None:
+    def close(self, finished: bool) -> None:
+        """Write the session end only for a run that trained every epoch; a second call does nothing."""
+        if self._closed:
+            return
         if finished:
             self.writer.file_writer.add_summary(self._session_end)
         self.writer.close()
+        self._closed = True

@@ -78,10 +78,12 @@ class LocationEncoder(nn.Module):
         cfg = cfg or ModelConfig()
         self.embed_dim = cfg.embed_dim
         for i, sigma in enumerate(cfg.rff_scales):
-            self.add_module(f"LocEnc{i}", LocationBranch(sigma, cfg.rff_features, cfg.hidden_dim, cfg.depth, cfg.embed_dim))
+            self.add_module(
+                f"LocEnc{i}", LocationBranch(sigma, cfg.rff_features, cfg.hidden_dim, cfg.depth, cfg.embed_dim)
+            )
 
     @classmethod
-    def from_geoclip(cls) -> "LocationEncoder":
+    def from_geoclip(cls) -> LocationEncoder:
         """The published architecture with the published weights of the installed ``geoclip`` package."""
         encoder = cls(ModelConfig())
         encoder.load_state_dict(load_geoclip_weights("location_encoder"), strict=True)

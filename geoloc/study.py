@@ -16,264 +16,298 @@ Search-space entries (keys are dotted paths into the run configuration)::
 
 ``when`` makes an entry conditional: it is sampled only when the named earlier entries took
 the given value (or one of a list of values); otherwise the base value stands.
+
+The search space is parsed once, at load, into typed entries (``study.space``, in file order);
+``resolved_study`` gives the study back as plain data in the file's form.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from .config import ConfigError, RunConfig, at_least, from_dict, get_path, load_yaml, set_path, to_dict
+from pydantic import (
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-PARAM_TYPES = ("fixed", "uniform", "loguniform", "int", "choice")
+from .config import JobConfig, parse_job
+from .validation import ConfigError, FieldError, Float, Section, config_error, get_path, load_yaml, set_path
+
+# -- search-space entries ----------------------------------------------------------------------
 
 
-@dataclass
-class Param:
-    """One search-space entry."""
+class _Entry(Section):
+    """What every search-space entry has."""
 
-    name: str
-    type: str
-    low: float | None = None
-    high: float | None = None
-    step: float | None = None
-    values: list | None = None
-    when: dict[str, list] = field(default_factory=dict)
+    name: str = Field(exclude=True)
+    """The dotted run-configuration key (the entry's key in ``search_space``)."""
+    when: dict[str, list] = Field(default_factory=dict)
+    """Earlier entries' names -> the values for which this entry is sampled (a scalar is a one-element list)."""
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _as_lists(cls, when: Any) -> Any:
+        if when is None:
+            return {}
+        return {k: v if isinstance(v, list) else [v] for k, v in when.items()} if isinstance(when, dict) else when
 
     def applies(self, sampled: dict) -> bool:
+        """True when every ``when`` condition holds for the values sampled so far."""
         return all(sampled.get(key) in allowed for key, allowed in self.when.items())
 
     def extremes(self) -> list:
         """The values that validation tries: bounds or every choice."""
-        if self.type == "choice" or self.type == "fixed":
-            return list(self.values)
+        raise NotImplementedError
+
+    def yaml_form(self) -> Any:
+        """The entry as written in a study file."""
+        data = self.model_dump(mode="json")
+        when = data.pop("when")
+        return data | {"when": when} if when else data
+
+
+class FixedEntry(_Entry):
+    """A value set in every trial (``train.lr: 3.0e-4`` is short for ``{type: fixed, value: 3.0e-4}``)."""
+
+    type: Literal["fixed"]
+    """Always "fixed"."""
+    value: Any
+    """The value."""
+
+    def extremes(self) -> list:
+        return [self.value]
+
+    def yaml_form(self) -> Any:
+        return self.value if not self.when else super().yaml_form()
+
+
+class ChoiceEntry(_Entry):
+    """One of a list of values (the only kind a grid search takes)."""
+
+    type: Literal["choice"]
+    """Always "choice"."""
+    values: list[Any] = Field(min_length=1)
+    """The values, a non-empty list."""
+
+    def extremes(self) -> list:
+        return list(self.values)
+
+
+class FloatEntry(_Entry):
+    """A number drawn between ``low`` and ``high``, uniformly or uniformly in its logarithm."""
+
+    type: Literal["uniform", "loguniform"]
+    """"uniform", or "loguniform" (uniform in the logarithm)."""
+    low: Float
+    """Lower bound (loguniform: > 0)."""
+    high: Float
+    """Upper bound, > low."""
+
+    @property
+    def log(self) -> bool:
+        return self.type == "loguniform"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> FloatEntry:
+        if not self.low < self.high:
+            raise ValueError(f"needs low < high, got low={self.low} high={self.high}")
+        if self.log and self.low <= 0:
+            raise FieldError("low", f"loguniform needs low > 0, got {self.low}")
+        return self
+
+    def extremes(self) -> list:
         return [self.low, self.high]
 
 
-@dataclass
-class SearchConfig:
+class IntEntry(_Entry):
+    """An integer drawn from ``low, low + step, ..., high``."""
+
+    type: Literal["int"]
+    """Always "int"."""
+    low: StrictInt
+    """Lower bound."""
+    high: StrictInt
+    """Upper bound, > low."""
+    step: StrictInt = Field(1, ge=1)
+    """Spacing of the values."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integer_bounds(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(isinstance(data.get(k), float) for k in ("low", "high", "step")):
+            raise ValueError("int needs integer low, high and step")
+        return data
+
+    @model_validator(mode="after")
+    def _bounds(self) -> IntEntry:
+        if not self.low < self.high:
+            raise ValueError(f"needs low < high, got low={self.low} high={self.high}")
+        return self
+
+    def extremes(self) -> list:
+        return [self.low, self.high]
+
+
+Entry = Annotated[FixedEntry | ChoiceEntry | FloatEntry | IntEntry, Field(discriminator="type")]
+"""One search-space entry, told apart by its ``type``."""
+
+
+# -- the study file ----------------------------------------------------------------------------
+
+
+class SearchConfig(Section):
     """How trials are proposed."""
 
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
     """Optuna TPE (multivariate, seeded), random, or grid (every combination of the choices)."""
-    num_samples: int = 8
+    num_samples: StrictInt = Field(8, ge=1)
     """Trials to run (tpe, random). For grid it is the grid size times ``repeats`` and may be left out."""
-    repeats: int = 1
+    repeats: StrictInt = Field(1, ge=1)
     """Grid only: run every cell with train.seed = 0 .. repeats-1 (ablations with repeated seeds)."""
-    max_concurrent: int = 2
+    max_concurrent: StrictInt = Field(2, ge=1)
     """Trials running at once (also bounded by the CPUs and GPUs available)."""
-    n_startup_trials: int = 4
+    n_startup_trials: StrictInt = Field(4, ge=1)
     """TPE: random trials before the model kicks in."""
-    enqueue_base: bool = False
+    enqueue_base: StrictBool = False
     """Run the base configuration (e.g. the paper defaults) as the first trial."""
 
-    def validate(self, path: str) -> None:
-        for name in ("num_samples", "repeats", "max_concurrent", "n_startup_trials"):
-            at_least(self, name, 1, path)
 
-
-@dataclass
-class SchedulerConfig:
+class SchedulerConfig(Section):
     """Early stopping of weak trials, judged by ``score`` after each epoch."""
 
     type: Literal["asha", "none"] = "asha"
     """ASHA (asynchronous successive halving) or none (every trial runs all epochs)."""
-    grace_period: int = 1
+    grace_period: StrictInt = Field(1, ge=1)
     """Epochs every trial runs before it can be stopped."""
-    reduction_factor: float = 2.0
+    reduction_factor: Float = Field(2.0, gt=1)
     """Keep the top 1/reduction_factor at each rung."""
-    brackets: int = 1
+    brackets: StrictInt = Field(1, ge=1)
     """ASHA brackets."""
 
-    def validate(self, path: str) -> None:
-        at_least(self, "grace_period", 1, path)
-        at_least(self, "brackets", 1, path)
-        if not self.reduction_factor > 1:
-            raise ConfigError(f"{path}.reduction_factor: must be > 1, got {self.reduction_factor}")
+
+class ObjectiveConfig(Section):
+    """The study's objective: it maximises ``score``, the weighted mean of the accuracies at
+    ``base.eval.thresholds_km`` with the weights ``base.eval.score_weights``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_weights(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "weights" in data:
+            raise FieldError("weights", "removed; set base.eval.score_weights (one weight per threshold) instead")
+        return data
 
 
-@dataclass
-class ObjectiveConfig:
-    """The study's objective: ``score``, the weighted mean of the accuracies, maximised."""
-
-    weights: list[float] | None = None
-    """One weight per threshold of base.eval.thresholds_km; null keeps base.eval.score_weights (equal)."""
-
-
-@dataclass
-class ResourcesConfig:
+class ResourcesConfig(Section):
     """What one trial asks Ray for."""
 
-    cpu: float = 1.0
+    cpu: Float = Field(1.0, gt=0)
     """CPUs per trial; torch uses as many threads."""
-    gpu: float = 0.0
+    gpu: Float = Field(0.0, ge=0)
     """GPUs per trial; a fraction (0.25) packs several trials on one card."""
 
-    def validate(self, path: str) -> None:
-        if not self.cpu > 0:
-            raise ConfigError(f"{path}.cpu: must be > 0, got {self.cpu}")
-        at_least(self, "gpu", 0, path)
 
-
-@dataclass
-class FailureConfig:
+class FailureConfig(Section):
     """What happens when a trial's worker dies."""
 
-    max_failures: int = 2
+    max_failures: StrictInt = Field(2, ge=0)
     """Restarts of a trial from its last checkpoint before it is marked errored."""
 
-    def validate(self, path: str) -> None:
-        at_least(self, "max_failures", 0, path)
 
-
-@dataclass
-class StudyConfig:
+class StudyConfig(Section):
     """A whole study file."""
 
-    name: str = ""
+    name: StrictStr = Field("", validate_default=True)
     """Study name: the folder under the storage path and the Optuna study name."""
-    description: str = ""
+    description: StrictStr = ""
     """What question the study answers (shown by --dry-run)."""
-    seed: int = 0
+    seed: StrictInt = 0
     """Seed of the search algorithm."""
-    storage: str = "results"
+    storage: StrictStr = "results"
     """Where study folders go: a local or shared (NFS) folder; relative to the working directory."""
-    base: RunConfig = field(default_factory=RunConfig)
+    base: JobConfig = Field(default_factory=JobConfig)
     """The run configuration every trial starts from (geoloc/config.py)."""
-    search_space: dict = field(default_factory=dict)
-    """Dotted run-configuration keys -> entries (see the module docstring)."""
-    search: SearchConfig = field(default_factory=SearchConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    failure: FailureConfig = field(default_factory=FailureConfig)
+    search_space: dict[str, Entry] = Field(default_factory=dict)
+    """Dotted run-configuration keys -> entries (see the module docstring), in file order."""
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    """How trials are proposed."""
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Early stopping."""
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    """What the study maximises."""
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """What one trial asks for."""
+    failure: FailureConfig = Field(default_factory=FailureConfig)
+    """Retries of failed trials."""
 
-    def validate(self, path: str) -> None:
-        if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ConfigError(f"name: needs a folder-safe study name (letters, digits, - _ .), got {self.name!r}")
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, name: str) -> str:
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"needs a folder-safe study name (letters, digits, - _ .), got {name!r}")
+        return name
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _entries(cls, raw: Any) -> Any:
+        """The file's form (a bare value is a fixed entry) -> entries named by their keys."""
+        if not isinstance(raw, dict):
+            return raw
+        entries = {}
+        for name, spec in raw.items():
+            spec = dict(spec) if isinstance(spec, dict) else {"type": "fixed", "value": spec}
+            if "name" in spec:
+                raise FieldError(f"{name}.name", "unknown key (an entry's name is its key in search_space)")
+            entries[name] = {"type": None, **spec, "name": name}
+        return entries
+
+    @field_serializer("search_space")
+    def _file_form(self, space: dict[str, Entry]) -> dict:
+        return {name: entry.yaml_form() for name, entry in space.items()}
+
+    @model_validator(mode="after")
+    def _check_space(self) -> StudyConfig:
+        """Entries name leaves of the run configuration, every value they can take gives a valid
+        run, and a grid has only choices."""
+        base, earlier = self.base.model_dump(mode="json"), []
+        for entry in self.space:
+            where = f"search_space.{entry.name}"
+            if not _is_leaf(base, entry.name):
+                raise FieldError(where, "not a key of the run configuration")
+            for key in entry.when:
+                if key not in earlier:
+                    raise FieldError(f"{where}.when.{key}", "must name an earlier search_space entry")
+            earlier.append(entry.name)
+        for entry in self.space:
+            for value in entry.extremes():
+                try:
+                    parse_job(set_path(base, entry.name, value))
+                except ConfigError as e:
+                    raise FieldError(f"search_space.{entry.name}", f"value {value!r} is invalid: {e}") from None
+        if self.search.algorithm == "grid":
+            bad = [e.name for e in self.space if not isinstance(e, (ChoiceEntry, FixedEntry))]
+            if bad:
+                raise FieldError(f"search_space.{bad[0]}", "grid search needs 'choice' entries")
+        return self
+
+    @property
+    def space(self) -> list[Entry]:
+        """The search-space entries, in file order."""
+        return list(self.search_space.values())
 
     @property
     def epochs(self) -> int:
         return self.base.train.epochs
 
-    def params(self) -> list[Param]:
-        return parse_space(self.search_space, to_dict(self.base))
 
-
-def load_study(path: str | Path, overrides: dict | None = None) -> StudyConfig:
-    """A validated study; ``overrides`` ({"base.train.epochs": 3}) come from --set."""
-    raw = load_yaml(path)
-    for key, value in (overrides or {}).items():
-        raw = set_path(raw, key, value)
-    study = from_dict(StudyConfig, raw)
-    if study.objective.weights is not None:
-        base = to_dict(study.base)
-        base["eval"]["score_weights"] = study.objective.weights
-        try:
-            study.base = from_dict(RunConfig, base)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("eval.score_weights", "objective.weights")) from None
-    params = study.params()
-    check_space_values(study.base, params)
-    if study.search.algorithm == "grid":
-        bad = [p.name for p in params if p.type not in ("choice", "fixed")]
-        if bad:
-            raise ConfigError(f"search_space.{bad[0]}: grid search needs 'choice' entries")
-    return study
-
-
-def parse_space(raw: dict, base: dict) -> list[Param]:
-    params: list[Param] = []
-    for name, spec in raw.items():
-        where = f"search_space.{name}"
-        if not _has_path(base, name):
-            raise ConfigError(f"{where}: not a key of the run configuration")
-        if not isinstance(spec, dict):
-            params.append(Param(name, "fixed", values=[spec]))
-            continue
-        spec = dict(spec)
-        kind = spec.pop("type", None)
-        if kind not in PARAM_TYPES:
-            raise ConfigError(f"{where}.type: must be one of {', '.join(PARAM_TYPES)}, got {kind!r}")
-        when = spec.pop("when", {}) or {}
-        if not isinstance(when, dict):
-            raise ConfigError(f"{where}.when: expected a mapping of earlier entries to values")
-        for key in when:
-            if key not in [p.name for p in params]:
-                raise ConfigError(f"{where}.when.{key}: must name an earlier search_space entry")
-        when = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
-        params.append(_param(name, kind, spec, when, where))
-    return params
-
-
-def _param(name: str, kind: str, spec: dict, when: dict, where: str) -> Param:
-    allowed = {"fixed": {"value"}, "choice": {"values"}, "uniform": {"low", "high"},
-               "loguniform": {"low", "high"}, "int": {"low", "high", "step"}}[kind]
-    unknown = sorted(set(spec) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}.{unknown[0]}: unknown key for type {kind} (known: {', '.join(sorted(allowed))})")
-    missing = sorted(allowed - set(spec) - {"step"})
-    if missing:
-        raise ConfigError(f"{where}.{missing[0]}: required for type {kind}")
-    if kind == "fixed":
-        return Param(name, kind, values=[spec["value"]], when=when)
-    if kind == "choice":
-        values = spec["values"]
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"{where}.values: needs a non-empty list")
-        return Param(name, kind, values=values, when=when)
-    low, high = spec["low"], spec["high"]
-    for key, value in (("low", low), ("high", high), ("step", spec.get("step", 1))):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
-    if not low < high:
-        raise ConfigError(f"{where}: needs low < high, got low={low} high={high}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}.low: loguniform needs low > 0, got {low}")
-    if kind == "int" and not all(isinstance(v, int) for v in (low, high, spec.get("step", 1))):
-        raise ConfigError(f"{where}: int needs integer low, high and step")
-    return Param(name, kind, low=low, high=high, step=spec.get("step"), when=when)
-
-
-def check_space_values(base: RunConfig, params: list[Param]) -> None:
-    """Every bound and choice, put into the base configuration, must give a valid run."""
-    base_dict = to_dict(base)
-    for p in params:
-        for value in p.extremes():
-            try:
-                from_dict(RunConfig, set_path(base_dict, p.name, value))
-            except ConfigError as e:
-                raise ConfigError(f"search_space.{p.name}: value {value!r} is invalid: {e}") from None
-
-
-def run_config(study: StudyConfig, sampled: dict) -> RunConfig:
-    """The run configuration of one trial: the base with the fixed and sampled values set."""
-    data = to_dict(study.base)
-    for p in study.params():
-        if p.type == "fixed":
-            data = set_path(data, p.name, p.values[0])
-    for name, value in sampled.items():
-        data = set_path(data, name, value)
-    return from_dict(RunConfig, data)
-
-
-def grid(study: StudyConfig) -> dict[str, list]:
-    """The grid's axes: every choice entry, plus train.seed for repeats."""
-    space = {p.name: p.values for p in study.params() if p.type == "choice"}
-    if study.search.repeats > 1 and "train.seed" not in space:
-        space["train.seed"] = list(range(study.search.repeats))
-    return space
-
-
-def num_trials(study: StudyConfig) -> int:
-    if study.search.algorithm == "grid":
-        return max(1, len(list(itertools.product(*grid(study).values()))))
-    return study.search.num_samples
-
-
-def _has_path(tree: dict, dotted: str) -> bool:
+def _is_leaf(tree: dict, dotted: str) -> bool:
     """True when ``dotted`` names a leaf (not a section) of the configuration."""
     try:
         return not isinstance(get_path(tree, dotted), dict)
@@ -281,9 +315,65 @@ def _has_path(tree: dict, dotted: str) -> bool:
         return False
 
 
-def resolved(study: StudyConfig) -> dict:
-    """Plain data of the whole validated study (written as STUDY_DIR/study.yaml)."""
-    return to_dict(study)
+def load_study_file(path: str | Path, overrides: dict | None = None) -> StudyConfig:
+    """A validated study; ``overrides`` ({"base.train.epochs": 3}, dotted keys) come from --set."""
+    raw = load_yaml(path)
+    for key, value in (overrides or {}).items():
+        raw = set_path(raw, key, value)
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise config_error(StudyConfig, e) from None
 
 
-__all__ = ["StudyConfig", "Param", "load_study", "run_config", "grid", "num_trials", "resolved"]
+def trial_config(study: StudyConfig, sampled: dict) -> JobConfig:
+    """The run configuration of one trial: the base with the fixed and sampled values set."""
+    data = study.base.model_dump(mode="json")
+    for entry in study.space:
+        if isinstance(entry, FixedEntry):
+            data = set_path(data, entry.name, entry.value)
+    for name, value in sampled.items():
+        data = set_path(data, name, value)
+    return parse_job(data)
+
+
+def grid_axes(study: StudyConfig) -> dict[str, list]:
+    """The grid's axes: every choice entry, plus train.seed for repeats."""
+    axes = {e.name: list(e.values) for e in study.space if isinstance(e, ChoiceEntry)}
+    if study.search.repeats > 1 and "train.seed" not in axes:
+        axes["train.seed"] = list(range(study.search.repeats))
+    return axes
+
+
+def num_trials(study: StudyConfig) -> int:
+    """Trials the study runs: the grid's cells, or ``search.num_samples``."""
+    if study.search.algorithm == "grid":
+        return max(1, math.prod(len(values) for values in grid_axes(study).values()))
+    return study.search.num_samples
+
+
+def base_values(study: StudyConfig) -> dict:
+    """The base configuration's value of every entry that is not fixed (the base as a trial)."""
+    base = study.base.model_dump(mode="json")
+    return {e.name: get_path(base, e.name) for e in study.space if not isinstance(e, FixedEntry)}
+
+
+def resolved_study(study: StudyConfig) -> dict:
+    """Plain data of the whole validated study in the file's form (written as STUDY_DIR/study.yaml)."""
+    return study.model_dump(mode="json")
+
+
+__all__ = [
+    "ChoiceEntry",
+    "Entry",
+    "FixedEntry",
+    "FloatEntry",
+    "IntEntry",
+    "StudyConfig",
+    "base_values",
+    "grid_axes",
+    "load_study_file",
+    "num_trials",
+    "resolved_study",
+    "trial_config",
+]

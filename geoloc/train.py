@@ -1,18 +1,20 @@
-"""Training GeoCLIP on cached features: one epoch, the queue, the loss, resumable state.
+"""Training GeoCLIP on cached features: one epoch, the queue, the loss, resumable state, the epoch loop.
 
-``Trainer`` is what a Ray trial wraps; ``train(cfg, out_dir)`` is one run without Ray; ``main``
-is the command line ``python -m geoloc.train CONFIG.yaml --out DIR [--resume]``, which writes
-``metrics.jsonl`` (one line per epoch), TensorBoard events and ``checkpoint.pt`` into DIR.
+``Trainer`` holds one run's model, optimiser and random streams; ``train(cfg, run_dir, ...)`` is the
+one epoch loop (a Ray trial calls it through ``geoloc.trainable``); ``main`` is the command line
+``python -m geoloc.train CONFIG.yaml --out DIR [--resume]``, which writes the run folder
+(``geoloc.folders.TrialFolder``: metrics.jsonl, TensorBoard events, checkpoint.pt) into DIR.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
+import pickle
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,20 +22,25 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ConfigError, RunConfig, load_config, to_dict
+from .config import ConfigError, JobConfig, load_job
 from .data import Data, DataError, load_data
+from .devices import DeviceError, pick_device
 from .evaluate import Evaluator
 from .events import EventLogger, flatten
+from .folders import TrialFolder
 from .geo import gps_noise
+from .metrics import MetricRegistry
 from .model import GeoCLIP
 
-CHECKPOINT = "checkpoint.pt"
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
-METRICS = "metrics.jsonl"
 
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or infinite: the trial stops with this reason instead of training on garbage."""
+
+    def __init__(self, message: str, epochs_done: int):
+        super().__init__(message)
+        self.epochs_done = epochs_done
 
 
 class CheckpointMismatch(ValueError):
@@ -46,21 +53,13 @@ def cpu_share() -> int:
     return int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0))
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device: cuda requested but no GPU is visible")
-    return torch.device(name)
-
-
 class Trainer:
     """Model, optimiser, schedule, queue and random streams of one run; ``state_dict`` resumes it exactly."""
 
-    def __init__(self, cfg: RunConfig, data: Data | None = None):
+    def __init__(self, cfg: JobConfig, data: Data | None = None):
         self.cfg = cfg
         self.data = data or load_data(cfg.data)
-        self.device = pick_device(cfg.train.device)
+        self.device = pick_device(cfg.train.device, "train.device")
         torch.set_num_threads(cfg.train.threads or cpu_share())
         if cfg.train.precision == "tf32":
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -70,12 +69,16 @@ class Trainer:
             self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
         if cfg.model.warm_start:
             if self.data.train.feature_dim != WARM_START_FEATURE_DIM:
-                raise ConfigError(f"model.warm_start: needs {WARM_START_FEATURE_DIM}-d features (CLIP ViT-L/14), "
-                                  f"the training cache {self.data.train.path} has {self.data.train.feature_dim}")
+                raise ConfigError(
+                    f"model.warm_start: needs {WARM_START_FEATURE_DIM}-d features (CLIP ViT-L/14), "
+                    f"the training cache {self.data.train.path} has {self.data.train.feature_dim}"
+                )
             self.model.load_geoclip_weights()
         self.model.to(self.device)
         self.optimizer = torch.optim.Adam(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=cfg.train.lr_gamma)
         # One CPU stream for shuffling, view choice and noise: the same seed gives the same run anywhere.
@@ -84,7 +87,8 @@ class Trainer:
         self.train_coords = torch.from_numpy(self.data.train.coords).float()
         negatives = Evaluator.fixed_negatives(self.data.train.coords, cfg.eval.val_negatives)
         self.evaluators = {
-            name: Evaluator(cfg.eval, cache, self.data.gallery, negatives, self.device) for name, cache in self.data.val.items()
+            name: Evaluator(cfg.eval, cache, self.data.gallery, negatives, self.device)
+            for name, cache in self.data.val.items()
         }
 
     # -- one epoch -------------------------------------------------------------------------------
@@ -108,7 +112,9 @@ class Trainer:
         model = self.model
         queue = model.queue.contents()
         if noise.target == "gps":
-            locations = torch.cat([gps_noise(gps, noise.batch_sigma, self.generator), gps_noise(queue, noise.queue_sigma, self.generator)])
+            locations = torch.cat(
+                [gps_noise(gps, noise.batch_sigma, self.generator), gps_noise(queue, noise.queue_sigma, self.generator)]
+            )
         else:
             locations = torch.cat([gps, queue])
         with self.autocast():
@@ -119,7 +125,9 @@ class Trainer:
             logits = model.logits(image_emb, location_emb)
         loss = F.cross_entropy(logits.float(), torch.arange(len(gps), device=self.device))
         if not torch.isfinite(loss):
-            raise DivergenceError(f"training loss is {loss.item()} at epoch {self.epoch + 1}; the trial diverged")
+            raise DivergenceError(
+                f"training loss is {loss.item()} at epoch {self.epoch + 1}; the trial diverged", self.epoch
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -173,7 +181,11 @@ class Trainer:
 
     def signature(self) -> dict:
         """What a checkpoint must match to load: the model's shape, not the run's hyperparameters."""
-        return {"model": to_dict(self.cfg.model), "feature_dim": self.data.train.feature_dim, "queue_size": self.cfg.train.queue_size}
+        return {
+            "model": self.cfg.model.model_dump(mode="json"),
+            "feature_dim": self.data.train.feature_dim,
+            "queue_size": self.cfg.train.queue_size,
+        }
 
     def state_dict(self) -> dict:
         return {
@@ -205,56 +217,77 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: str | Path) -> None:
-        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=True))
+        # On the CPU: the generator state must stay there; load_state_dict puts the rest on the device.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def restore_newest(self, paths: Iterable[Path | None]) -> None:
+        """Load whichever of these checkpoints is ahead of this trainer; torn or missing files are skipped."""
+        for path in paths:
+            if path is not None and checkpoint_epoch(path) > self.epoch:
+                self.load(path)
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = False) -> dict[str, float]:
-    """Train ``cfg.train.epochs`` epochs into ``out_dir``; returns the last epoch's metrics."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint file holds; -1 for a missing, torn or foreign file."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return -1
+
+
+def train(
+    cfg: JobConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    on_epoch: Callable[[dict, Path], None] | None = None,
+    restore: Path | None = None,
+    hparams: dict | None = None,
+    context: dict | None = None,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train ``cfg.train.epochs`` epochs into the run folder ``run_dir``; returns the last epoch's metrics.
+
+    The one epoch loop of the project: ``python -m geoloc.train`` and every Ray trial run it. Each
+    epoch it logs TensorBoard, appends ``metrics.jsonl``, saves ``checkpoint.pt``, then calls
+    ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there). ``resume`` continues from the
+    folder's own checkpoint, ``restore`` from another one (Ray's); the newer of the two wins, so no
+    epoch runs twice. ``hparams`` are what TensorBoard's HParams tab shows (default: the whole
+    configuration, flattened); ``context`` is added to every metrics row (the trial's node).
+    """
+    folder = TrialFolder(run_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(cfg)
-    checkpoint, metrics_file = out_dir / CHECKPOINT, out_dir / METRICS
-    if resume and checkpoint.exists():
-        trainer.load(checkpoint)
-        keep_epochs_up_to(metrics_file, trainer.epoch)
-    elif metrics_file.exists():
-        metrics_file.unlink()
-    (out_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    logger = EventLogger(out_dir, flatten(to_dict(cfg)))
+    trainer.restore_newest([restore, folder.checkpoint if resume else None])
+    if trainer.epoch:
+        folder.truncate_after(trainer.epoch)
+    else:
+        folder.clear_metrics()
+    folder.write_config(cfg.model_dump(mode="json"))
+    registry = MetricRegistry.for_run(cfg)
+    logger = EventLogger(folder.path, flatten(cfg.model_dump(mode="json")) if hparams is None else hparams, registry)
     metrics: dict[str, float] = {}
     try:
-        for _ in range(trainer.epoch, cfg.train.epochs):
-            metrics = trainer.run_epoch(progress)
+        while trainer.epoch < cfg.train.epochs:
+            metrics = {**trainer.run_epoch(progress), **(context or {})}
             logger.log(metrics, metrics["epoch"])
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
-            trainer.save(checkpoint)
-            if progress:
-                print(format_metrics(metrics), flush=True)
+            if trainer.epoch == cfg.train.epochs:
+                logger.close(finished=True)  # before on_epoch: Ray may end a trial at its last report
+            folder.append_metrics(metrics)
+            trainer.save(folder.checkpoint)
+            if on_epoch:
+                on_epoch(metrics, folder.checkpoint)
     finally:
         logger.close(finished=trainer.epoch == cfg.train.epochs)
     return metrics
 
 
-def keep_epochs_up_to(metrics_file: Path, epoch: int) -> None:
-    """Drop lines of epochs after the checkpoint's, so a resumed run writes no duplicate epoch."""
-    if metrics_file.exists():
-        keep = [line for line in metrics_file.read_text().splitlines() if line.strip() and json.loads(line)["epoch"] <= epoch]
-        metrics_file.write_text("".join(line + "\n" for line in keep))
-
-
-def checkpoint_epoch(path: Path) -> int:
-    """The epoch a checkpoint file holds; -1 for a torn or foreign file."""
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-    except Exception:
-        return -1
-
-
-def format_metrics(m: dict) -> str:
-    accs = " ".join(f"{k[4:]}={v:.3f}" for k, v in m.items() if k.startswith("acc_"))
-    return (f"epoch {m['epoch']}: train_loss={m['train_loss']:.4f} val_loss={m['val_loss']:.4f} "
-            f"acc {accs} median={m['median_km']:.0f}km score={m['score']:.4f} ({m['train_s']:.1f}s + {m['eval_s']:.1f}s)")
+def format_metrics(m: dict, registry: MetricRegistry) -> str:
+    accs = " ".join(f"{k.removeprefix('acc_')}={m[k]:.3f}" for k in registry.accuracies())
+    return (
+        f"epoch {m['epoch']}: train_loss={m['train_loss']:.4f} val_loss={m['val_loss']:.4f} "
+        f"acc {accs} median={m['median_km']:.0f}km score={m['score']:.4f} ({m['train_s']:.1f}s + {m['eval_s']:.1f}s)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,13 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     args = parser.parse_args(argv)
     try:
-        cfg = load_config(args.config)
+        cfg = load_job(args.config)
     except ConfigError as e:
         print(f"error: {args.config}: {e}" if not str(e).startswith(args.config) else f"error: {e}", file=sys.stderr)
         return 2
     try:
-        metrics = train(cfg, args.out, resume=args.resume, progress=True)
-    except (ConfigError, DataError, CheckpointMismatch) as e:
+        registry = MetricRegistry.for_run(cfg)
+        metrics = train(
+            cfg,
+            args.out,
+            resume=args.resume,
+            progress=True,
+            on_epoch=lambda m, _: print(format_metrics(m, registry), flush=True),
+        )
+    except (ConfigError, DataError, DeviceError, CheckpointMismatch) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"done: {args.out} (metrics.jsonl, checkpoint.pt; tensorboard --logdir {args.out})")

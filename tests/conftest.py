@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from geoloc.config import RunConfig, from_dict
+from geoloc.config import JobConfig, parse_job
 
 # Small enough for a few seconds per epoch on 2 cores, big enough that learning shows.
 SMALL = {
@@ -21,7 +21,7 @@ def offline_root(tmp_path_factory):
 
 @pytest.fixture
 def small_config(offline_root) -> dict:
-    """The small run as plain data (tests change it before building a RunConfig)."""
+    """The small run as plain data (tests change it before building a JobConfig)."""
     import copy
 
     cfg = copy.deepcopy(SMALL)
@@ -29,8 +29,8 @@ def small_config(offline_root) -> dict:
     return cfg
 
 
-def build(data: dict) -> RunConfig:
-    return from_dict(RunConfig, data)
+def build(data: dict) -> JobConfig:
+    return parse_job(data)
 
 
 @pytest.fixture(scope="session")

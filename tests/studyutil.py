@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from geoloc.folders import StatusRecord, StudyFolder, TrialFolder
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY_STUDY = {
@@ -41,17 +43,24 @@ def write_study(path: Path, study: dict, offline_root: str) -> Path:
 
 def tune_main(*args, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "tune_main.py"), *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT, env=env, **kwargs)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tune_main.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        **kwargs,
+    )
 
 
 def trial_dirs(study_dir: Path) -> list[Path]:
-    return sorted(p for p in study_dir.iterdir() if p.is_dir() and (p / "trial.json").exists())
+    return [t.path for t in StudyFolder(study_dir).trials()]
 
 
-def read_status(trial: Path) -> dict:
-    return json.loads((trial / "status.json").read_text())
+def read_status(trial: Path) -> StatusRecord | None:
+    return TrialFolder(trial).read_status()
 
 
 def read_metrics(trial: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return TrialFolder(trial).read_metrics().rows

@@ -20,7 +20,6 @@ final metrics built so that the answers are exact:
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import shutil
@@ -31,8 +30,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from analysis import AnalysisError, analyse
+from analysis import AnalysisError, analyse, read_study
+from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.metrics import MetricRegistry
 
 SIGMAS = [0.0, 0.15, 0.3]
 SEEDS = [0, 1, 2]
@@ -42,6 +44,8 @@ STOPPED = {2, 8}
 MAX_EPOCHS = 4
 CEILING = {"ceiling_1km": 0.25, "ceiling_25km": 0.6, "ceiling_200km": 0.8, "ceiling_750km": 0.95, "ceiling_2500km": 1.0}
 ACCS = ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km"]
+THRESHOLDS = [1, 25, 200, 750, 2500]
+EVAL_SETS = ["val", "im2gps3k"]  # the offline benchmark's split, then an extra evaluation set
 PNG = b"\x89PNG\r\n\x1a\n"
 SIGMA = "train.noise.batch_sigma"
 
@@ -89,13 +93,20 @@ def curve(k: int) -> list[dict]:
     return rows
 
 
-def write_trial(root: Path, name: str, number: int, params: dict, lines: list, status: dict | None):
-    d = root / name
-    d.mkdir(parents=True)
-    (d / "trial.json").write_text(json.dumps({"trial_id": f"abcde_{number:05d}", "number": number, "params": params}))
-    (d / "metrics.jsonl").write_text("".join(line if isinstance(line, str) else json.dumps(line) + "\n" for line in lines))
+def write_trial(root: Path, name: str, number: int, params: dict, lines: list, status: StatusRecord | None):
+    """A trial folder as the launcher writes it; a str in ``lines`` is written as is (a half-written line)."""
+    trial = TrialFolder(root / name)
+    trial.path.mkdir(parents=True)
+    trial.write_trial(f"abcde_{number:05d}", number, params)
+    for line in lines:
+        if isinstance(line, str):
+            with (trial.path / TrialFolder.METRICS).open("a", encoding="utf-8") as f:
+                f.write(line)
+        else:
+            trial.append_metrics(line)
     if status is not None:
-        (d / "status.json").write_text(json.dumps(status))
+        trial.write_status(status)
+    d = trial.path
     # Ray's and TensorBoard's own files: must be ignored.
     (d / "events.out.tfevents.123.host").write_bytes(b"\x00garbage")
     (d / "result.json").write_text('{"not": "read"}\n')
@@ -109,11 +120,13 @@ def params(k_sigma: float, seed: int, lr: float) -> dict:
 
 def build_known(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    (root / "study.yaml").write_text("name: known-answer\n")
-    (root / "optuna.db").write_bytes(b"not a database: must not be needed")
+    study = StudyFolder(root)
+    study.write_study("name: known-answer\n")
+    MetricRegistry.build(THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
+    study.optuna_db.write_bytes(b"not a database: must not be needed")
     (root / "basic-variant-state-2025.json").write_text("{}")
     (root / "not_a_trial").mkdir()
-    (root / "not_a_trial" / "metrics.jsonl").write_text('{"epoch": 1, "acc_1km": 0.99}\n')
+    (root / "not_a_trial" / TrialFolder.METRICS).write_text('{"epoch": 1, "acc_1km": 0.99}\n')
     for k in range(9):
         lines = curve(k)
         if k == 0:
@@ -121,13 +134,32 @@ def build_known(root: Path) -> Path:
             garbage = {**lines[2], "acc_1km": 0.99, "train_loss": 0.01, "val_loss": 0.01}
             lines = lines[:2] + [garbage] + lines[2:]
         last = 2 if k in STOPPED else MAX_EPOCHS
-        status = {"status": "stopped" if k in STOPPED else "finished", "epochs": last, "max_epochs": MAX_EPOCHS, "reason": None}
-        write_trial(root, f"trainable_{k:05d}_sigma={SIGMAS[k // 3]}", k, params(SIGMAS[k // 3], SEEDS[k % 3], LRS[k]), lines, status)
+        status = StatusRecord(Status.STOPPED if k in STOPPED else Status.FINISHED, last, MAX_EPOCHS)
+        write_trial(
+            root,
+            f"trainable_{k:05d}_sigma={SIGMAS[k // 3]}",
+            k,
+            params(SIGMAS[k // 3], SEEDS[k % 3], LRS[k]),
+            lines,
+            status,
+        )
     absurd = {**curve(4)[0], **{a: 0.99 for a in ACCS}, "score": 0.99, "train_loss": 0.0, "val_loss": 0.0}
-    write_trial(root, "trainable_00009", 9, params(0.15, 3, 5e-4), [absurd],
-                {"status": "errored", "epochs": 1, "max_epochs": 4, "reason": "RuntimeError: CUDA out of memory"})
-    write_trial(root, "trainable_00010", 10, params(0.3, 4, 9e-4),
-                [absurd, {**absurd, "epoch": 2}, '{"epoch": 3, "train_lo'], None)
+    write_trial(
+        root,
+        "trainable_00009",
+        9,
+        params(0.15, 3, 5e-4),
+        [absurd],
+        StatusRecord(Status.ERRORED, 1, 4, "RuntimeError: CUDA out of memory"),
+    )
+    write_trial(
+        root,
+        "trainable_00010",
+        10,
+        params(0.3, 4, 9e-4),
+        [absurd, {**absurd, "epoch": 2}, '{"epoch": 3, "train_lo'],
+        None,
+    )
     return root
 
 
@@ -142,6 +174,11 @@ def read(out: Path, name: str) -> pd.DataFrame:
     return pd.read_csv(out / name)
 
 
+def registry_warnings(warnings: list[str]) -> list[str]:
+    """The warnings saying that the study's metric registry was not read from its metrics.json."""
+    return [w for w in warnings if "metrics taken from" in w]
+
+
 # --- trials.csv and epochs.csv ---------------------------------------------------------------
 
 
@@ -154,7 +191,11 @@ def test_trials_csv_has_every_trial_with_status_params_and_final_best_metrics(kn
     for k in range(9):
         row, f = trials.loc[k], final(k)
         assert row["trial_id"] == f"abcde_{k:05d}"
-        assert row[SIGMA] == SIGMAS[k // 3] and row["train.seed"] == SEEDS[k % 3] and row["train.lr"] == pytest.approx(LRS[k])
+        assert (
+            row[SIGMA] == SIGMAS[k // 3]
+            and row["train.seed"] == SEEDS[k % 3]
+            and row["train.lr"] == pytest.approx(LRS[k])
+        )
         assert row["train.queue_size"] == 1024
         assert row["epochs"] == (2 if k in STOPPED else 4) and row["max_epochs"] == 4
         assert row["node"] == ("node-a" if k % 2 == 0 else "node-b")
@@ -167,13 +208,16 @@ def test_trials_csv_has_every_trial_with_status_params_and_final_best_metrics(kn
     assert "CUDA out of memory" in trials.loc[9, "status_detail"]
     assert trials.loc[10, "status"] == "running" and trials.loc[10, "epochs"] == 2  # truncated 3rd line skipped
     # Crash + resume: the later epoch-3 line replaced the garbage one.
-    assert trials.loc[0, "best_acc_1km"] == pytest.approx(0.20) and trials.loc[0, "best_train_loss"] == pytest.approx(3.5)
+    assert trials.loc[0, "best_acc_1km"] == pytest.approx(0.20) and trials.loc[0, "best_train_loss"] == pytest.approx(
+        3.5
+    )
     # best_ = best over epochs: acc_1km of a sigma-0.3 trial peaked at epoch 1.
     assert trials.loc[6, "best_acc_1km"] == pytest.approx(final(6)["acc_1km"] + 0.03)
     assert trials.loc[6, "best_val_loss"] == pytest.approx(final(6)["val_loss"])
     # An extra evaluation set is carried along.
     assert trials.loc[1, "final_im2gps3k_acc_1km"] == pytest.approx(0.05)
     assert pd.isna(trials.loc[0, "final_im2gps3k_acc_1km"])
+    assert not registry_warnings(result["warnings"])  # the study's own registry was read
 
 
 def test_epochs_csv_has_one_row_per_trial_and_epoch(known):
@@ -203,7 +247,9 @@ def test_ablation_by_noise_sigma_has_known_mean_std_n_and_best(known):
             assert row[f"{m}_std"] == pytest.approx(statistics.stdev(values)), (j, m)
             assert row[f"{m}_n"] == 3
     assert table.loc[0, "acc_1km_mean"] == pytest.approx(0.19) and table.loc[0, "acc_1km_std"] == pytest.approx(0.01)
-    assert table.loc[1, "acc_2500km_mean"] == pytest.approx(0.75) and table.loc[1, "acc_2500km_std"] == pytest.approx(0.0013**0.5)
+    assert table.loc[1, "acc_2500km_mean"] == pytest.approx(0.75) and table.loc[1, "acc_2500km_std"] == pytest.approx(
+        0.0013**0.5
+    )
     assert list(table["acc_1km_best"]) == [True, False, False]
     assert list(table["acc_2500km_best"]) == [False, False, True]
     assert list(table["median_km_best"]) == [False, False, True]  # lower is better
@@ -231,7 +277,7 @@ def test_continuous_parameter_is_binned_and_thin_cells_warned(known):
 
 def test_best_epoch_values_option(tmp_path):
     root = build_known(tmp_path / "study")
-    analyse(root, tmp_path / "out", by=[SIGMA], formats=("csv",), values="best", plots=False, echo_warnings=False)
+    analyse(root, tmp_path / "out", by=[SIGMA], formats=("csv",), which="best", plots=False, echo_warnings=False)
     table = read(tmp_path / "out", "ablation_train_noise_batch_sigma.csv")
     best_acc1 = [final(6)["acc_1km"] + 0.03, final(7)["acc_1km"] + 0.03, final(8)["acc_1km"] + 0.01]
     assert table.loc[2, "acc_1km_mean"] == pytest.approx(statistics.mean(best_acc1))
@@ -300,8 +346,12 @@ def test_divergence_epochs_per_trial_and_by_noise_sigma(known):
     assert rows.loc[("(all)", "(all)", "train_loss"), ["n", "n_diverging"]].tolist() == [9, 6]
     assert rows.loc[("(all)", "(all)", "train_loss"), "first_epoch_median"] == 2.5
     by_sigma = {
-        ("0", "train_loss"): (3, 0, math.nan), ("0.15", "train_loss"): (3, 3, 3), ("0.3", "train_loss"): (3, 3, 2),
-        ("0", "val_loss"): (3, 0, math.nan), ("0.15", "val_loss"): (3, 3, 4), ("0.3", "val_loss"): (3, 3, 2),
+        ("0", "train_loss"): (3, 0, math.nan),
+        ("0.15", "train_loss"): (3, 3, 3),
+        ("0.3", "train_loss"): (3, 3, 2),
+        ("0", "val_loss"): (3, 0, math.nan),
+        ("0.15", "val_loss"): (3, 3, 4),
+        ("0.3", "val_loss"): (3, 3, 2),
     }
     for (value, loss), (n, hits, first) in by_sigma.items():
         row = rows.loc[(SIGMA, value, loss)]
@@ -339,7 +389,7 @@ def test_importance_for_score_and_acc_1km(known):
     _, out, result = known
     table = read(out, "importance.csv")
     assert set(table["target"]) == {"score", "acc_1km"}
-    for target, group in table.groupby("target"):
+    for _target, group in table.groupby("target"):
         assert set(group["param"]) == {SIGMA, "train.seed", "train.lr"}
         assert group["importance"].sum() == pytest.approx(1.0, abs=1e-6)
     assert result["importance_evaluator"] in ("fANOVA", "PED-ANOVA")
@@ -372,8 +422,14 @@ def test_report_summarises_from_the_numbers(known):
 def test_every_plot_is_a_png(known):
     _, out, result = known
     names = {Path(p).name for p in result["plots"].values()}
-    assert {"loss_vs_acc.png", "accuracy_vs_threshold.png", "learning_curves.png", "parallel_coordinates.png",
-            "importance.png", "metrics_vs_train_noise_batch_sigma.png"} <= names
+    assert {
+        "loss_vs_acc.png",
+        "accuracy_vs_threshold.png",
+        "learning_curves.png",
+        "parallel_coordinates.png",
+        "importance.png",
+        "metrics_vs_train_noise_batch_sigma.png",
+    } <= names
     for png in out.glob("*.png"):
         data = png.read_bytes()
         assert data[:8] == PNG and len(data) > 5000, png.name
@@ -402,10 +458,18 @@ def test_latex_tables_are_balanced_booktabs(known, tmp_path):
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed: structure checked, compilation not")
     doc = tmp_path / "doc.tex"
-    doc.write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
-                   + "".join(f"\\input{{{t}}}\n" for t in texs) + "\\end{document}\n")
-    run = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)
+    doc.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n"
+        + "".join(f"\\input{{{t}}}\n" for t in texs)
+        + "\\end{document}\n"
+    )
+    run = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", doc.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stdout[-2000:]
 
 
@@ -415,12 +479,13 @@ def test_latex_tables_are_balanced_booktabs(known, tmp_path):
 def test_running_errored_and_stopped_trials_are_read_and_counted(tmp_path):
     root = tmp_path / "study"
     f = curve(0)
-    write_trial(root, "t_finished", 0, params(0.0, 0, 1e-4), f, {"status": "finished", "epochs": 4, "max_epochs": 4})
-    write_trial(root, "t_stopped", 1, params(0.3, 0, 2e-4), curve(8), {"status": "stopped", "epochs": 2, "max_epochs": 4, "reason": None})
-    write_trial(root, "t_errored", 2, params(0.15, 0, 3e-4), [], {"status": "errored", "epochs": 0, "max_epochs": 4,
-                                                                   "reason": "ValueError: loss is NaN"})
+    write_trial(root, "t_finished", 0, params(0.0, 0, 1e-4), f, StatusRecord(Status.FINISHED, 4, 4))
+    write_trial(root, "t_stopped", 1, params(0.3, 0, 2e-4), curve(8), StatusRecord(Status.STOPPED, 2, 4))
+    write_trial(
+        root, "t_errored", 2, params(0.15, 0, 3e-4), [], StatusRecord(Status.ERRORED, 0, 4, "ValueError: loss is NaN")
+    )
     write_trial(root, "t_running_no_status", 3, params(0.3, 1, 4e-4), [f[0], '{"epoch": 2, "acc'], None)
-    write_trial(root, "t_running", 4, params(0.0, 1, 5e-4), f[:1], {"status": "running", "epochs": 1, "max_epochs": 4})
+    write_trial(root, "t_running", 4, params(0.0, 1, 5e-4), f[:1], StatusRecord(Status.RUNNING, 1, 4))
     result = analyse(root, echo_warnings=False)
     assert result["counts"] == {"finished": 1, "stopped": 1, "errored": 1, "running": 2, "total": 5, "counted": 2}
     trials = read(tmp_path / "study" / "analysis", "trials.csv").set_index("number")
@@ -443,12 +508,129 @@ def test_study_with_no_finished_trial_yet(tmp_path):
 
 def test_single_trial_without_optional_files(tmp_path):
     root = tmp_path / "study"
-    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), {"status": "finished", "epochs": 4, "max_epochs": 4})
+    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), StatusRecord(Status.FINISHED, 4, 4))
     result = analyse(root, formats=["md"], echo_warnings=False)
     assert result["varied"] == [] and result["counts"]["finished"] == 1
     assert "not enough trials" in Path(result["report"]).read_text()
     for png in Path(result["out_dir"]).glob("*.png"):
         assert png.read_bytes()[:8] == PNG
+
+
+def test_unknown_or_unreadable_status_is_counted_as_running_with_a_warning(tmp_path):
+    root = tmp_path / "study"
+    write_trial(root, "t_unknown", 0, params(0.0, 0, 1e-4), curve(0)[:1], None)
+    write_trial(root, "t_torn", 1, params(0.3, 0, 1e-4), curve(1)[:1], None)
+    (root / "t_unknown" / TrialFolder.STATUS).write_text('{"status": "paused", "epochs": 1}')
+    (root / "t_torn" / TrialFolder.STATUS).write_text('{"status": "fini')
+    study = read_study(root)
+    assert list(study.trials["status"]) == [Status.RUNNING.value] * 2
+    assert [w for w in study.warnings if "counted as running" in w] == [
+        f"t_torn: unreadable {TrialFolder.STATUS} ({root / 't_torn' / TrialFolder.STATUS}: not a JSON object "
+        "(being rewritten?)); counted as running",
+        f"t_unknown: unreadable {TrialFolder.STATUS} ('paused' is not a valid Status); counted as running",
+    ]
+
+
+# --- the metric registry: thresholds other than the default ----------------------------------
+
+OTHER_THRESHOLDS = [0.5, 10, 100]
+OTHER_ACCS = ["acc_0.5km", "acc_10km", "acc_100km"]
+
+
+def other_curve(k: int) -> list[dict]:
+    """Two epochs: acc_0.5km and val_loss are best at epoch 1, acc_10km, acc_100km and median_km at epoch 2."""
+    rows = []
+    epochs = [(0.10, 0.3, 0.6, 3.0, 400.0), (0.05, 0.4, 0.7, 3.5, 300.0)]
+    for e, (fine, mid, coarse, val, median) in enumerate(epochs, 1):
+        row = {
+            "epoch": e,
+            "train_loss": 4.0 - 0.5 * e,
+            "val_loss": val,
+            "acc_0.5km": fine + 0.01 * k,
+            "acc_10km": mid + 0.01 * k,
+            "acc_100km": coarse + 0.01 * k,
+            "median_km": median,
+            "mean_km": 2 * median,
+            "ceiling_0.5km": 0.2,
+            "ceiling_10km": 0.7,
+            "ceiling_100km": 0.9,
+            "im2gps3k_acc_10km": 0.1 * e,
+            "gpu_mem_gb": 10.0 - e,
+        }  # a key no registry knows
+        row["score"] = sum(row[a] for a in OTHER_ACCS) / 3
+        rows.append(row)
+    return rows
+
+
+def build_other(root: Path, with_registry: bool) -> Path:
+    """Four finished trials of a study evaluated at 0.5 / 10 / 100 km, on val and on im2gps3k."""
+    root.mkdir(parents=True)
+    base = {"eval": {"thresholds_km": OTHER_THRESHOLDS}, "data": {"val": ["offline", "/data/caches/im2gps3k"]}}
+    StudyFolder(root).write_study(yaml.safe_dump({"name": "other-thresholds", "base": base}))
+    if with_registry:
+        MetricRegistry.build(OTHER_THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
+    for k in range(4):
+        write_trial(
+            root,
+            f"trial_{k}",
+            k,
+            params(SIGMAS[0] if k % 2 == 0 else SIGMAS[2], k, 1e-4),
+            other_curve(k),
+            StatusRecord(Status.FINISHED, 2, 2),
+        )
+    return root
+
+
+def test_other_thresholds_are_the_columns_finest_first_with_best_in_their_direction(tmp_path):
+    root = build_other(tmp_path / "study", with_registry=True)
+    result = analyse(root, tmp_path / "out", by=[SIGMA], formats=("csv", "md"), plots=False, echo_warnings=False)
+    assert not registry_warnings(result["warnings"])
+    assert read_study(root).accuracies == OTHER_ACCS
+
+    table = read(tmp_path / "out", "ablation_train_noise_batch_sigma.csv")
+    means = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
+    assert means == [*OTHER_ACCS, "median_km", "score"]
+    assert table.loc[0, "acc_0.5km_mean"] == pytest.approx(0.06)  # trials 0 and 2, final epoch
+    assert list(table["acc_0.5km_best"]) == [False, True] and list(table["median_km_best"]) == [True, True]
+    assert "6.00 ± 1.41" in (tmp_path / "out" / "ablation_train_noise_batch_sigma.md").read_text()  # a fraction: in %
+
+    trials = read(tmp_path / "out", "trials.csv").set_index("number")
+    for k in range(4):
+        row = trials.loc[k]
+        assert row["final_acc_0.5km"] == pytest.approx(0.05 + 0.01 * k)
+        assert row["best_acc_0.5km"] == pytest.approx(0.10 + 0.01 * k)  # higher is better: epoch 1
+        assert row["final_acc_10km"] == row["best_acc_10km"] == pytest.approx(0.4 + 0.01 * k)
+        assert row["final_acc_100km"] == row["best_acc_100km"] == pytest.approx(0.7 + 0.01 * k)
+        assert row["final_val_loss"] == 3.5 and row["best_val_loss"] == 3.0  # lower is better: epoch 1
+        assert row["best_median_km"] == 300.0
+        assert row["best_im2gps3k_acc_10km"] == pytest.approx(0.2)  # a known key of the extra set
+    assert trials["final_ceiling_0.5km"].eq(0.2).all() and "best_ceiling_0.5km" not in trials  # no direction
+    assert trials["final_gpu_mem_gb"].eq(8.0).all() and "best_gpu_mem_gb" not in trials  # unknown: a column only
+    assert not [c for c in trials.columns if "acc_1km" in c or "acc_2500km" in c]
+
+    ceiling = read(tmp_path / "out", "ceiling.csv").set_index("metric")
+    assert list(ceiling.index) == OTHER_ACCS and list(ceiling["threshold_km"]) == OTHER_THRESHOLDS
+    assert ceiling.loc["acc_0.5km", "ceiling"] == pytest.approx(0.2)
+    assert set(read(tmp_path / "out", "loss_vs_accuracy.csv")["metric"]) == set(OTHER_ACCS)
+
+
+def test_a_study_without_metrics_json_reads_its_thresholds_from_study_yaml(tmp_path):
+    old = read_study(build_other(tmp_path / "old", with_registry=False))
+    new = read_study(build_other(tmp_path / "new", with_registry=True))
+    assert old.accuracies == new.accuracies == OTHER_ACCS
+    assert old.registry == new.registry
+    warning = registry_warnings(old.warnings)
+    assert len(warning) == 1 and warning[0].startswith(f"no {StudyFolder.REGISTRY} ")
+    assert StudyFolder.STUDY in warning[0] and "0.5, 10, 100 km" in warning[0]
+    assert "evaluation sets val, im2gps3k" in warning[0]
+    assert not new.warnings
+    pd.testing.assert_frame_equal(old.trials, new.trials)
+    # Neither file: the default thresholds, said so.
+    (tmp_path / "old" / StudyFolder.STUDY).unlink()
+    bare = read_study(tmp_path / "old")
+    assert bare.registry.accuracies() == ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km"]
+    assert bare.accuracies == [] and "best_acc_0.5km" not in bare.trials and "final_acc_0.5km" in bare.trials
+    assert any("the defaults" in w for w in bare.warnings)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -457,7 +639,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "analysis", *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_rejects_a_directory_without_trials_with_one_line(tmp_path):
@@ -466,25 +650,37 @@ def test_cli_rejects_a_directory_without_trials_with_one_line(tmp_path):
     foreign = tmp_path / "foreign"
     (foreign / "sub").mkdir(parents=True)
     (foreign / "notes.txt").write_text("hello")
-    (foreign / "sub" / "metrics.jsonl").write_text('{"epoch": 1}\n')
+    (foreign / "sub" / TrialFolder.METRICS).write_text('{"epoch": 1}\n')
     runs = {d.name: cli(d) for d in (empty, foreign, tmp_path / "missing")}
     for run in runs.values():
         assert run.returncode == 2, run.stderr
         lines = run.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), run.stderr
         assert "Traceback" not in run.stderr
-    assert f"error: {empty}: no trials found (expected trial folders with trial.json, written by tune_main.py)" == runs["empty"].stderr.strip()
+    assert (
+        f"error: {empty}: no trials found (expected trial folders with trial.json, written by tune_main.py)"
+        == runs["empty"].stderr.strip()
+    )
     assert "no trials found" in runs["foreign"].stderr and "no such directory" in runs["missing"].stderr
     assert not (empty / "analysis").exists()  # nothing half-written
 
 
 def test_cli_rejects_unknown_parameter_and_format(tmp_path):
     root = tmp_path / "study"
-    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), {"status": "finished", "epochs": 4, "max_epochs": 4})
+    write_trial(root, "only", 0, params(0.0, 0, 1e-4), curve(0), StatusRecord(Status.FINISHED, 4, 4))
     runs = [cli(root, *args) for args in (["--by", "train.nope"], ["--format", "md,docx"])]
     for run in runs:
         assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert "--by train.nope: no such hyperparameter" in runs[0].stderr and "--format" in runs[1].stderr
+
+
+def test_cli_which_option_and_its_hidden_old_name():
+    from analysis.__main__ import parser
+
+    assert parser().parse_args(["s"]).which == "final"
+    assert parser().parse_args(["s", "--which", "best"]).which == "best"
+    assert parser().parse_args(["s", "--values", "best"]).which == "best"  # existing commands still work
+    assert "--which" in parser().format_help() and "--values" not in parser().format_help()
 
 
 def test_cli_writes_chosen_tables_and_prints_warnings(tmp_path):
@@ -494,8 +690,16 @@ def test_cli_writes_chosen_tables_and_prints_warnings(tmp_path):
     assert "report: " in run.stdout
     assert any(line.startswith("warning: ablation by train.lr") for line in run.stderr.splitlines())
     written = {p.name for p in (tmp_path / "out").iterdir()}
-    assert {"ablation_train_noise_batch_sigma.csv", "ablation_train_lr.csv", "trials.csv", "epochs.csv", "report.md"} <= written
-    assert "ablation_train_seed.csv" not in written and not any(n.endswith((".md", ".tex", ".png")) and n != "report.md" for n in written)
+    assert {
+        "ablation_train_noise_batch_sigma.csv",
+        "ablation_train_lr.csv",
+        "trials.csv",
+        "epochs.csv",
+        "report.md",
+    } <= written
+    assert "ablation_train_seed.csv" not in written and not any(
+        n.endswith((".md", ".tex", ".png")) and n != "report.md" for n in written
+    )
 
 
 def test_analyse_rejects_user_mistakes(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 import tune_main
 from geoloc.data.cache import CacheWriter
+from geoloc.folders import StudyFolder
 
 from .studyutil import TINY_STUDY, write_study
 
@@ -35,33 +36,78 @@ CASES = [
     ("negative sigma", {"base.train.noise.batch_sigma": -0.5}, [], "base.train.noise.batch_sigma: must be >= 0"),
     ("batch size 0", {"base.train.batch_size": 0}, [], "base.train.batch_size: must be >= 1"),
     ("negative queue", {"base.train.queue_size": -4}, [], "base.train.queue_size: must be >= 0"),
-    ("zero objective weights", {"objective.weights": [0, 0, 0, 0, 0]}, [], "objective.weights: must be >= 0 with a positive sum"),
+    (
+        "zero score weights",
+        {"base.eval.score_weights": [0, 0, 0, 0, 0]},
+        [],
+        "base.eval.score_weights: must be >= 0 with a positive sum",
+    ),
+    (
+        "objective weights removed",
+        {"objective.weights": [1, 1, 1, 1, 1]},
+        [],
+        "objective.weights: removed; set base.eval.score_weights (one weight per threshold) instead",
+    ),
     ("empty thresholds", {"base.eval.thresholds_km": []}, [], "base.eval.thresholds_km: needs at least one threshold"),
-    ("space key unknown", {"search_space": {"train.nope": {"type": "choice", "values": [1]}}}, [], "search_space.train.nope: not a key"),
-    ("space value invalid", {"search_space": {"train.noise.batch_sigma": {"type": "choice", "values": [0, -1]}}}, [],
-     "search_space.train.noise.batch_sigma: value -1 is invalid"),
-    ("loguniform low 0", {"search_space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}}, [], "search_space.train.lr.low: loguniform needs low > 0"),
+    (
+        "space key unknown",
+        {"search_space": {"train.nope": {"type": "choice", "values": [1]}}},
+        [],
+        "search_space.train.nope: not a key",
+    ),
+    (
+        "space value invalid",
+        {"search_space": {"train.noise.batch_sigma": {"type": "choice", "values": [0, -1]}}},
+        [],
+        "search_space.train.noise.batch_sigma: value -1 is invalid",
+    ),
+    (
+        "loguniform low 0",
+        {"search_space": {"train.lr": {"type": "loguniform", "low": 0, "high": 1}}},
+        [],
+        "search_space.train.lr.low: loguniform needs low > 0",
+    ),
     ("grid of a range", {"search.algorithm": "grid"}, [], "search_space.train.lr: grid search needs 'choice' entries"),
-    ("when unknown", {"search_space": {"train.lr": {"type": "uniform", "low": 0.1, "high": 1, "when": {"train.x": 1}}}}, [],
-     "search_space.train.lr.when.train.x: must name an earlier"),
+    (
+        "when unknown",
+        {"search_space": {"train.lr": {"type": "uniform", "low": 0.1, "high": 1, "when": {"train.x": 1}}}},
+        [],
+        "search_space.train.lr.when.train.x: must name an earlier",
+    ),
     ("reduction factor", {"scheduler.reduction_factor": 1}, [], "scheduler.reduction_factor: must be > 1"),
     ("bad name", {"name": "a/b"}, [], "name: needs a folder-safe study name"),
     ("set epochs 0", {}, ["--set", "base.train.epochs=0"], "base.train.epochs: must be >= 1"),
     ("set malformed", {}, ["--set", "base.train.epochs"], "--set base.train.epochs: expected KEY=VALUE"),
     ("missing data path", {"base.data.train": "/nonexistent/cache"}, [], "/nonexistent/cache: not a feature cache"),
     ("gallery without LAT", lambda p: gallery_csv(p, "LATITUDE,LON\n1,2\n"), [], "gallery.csv: missing column LAT"),
-    ("gallery latitude 91", lambda p: gallery_csv(p, "LAT,LON\n1,2\n91,3\n"), [], "gallery.csv: line 3: invalid coordinate (LAT=91"),
-    ("gallery NaN longitude", lambda p: gallery_csv(p, "LAT,LON\n1,2\n3,nan\n"), [], "gallery.csv: line 3: invalid coordinate"),
+    (
+        "gallery latitude 91",
+        lambda p: gallery_csv(p, "LAT,LON\n1,2\n91,3\n"),
+        [],
+        "gallery.csv: line 3: invalid coordinate (LAT=91",
+    ),
+    (
+        "gallery NaN longitude",
+        lambda p: gallery_csv(p, "LAT,LON\n1,2\n3,nan\n"),
+        [],
+        "gallery.csv: line 3: invalid coordinate",
+    ),
     ("gallery empty", lambda p: gallery_csv(p, ""), [], "gallery.csv: not a readable CSV"),
-    ("cache manifest mismatch", lambda p: {"base.data.train": small_cache(p, "a", 8), "base.data.val": [small_cache(p, "b", 16)]}, [],
-     "feature_dim 16 differs from the training cache's 8"),
+    (
+        "cache manifest mismatch",
+        lambda p: {"base.data.train": small_cache(p, "a", 8), "base.data.val": [small_cache(p, "b", 16)]},
+        [],
+        "feature_dim 16 differs from the training cache's 8",
+    ),
     ("resume nothing", {}, ["--resume"], "--resume:"),
     ("missing study file", None, [], "nope.yaml: file not found"),
 ]
 
 
 @pytest.mark.parametrize("case,changes,extra,expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, offline_root_session, capsys, case, changes, extra, expected):
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    tmp_path, offline_root_session, capsys, case, changes, extra, expected
+):
     study = copy.deepcopy(TINY_STUDY)
     study_file = tmp_path / "nope.yaml"
     if changes is not None:
@@ -93,10 +139,10 @@ def test_existing_study_is_not_overwritten(tmp_path, offline_root_session, capsy
     study_file = write_study(tmp_path / "study.yaml", TINY_STUDY, offline_root_session)
     existing = tmp_path / "storage" / "tiny"
     existing.mkdir(parents=True)
-    (existing / "optuna.db").write_text("")
+    StudyFolder(existing).optuna_db.write_text("")
     assert tune_main.main([str(study_file), "--storage", str(tmp_path / "storage")]) == 2
     assert "already holds a study; use --resume" in capsys.readouterr().err
-    assert sorted(p.name for p in existing.iterdir()) == ["optuna.db"]
+    assert sorted(p.name for p in existing.iterdir()) == [StudyFolder.OPTUNA_DB]
 
 
 @pytest.mark.slow
@@ -105,6 +151,11 @@ def test_more_gpus_than_the_cluster_has(tmp_path, offline_root_session):
 
     study = copy.deepcopy(TINY_STUDY)
     study["resources"] = {"cpu": 1, "gpu": 1}
-    proc = run(write_study(tmp_path / "study.yaml", study, offline_root_session), "--storage", tmp_path / "storage", timeout=180)
+    proc = run(
+        write_study(tmp_path / "study.yaml", study, offline_root_session),
+        "--storage",
+        tmp_path / "storage",
+        timeout=180,
+    )
     assert proc.returncode == 2 and "resources.gpu: a trial asks for 1 GPU, the cluster has 0" in proc.stderr
     assert not (tmp_path / "storage").exists()

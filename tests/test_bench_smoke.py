@@ -34,7 +34,16 @@ def test_eval_agrees_with_published():
 
 def test_location_encoder_agrees_and_bf16_runs(tmp_path):
     tiny = {
-        "data": {"offline": {"n_train": 300, "n_val": 50, "n_gallery": 300, "feature_dim": 32, "views": 1, "root": str(tmp_path)}},
+        "data": {
+            "offline": {
+                "n_train": 300,
+                "n_val": 50,
+                "n_gallery": 300,
+                "feature_dim": 32,
+                "views": 1,
+                "root": str(tmp_path),
+            }
+        },
         "model": {"hidden_dim": 32, "depth": 1, "rff_features": 16, "embed_dim": 16, "image_hidden_dim": 32},
         "train": {"batch_size": 100, "queue_size": 100},
     }
@@ -79,11 +88,11 @@ def test_gpu_packing_studies_are_valid(level, tmp_path):
     """The GPU side cannot run on a machine without one; its study files must still validate."""
     import yaml
 
-    from geoloc.study import load_study
+    from geoloc.study import load_study_file
 
     path = tmp_path / "packing.yaml"
     path.write_text(yaml.safe_dump(bench_packing.study_spec(level, gpu=True, quick=False)))
-    study = load_study(path)
+    study = load_study_file(path)
     assert study.resources.gpu == 1 / level and study.search.max_concurrent == level
     assert study.base.train.device == "cuda" and study.base.model.hidden_dim == 1024
 

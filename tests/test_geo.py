@@ -42,7 +42,9 @@ def test_noise_has_the_requested_sigma_in_km(sigma_km):
 
 def test_noise_keeps_coordinates_valid_at_poles_and_date_line():
     rng = torch.Generator().manual_seed(1)
-    edge = torch.tensor([[90.0, 0.0], [-90.0, 45.0], [89.999, 179.999], [0.0, -180.0], [-89.99, -179.99]], dtype=torch.float64)
+    edge = torch.tensor(
+        [[90.0, 0.0], [-90.0, 45.0], [89.999, 179.999], [0.0, -180.0], [-89.99, -179.99]], dtype=torch.float64
+    )
     moved = gps_noise(edge.repeat(5000, 1), 50.0, rng)
     assert len(invalid_coordinate_rows(moved.numpy())) == 0
     assert torch.isfinite(moved).all()
@@ -74,8 +76,12 @@ def test_nearest_gallery_distance_equals_the_brute_force_minimum():
 
     rng = np.random.default_rng(2)
     gallery = rng.uniform([-90, -180], [90, 180], size=(3000, 2))
-    points = np.concatenate([gallery[:200] + rng.normal(scale=0.001, size=(200, 2)),  # metres away
-                             rng.uniform([-90, -180], [90, 180], size=(300, 2))])
+    points = np.concatenate(
+        [
+            gallery[:200] + rng.normal(scale=0.001, size=(200, 2)),  # metres away
+            rng.uniform([-90, -180], [90, 180], size=(300, 2)),
+        ]
+    )
     points = np.clip(points, [-90, -180], [90, 180])
     brute = haversine_km(points[:, None, :], gallery[None, :, :]).min(axis=1)
     np.testing.assert_allclose(nearest_distance_km(points, gallery, chunk=128), brute, rtol=1e-9, atol=1e-6)

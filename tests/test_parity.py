@@ -17,10 +17,12 @@ EDGE_COORDS = [[90.0, 0.0], [-90.0, 0.0], [89.99, 179.99], [0.0, 180.0], [0.0, -
 def test_location_encoder_matches_published_embeddings():
     ours = LocationEncoder.from_geoclip().eval()
     published = geoclip.LocationEncoder(from_pretrained=True).eval()
-    coords = torch.cat([
-        torch.tensor(EDGE_COORDS),
-        torch.from_numpy(np.random.default_rng(0).uniform([-90, -180], [90, 180], (500, 2))).float(),
-    ])
+    coords = torch.cat(
+        [
+            torch.tensor(EDGE_COORDS),
+            torch.from_numpy(np.random.default_rng(0).uniform([-90, -180], [90, 180], (500, 2))).float(),
+        ]
+    )
     with torch.no_grad():
         a, b = ours(coords), published(coords)
     err = (a - b).abs().max().item()
@@ -46,7 +48,7 @@ def _published_model_on_features(queue_size):
 
 
 def test_one_training_step_gives_the_published_loss():
-    from geoloc.config import RunConfig, TrainConfig
+    from geoloc.config import JobConfig, TrainConfig
     from geoloc.train import Trainer
 
     batch, queue_size = 16, 32
@@ -66,13 +68,15 @@ def test_one_training_step_gives_the_published_loss():
             captured.append(loss.item())
             return loss
 
-    geoclip.train([(feats, gps)], published, published_opt, epoch=1, batch_size=batch, device="cpu", criterion=Capture())
+    geoclip.train(
+        [(feats, gps)], published, published_opt, epoch=1, batch_size=batch, device="cpu", criterion=Capture()
+    )
 
     ours = GeoCLIP(ModelConfig(), feature_dim=768, queue_size=queue_size)
     ours.load_geoclip_weights()
     ours.queue.push(queue)
     trainer = Trainer.__new__(Trainer)  # the step alone, without data loading
-    trainer.cfg = RunConfig(train=TrainConfig(queue_size=queue_size))
+    trainer.cfg = JobConfig(train=TrainConfig(queue_size=queue_size))
     trainer.model, trainer.device, trainer.generator = ours, torch.device("cpu"), torch.Generator()
     trainer.optimizer = torch.optim.Adam(ours.parameters(), lr=3e-5, weight_decay=1e-6)
     our_loss = trainer.train_step(feats, gps)
@@ -89,7 +93,9 @@ def test_accuracies_equal_the_published_geodesic_evaluation():
 
     rng = np.random.default_rng(1)
     gallery = rng.uniform([-60, -180], [70, 180], (2000, 2))
-    targets = gallery[rng.integers(0, len(gallery), 600)] + rng.normal(scale=[0.5, 0.5], size=(600, 2)) * rng.choice([0.001, 0.1, 3, 20], size=(600, 1))
+    targets = gallery[rng.integers(0, len(gallery), 600)] + rng.normal(scale=[0.5, 0.5], size=(600, 2)) * rng.choice(
+        [0.001, 0.1, 3, 20], size=(600, 1)
+    )
     targets = np.clip(targets, [-90, -180], [90, 180])
     preds = rng.integers(0, len(gallery), 600)
     preds[:300] = np.argmin(haversine_km(targets[:300, None], gallery[None]), axis=1)  # many near hits
@@ -98,7 +104,7 @@ def test_accuracies_equal_the_published_geodesic_evaluation():
     ours = accuracy_metrics(haversine_km(gallery[preds], targets), cfg)
     from geopy.distance import geodesic
 
-    geodesic_km = np.array([geodesic(gallery[p], t).km for p, t in zip(preds, targets)])
+    geodesic_km = np.array([geodesic(gallery[p], t).km for p, t in zip(preds, targets, strict=True)])
     great_circle_km = haversine_km(gallery[preds], targets)
     # A sphere of mean radius differs from the WGS84 geodesic by at most ~0.56%.
     band = 0.006

@@ -17,12 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.config import ConfigError, DataConfig, RunConfig, from_dict
+from geoloc.config import ConfigError, DataConfig, JobConfig, parse_job
 from geoloc.data import Data, load_data
 from geoloc.data.cache import CacheWriter, DataError, open_cache
 from geoloc.data.features import extract
 from geoloc.data.images import read_dataset
+from geoloc.data.request import ExtractionRequest
 from geoloc.evaluate import accuracy_metrics
+from geoloc.folders import TrialFolder
 from geoloc.geo import haversine_km
 from geoloc.train import Trainer, train
 
@@ -66,26 +68,36 @@ def dataset(tmp_path_factory):
     root = base / "images"
     train_coords = make_images(root, base / "train.csv", 48, seed=1, prefix="train")
     eval_coords = make_images(root, base / "eval.csv", 16, seed=2, prefix="eval")
-    return {"base": base, "root": root, "train_csv": base / "train.csv", "eval_csv": base / "eval.csv",
-            "train_coords": train_coords, "eval_coords": eval_coords}
+    return {
+        "base": base,
+        "root": root,
+        "train_csv": base / "train.csv",
+        "eval_csv": base / "eval.csv",
+        "train_coords": train_coords,
+        "eval_coords": eval_coords,
+    }
 
 
 @pytest.fixture(scope="module")
 def caches(dataset, tiny_vit):
     base = dataset["base"]
     common = {"images": dataset["root"], "model": tiny_vit, "pretrained": "random", "batch_size": 8, "workers": 0}
-    train_cache = extract(dataset["train_csv"], out=base / "mp16_mini", views=K, shard_size=16, **common)
-    eval_cache = extract(dataset["eval_csv"], out=base / "im2gps_mini", eval=True, **common)
+    train_cache = extract(
+        ExtractionRequest(dataset["train_csv"], out=base / "mp16_mini", views=K, shard_size=16, **common)
+    )
+    eval_cache = extract(ExtractionRequest(dataset["eval_csv"], out=base / "im2gps_mini", eval=True, **common))
     return {"train": train_cache, "eval": eval_cache}
 
 
-def run_config(caches, **data) -> RunConfig:
-    return from_dict(RunConfig, {
-        "data": {"train": str(caches["train"]), "val": [str(caches["eval"])], "gallery": "train", **data},
-        "model": SMALL_MODEL,
-        "train": {"epochs": 2, "batch_size": 16, "queue_size": 32, "lr": 1e-3, "threads": 1},
-        "eval": {"val_negatives": 16},
-    })
+def run_config(caches, **data) -> JobConfig:
+    return parse_job(
+        {
+            "data": {"train": str(caches["train"]), "val": [str(caches["eval"])], "gallery": "train", **data},
+            "model": SMALL_MODEL,
+            "train": {"epochs": 2, "batch_size": 16, "queue_size": 32, "lr": 1e-3, "threads": 1},
+            "eval": {"val_negatives": 16},
+        }
+    )
 
 
 def cli(module: str, *args) -> subprocess.CompletedProcess:
@@ -110,7 +122,11 @@ def test_caches_hold_k_plus_one_views_per_training_image_and_ten_per_evaluation_
     assert np.abs(f[:, 1:] - f[:, :1]).max(axis=-1).min() > 0
     assert np.abs(np.asarray(eval_cache.features[:, 0]) - np.asarray(eval_cache.features[:, 4])).max() > 0
     index = (caches["train"] / "images.csv").read_text().splitlines()
-    assert index[0] == "row,image,lat,lon,csv_line" and index[1].startswith("0,train/0/0000.png,") and index[1].endswith(",2")
+    assert (
+        index[0] == "row,image,lat,lon,csv_line"
+        and index[1].startswith("0,train/0/0000.png,")
+        and index[1].endswith(",2")
+    )
     assert (caches["train"] / "missing_images.csv").read_text().strip() == "row,line,image,reason"
     assert not Path(str(caches["train"]) + ".partial").exists()
 
@@ -118,16 +134,32 @@ def test_caches_hold_k_plus_one_views_per_training_image_and_ten_per_evaluation_
 def test_the_same_request_reuses_the_cache_and_another_is_refused(caches, dataset, tiny_vit):
     before = (caches["train"] / "features.npy").stat().st_mtime_ns
     common = {"images": dataset["root"], "model": tiny_vit, "pretrained": "random", "workers": 0}
-    extract(dataset["train_csv"], out=caches["train"], views=K, **common)
+    extract(ExtractionRequest(dataset["train_csv"], out=caches["train"], views=K, **common))
     assert (caches["train"] / "features.npy").stat().st_mtime_ns == before
-    with pytest.raises(DataError, match=r"mp16_mini: an existing cache built for another request: views=3 \(requested 5\)"):
-        extract(dataset["train_csv"], out=caches["train"], views=4, **common)
+    with pytest.raises(
+        DataError, match=r"mp16_mini: an existing cache built for another request: views=3 \(requested 5\)"
+    ):
+        extract(ExtractionRequest(dataset["train_csv"], out=caches["train"], views=4, **common))
     with pytest.raises(DataError, match=r"weights='random\(seed=0\)' \(requested 'random\(seed=1\)'\)"):
-        extract(dataset["train_csv"], out=caches["train"], views=K, **{**common, "seed": 1})
-    proc = cli("geoloc.data.features", dataset["train_csv"], "--images", dataset["root"], "--out", caches["train"],
-               "--model", tiny_vit, "--pretrained", "random", "--eval")
+        extract(ExtractionRequest(dataset["train_csv"], out=caches["train"], views=K, **{**common, "seed": 1}))
+    proc = cli(
+        "geoloc.data.features",
+        dataset["train_csv"],
+        "--images",
+        dataset["root"],
+        "--out",
+        caches["train"],
+        "--model",
+        tiny_vit,
+        "--pretrained",
+        "random",
+        "--eval",
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert "mp16_mini: an existing cache built for another request: views=3 (requested 10); view_kind='train' (requested 'eval')" in proc.stderr
+    assert (
+        "mp16_mini: an existing cache built for another request: views=3 (requested 10); "
+        "view_kind='train' (requested 'eval')" in proc.stderr
+    )
     assert (caches["train"] / "features.npy").stat().st_mtime_ns == before
 
 
@@ -135,7 +167,7 @@ def test_trainer_draws_one_view_per_image_and_other_views_in_other_epochs(caches
     trainer = Trainer(run_config(caches))
     epochs = []
     for _ in range(3):
-        idx, views = map(np.concatenate, zip(*trainer.batches()))
+        idx, views = map(np.concatenate, zip(*trainer.batches(), strict=True))
         assert sorted(idx.tolist()) == list(range(48))  # every image once per epoch
         assert views.min() >= 0 and views.max() <= K
         epochs.append(views[np.argsort(idx)])
@@ -147,18 +179,24 @@ def test_trainer_draws_one_view_per_image_and_other_views_in_other_epochs(caches
 
 
 def test_train_and_evaluate_end_to_end_on_extracted_caches(caches, dataset, tmp_path):
-    cfg = run_config(caches)
-    cfg.data.val.append(str(caches["train"]))  # a second evaluation set, reported under its own name
+    cfg = run_config(caches, val=[str(caches["eval"]), str(caches["train"])])  # the second reported under its own name
     metrics = train(cfg, tmp_path / "run")
     assert metrics["epoch"] == 2 and np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["val_loss"])
-    for key in ("acc_1km", "acc_2500km", "median_km", "score", "mp16_mini_acc_2500km", "mp16_mini_score", "mp16_mini_val_loss"):
+    for key in (
+        "acc_1km",
+        "acc_2500km",
+        "median_km",
+        "score",
+        "mp16_mini_acc_2500km",
+        "mp16_mini_score",
+        "mp16_mini_val_loss",
+    ):
         assert key in metrics, key
     # the first set drives score: recompute it from its accuracies
     assert metrics["score"] == pytest.approx(np.mean([metrics[f"acc_{t}km"] for t in (1, 25, 200, 750, 2500)]))
     # gallery "train": the training coordinates; every training image has its own location in it
     assert metrics["mp16_mini_ceiling_1km"] == 1.0
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+    assert [row["epoch"] for row in TrialFolder(tmp_path / "run").read_metrics().rows] == [1, 2]
 
 
 def test_galleries_with_a_real_cache(caches, dataset, tmp_path):
@@ -167,10 +205,15 @@ def test_galleries_with_a_real_cache(caches, dataset, tmp_path):
     np.testing.assert_array_equal(data.gallery, np.unique(dataset["train_coords"], axis=0))
     assert list(data.val) == ["im2gps_mini"]
     geoclip = load_data(DataConfig(train=cfg.train, val=cfg.val, gallery="geoclip", gallery_size=500)).gallery
-    assert geoclip.shape == (500, 2) and np.array_equal(geoclip, load_data(DataConfig(train=cfg.train, val=cfg.val, gallery="geoclip", gallery_size=500)).gallery)
+    assert geoclip.shape == (500, 2) and np.array_equal(
+        geoclip, load_data(DataConfig(train=cfg.train, val=cfg.val, gallery="geoclip", gallery_size=500)).gallery
+    )
     csv = tmp_path / "gallery.csv"
     csv.write_text("lat,lon\n10,20\n-30.5,140\n")
-    assert load_data(DataConfig(train=cfg.train, val=cfg.val, gallery=str(csv))).gallery.tolist() == [[10, 20], [-30.5, 140]]
+    assert load_data(DataConfig(train=cfg.train, val=cfg.val, gallery=str(csv))).gallery.tolist() == [
+        [10, 20],
+        [-30.5, 140],
+    ]
     thin = load_data(DataConfig(train=cfg.train, val=cfg.val, gallery="train", gallery_size=10)).gallery
     assert len(thin) == 10 and all(any((row == g).all() for g in data.gallery) for row in thin)
 
@@ -193,9 +236,13 @@ def test_tencrop_evaluation_is_the_mean_of_the_per_view_logits(caches):
         gallery_emb = evaluator.gallery_embeddings(model)
         scale = model.logit_scale.exp()
         feats = torch.from_numpy(np.asarray(cache.features, dtype=np.float32))
-        per_view = torch.stack([scale * model.encode_images(feats[:, v]) @ gallery_emb.T for v in range(10)])  # (10, n, G)
+        per_view = torch.stack(
+            [scale * model.encode_images(feats[:, v]) @ gallery_emb.T for v in range(10)]
+        )  # (10, n, G)
         mean_logits = per_view.mean(dim=0)
-        np.testing.assert_allclose(mean_logits, scale * evaluator.image_embeddings(model, 0, len(cache)) @ gallery_emb.T, atol=1e-5)
+        np.testing.assert_allclose(
+            mean_logits, scale * evaluator.image_embeddings(model, 0, len(cache)) @ gallery_emb.T, atol=1e-5
+        )
     predicted = trainer.data.gallery[mean_logits.argmax(dim=1).numpy()]
     expected = accuracy_metrics(haversine_km(predicted, cache.coords), trainer.cfg.eval)
     got = evaluator(model, trainer.autocast)
@@ -207,29 +254,47 @@ def test_tencrop_evaluation_is_the_mean_of_the_per_view_logits(caches):
 
 
 def test_killed_extraction_resumes_to_the_same_bytes(dataset, tiny_vit, tmp_path):
-    common = {"images": dataset["root"], "model": tiny_vit, "pretrained": "random", "views": K, "shard_size": 16, "batch_size": 8}
-    straight = extract(dataset["train_csv"], out=tmp_path / "straight", workers=2, **common)
+    common = {
+        "images": dataset["root"],
+        "model": tiny_vit,
+        "pretrained": "random",
+        "views": K,
+        "shard_size": 16,
+        "batch_size": 8,
+    }
+    straight = extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "straight", workers=2, **common))
     with pytest.raises(KeyboardInterrupt):
-        extract(dataset["train_csv"], out=tmp_path / "resumed", workers=0, _stop_after_shards=1, **common)
+        extract(
+            ExtractionRequest(dataset["train_csv"], out=tmp_path / "resumed", workers=0, **common), stop_after_shards=1
+        )
     partial = tmp_path / "resumed.partial"
     assert sorted(p.name for p in partial.glob("shard_*.json")) == ["shard_000000.json"]
     assert not (tmp_path / "resumed").exists()  # nothing half-written where the cache goes
-    resumed = extract(dataset["train_csv"], out=tmp_path / "resumed", workers=0, **common)
+    resumed = extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "resumed", workers=0, **common))
     assert not partial.exists()
     for name in ("features.npy", "coords.npy", "manifest.json", "images.csv", "missing_images.csv"):
         assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
 
 
 def test_a_rerun_keeps_finished_shards_and_refuses_a_partial_of_another_request(dataset, tiny_vit, tmp_path):
-    common = {"images": dataset["root"], "model": tiny_vit, "pretrained": "random", "views": K, "shard_size": 16,
-              "batch_size": 8, "workers": 0}
+    common = {
+        "images": dataset["root"],
+        "model": tiny_vit,
+        "pretrained": "random",
+        "views": K,
+        "shard_size": 16,
+        "batch_size": 8,
+        "workers": 0,
+    }
     with pytest.raises(KeyboardInterrupt):
-        extract(dataset["train_csv"], out=tmp_path / "c", _stop_after_shards=1, **common)
+        extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **common), stop_after_shards=1)
     shard = tmp_path / "c.partial" / "shard_000000.npy"
     np.save(shard, np.full(np.load(shard).shape, 7, np.float16))  # marks the finished shard
-    with pytest.raises(DataError, match=r"c.partial: a partial extraction for another request: views=3 \(requested 5\)"):
-        extract(dataset["train_csv"], out=tmp_path / "c", **{**common, "views": 4})
-    cache = open_cache(extract(dataset["train_csv"], out=tmp_path / "c", **common))
+    with pytest.raises(
+        DataError, match=r"c.partial: a partial extraction for another request: views=3 \(requested 5\)"
+    ):
+        extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **{**common, "views": 4}))
+    cache = open_cache(extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **common)))
     assert (np.asarray(cache.features[:16]) == 7).all() and not (np.asarray(cache.features[16:]) == 7).any()
 
 
@@ -240,11 +305,28 @@ def test_kill_resume_through_the_command_line(tiny_vit, tmp_path):
     import time
 
     make_images(tmp_path / "images", tmp_path / "set.csv", 160, seed=4, prefix="k")
-    args = ["geoloc.data.features", tmp_path / "set.csv", "--images", tmp_path / "images", "--model", tiny_vit,
-            "--pretrained", "random", "--views", K, "--shard-size", 8, "--batch-size", 8, "--workers", 1]
+    args = [
+        "geoloc.data.features",
+        tmp_path / "set.csv",
+        "--images",
+        tmp_path / "images",
+        "--model",
+        tiny_vit,
+        "--pretrained",
+        "random",
+        "--views",
+        K,
+        "--shard-size",
+        8,
+        "--batch-size",
+        8,
+        "--workers",
+        1,
+    ]
     out, partial = tmp_path / "killed", tmp_path / "killed.partial"
-    proc = subprocess.Popen([sys.executable, "-m", *map(str, args), "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *map(str, args), "--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 60
     while not list(partial.glob("shard_*.json")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
@@ -266,14 +348,28 @@ def test_kill_resume_through_the_command_line(tiny_vit, tmp_path):
 GOOD_ROWS = ["train/0/0000.png,10.5,20.25", "train/1/0001.jpg,-33.9,151.2", "train/2/0002.jpg,48.85,2.35"]
 BAD_CSV = {
     "missing-column": ("IMG_ID,LAT\ntrain/0/0000.png,10\n", "missing column for longitude"),
-    "non-numeric": ("IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/0/0003.jpg,north,2\n", "line 5: LAT 'north' is not a finite number"),
-    "out-of-range": ("IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/0/0003.jpg,95,120\n", "line 5: LAT 95 out of range [-90, 90]"),
-    "swapped": ("IMG_ID,LON,LAT\ntrain/0/0000.png,10.5,20.25\ntrain/1/0001.jpg,-33.9,151.2\ntrain/2/0002.jpg,48.85,-122.4\n",
-                "columns LAT and LON look swapped"),
+    "non-numeric": (
+        "IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/0/0003.jpg,north,2\n",
+        "line 5: LAT 'north' is not a finite number",
+    ),
+    "out-of-range": (
+        "IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/0/0003.jpg,95,120\n",
+        "line 5: LAT 95 out of range [-90, 90]",
+    ),
+    "swapped": (
+        "IMG_ID,LON,LAT\ntrain/0/0000.png,10.5,20.25\ntrain/1/0001.jpg,-33.9,151.2\ntrain/2/0002.jpg,48.85,-122.4\n",
+        "columns LAT and LON look swapped",
+    ),
     "empty": ("", "empty file"),
     "header-only": ("IMG_ID,LAT,LON\n", "no rows"),
-    "duplicate-row": ("IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\n" + GOOD_ROWS[1] + "\n", "line 5: IMG_ID train/1/0001.jpg repeats line 3 (a duplicate row"),
-    "duplicate-image": ("IMG_FILE,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/1/0001.jpg,1,1\n", "repeats line 3 (the same image with other coordinates"),
+    "duplicate-row": (
+        "IMG_ID,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\n" + GOOD_ROWS[1] + "\n",
+        "line 5: IMG_ID train/1/0001.jpg repeats line 3 (a duplicate row",
+    ),
+    "duplicate-image": (
+        "IMG_FILE,LAT,LON\n" + "\n".join(GOOD_ROWS) + "\ntrain/1/0001.jpg,1,1\n",
+        "repeats line 3 (the same image with other coordinates",
+    ),
     "empty-path": ("IMG_ID,LAT,LON\n" + GOOD_ROWS[0] + "\n,1,2\n", "line 3: empty IMG_ID"),
 }
 CLI_CASES = {"missing-column", "swapped", "duplicate-row"}
@@ -288,8 +384,18 @@ def test_malformed_csv_is_rejected_with_file_and_line(case, dataset, tiny_vit, t
         read_dataset(csv, dataset["root"])
     assert message in str(err.value) and str(csv) in str(err.value)
     if case in CLI_CASES:
-        proc = cli("geoloc.data.features", csv, "--images", dataset["root"], "--out", tmp_path / "cache",
-                   "--model", tiny_vit, "--pretrained", "random")
+        proc = cli(
+            "geoloc.data.features",
+            csv,
+            "--images",
+            dataset["root"],
+            "--out",
+            tmp_path / "cache",
+            "--model",
+            tiny_vit,
+            "--pretrained",
+            "random",
+        )
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         assert message in proc.stderr and str(csv) in proc.stderr and "Traceback" not in proc.stderr
         assert not (tmp_path / "cache").exists()
@@ -297,7 +403,11 @@ def test_malformed_csv_is_rejected_with_file_and_line(case, dataset, tiny_vit, t
 
 def test_named_columns_and_the_official_loader_header(dataset, tmp_path):
     csv = tmp_path / "named.csv"
-    csv.write_text("photo,lng,latitude,extra\n" + "\n".join(f"{p},{lon},{lat},x" for p, lat, lon in (r.split(",") for r in GOOD_ROWS)) + "\n")
+    csv.write_text(
+        "photo,lng,latitude,extra\n"
+        + "\n".join(f"{p},{lon},{lat},x" for p, lat, lon in (r.split(",") for r in GOOD_ROWS))
+        + "\n"
+    )
     ds = read_dataset(csv, dataset["root"], image_column="photo")
     assert ds.coords.tolist() == [[10.5, 20.25], [-33.9, 151.2], [48.85, 2.35]] and ds.lines.tolist() == [2, 3, 4]
     swapped = tmp_path / "swapped.csv"
@@ -315,7 +425,19 @@ def test_missing_and_corrupt_images_are_listed_and_left_out(dataset, tiny_vit, t
     (root / "p/2/0002.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # corrupt
     jpeg = (root / "p/0/0003.jpg").read_bytes()
     (root / "p/0/0003.jpg").write_bytes(jpeg[: len(jpeg) // 3])  # truncated
-    args = [tmp_path / "set.csv", "--images", root, "--model", tiny_vit, "--pretrained", "random", "--views", 1, "--workers", 0]
+    args = [
+        tmp_path / "set.csv",
+        "--images",
+        root,
+        "--model",
+        tiny_vit,
+        "--pretrained",
+        "random",
+        "--views",
+        1,
+        "--workers",
+        0,
+    ]
     proc = cli("geoloc.data.features", *args, "--out", tmp_path / "cache", "--max-missing", 0.2)
     assert proc.returncode == 0, proc.stderr
     assert "1 of 24 images missing" in proc.stdout and "(3 missing or unreadable" in proc.stdout
@@ -330,13 +452,34 @@ def test_missing_and_corrupt_images_are_listed_and_left_out(dataset, tiny_vit, t
     assert report[2].startswith("2,4,p/2/0002.jpg,unreadable") and report[3].startswith("3,5,p/0/0003.jpg,unreadable")
     # over the allowed share: exit 2, one line naming the count and where the list is
     with pytest.raises(DataError) as err:
-        extract(tmp_path / "set.csv", root, tmp_path / "strict", model=tiny_vit, pretrained="random", views=1, workers=0, max_missing=0.1)
+        extract(
+            ExtractionRequest(
+                tmp_path / "set.csv",
+                root,
+                tmp_path / "strict",
+                model=tiny_vit,
+                pretrained="random",
+                views=1,
+                workers=0,
+                max_missing=0.1,
+            )
+        )
     assert "3 of 24 images (12.5%) missing or unreadable" in str(err.value) and "line 3" in str(err.value)
     assert "strict.partial/missing_images.csv" in str(err.value)
     assert not (tmp_path / "strict").exists()
     assert (tmp_path / "strict.partial" / "missing_images.csv").read_text().splitlines() == report
     # the check-only command finds the same
-    proc = cli("geoloc.data.images", tmp_path / "set.csv", "--images", root, "--decode", "--report", tmp_path / "r.csv", "--max-missing", 0.2)
+    proc = cli(
+        "geoloc.data.images",
+        tmp_path / "set.csv",
+        "--images",
+        root,
+        "--decode",
+        "--report",
+        tmp_path / "r.csv",
+        "--max-missing",
+        0.2,
+    )
     assert proc.returncode == 0 and "3 images missing or unreadable" in proc.stdout, proc.stderr
     assert (tmp_path / "r.csv").read_text().splitlines() == report
 
@@ -344,16 +487,40 @@ def test_missing_and_corrupt_images_are_listed_and_left_out(dataset, tiny_vit, t
 def test_bad_options_exit_2(dataset, tiny_vit, tmp_path):
     common = [dataset["train_csv"], "--images", dataset["root"], "--out", tmp_path / "c"]
     proc = cli("geoloc.data.features", *common, "--model", tiny_vit, "--checkpoint", tmp_path / "nope.pt")
-    assert proc.returncode == 2 and "--checkpoint " in proc.stderr and "nope.pt: file not found" in proc.stderr, proc.stderr
+    assert proc.returncode == 2 and "--checkpoint " in proc.stderr and "nope.pt: file not found" in proc.stderr, (
+        proc.stderr
+    )
     assert proc.stderr.count("\n") == 1 and not (tmp_path / "c").exists() and not (tmp_path / "c.partial").exists()
     with pytest.raises(DataError, match="--model ViT-Nonexistent: not an open_clip model"):
-        extract(dataset["train_csv"], dataset["root"], tmp_path / "c", model="ViT-Nonexistent", pretrained="random")
+        extract(
+            ExtractionRequest(
+                dataset["train_csv"], dataset["root"], tmp_path / "c", model="ViT-Nonexistent", pretrained="random"
+            )
+        )
     with pytest.raises(DataError, match="--pretrained laion9b: not a pretrained tag of ViT-B-32"):
-        extract(dataset["train_csv"], dataset["root"], tmp_path / "c", model="ViT-B-32", pretrained="laion9b")
+        extract(
+            ExtractionRequest(
+                dataset["train_csv"], dataset["root"], tmp_path / "c", model="ViT-B-32", pretrained="laion9b"
+            )
+        )
     with pytest.raises(DataError, match="exclude each other"):
-        extract(dataset["eval_csv"], dataset["root"], tmp_path / "c", model=tiny_vit, pretrained="random", views=3, eval=True)
+        extract(
+            ExtractionRequest(
+                dataset["eval_csv"],
+                dataset["root"],
+                tmp_path / "c",
+                model=tiny_vit,
+                pretrained="random",
+                views=3,
+                eval=True,
+            )
+        )
     with pytest.raises(DataError, match="image folder not found"):
-        extract(dataset["eval_csv"], tmp_path / "nowhere", tmp_path / "c", model=tiny_vit, pretrained="random")
+        extract(
+            ExtractionRequest(
+                dataset["eval_csv"], tmp_path / "nowhere", tmp_path / "c", model=tiny_vit, pretrained="random"
+            )
+        )
 
 
 def test_a_checkpoint_file_is_named_by_its_hash(dataset, tiny_vit, tmp_path):
@@ -364,12 +531,32 @@ def test_a_checkpoint_file_is_named_by_its_hash(dataset, tiny_vit, tmp_path):
         torch.manual_seed(5)
         model = open_clip.create_model("geoloc-test-tiny-vit")
     torch.save(model.state_dict(), tmp_path / "tiny.pt")
-    out = extract(dataset["eval_csv"], dataset["root"], tmp_path / "c", model=tiny_vit, checkpoint=tmp_path / "tiny.pt", views=0, workers=0)
+    out = extract(
+        ExtractionRequest(
+            dataset["eval_csv"],
+            dataset["root"],
+            tmp_path / "c",
+            model=tiny_vit,
+            checkpoint=tmp_path / "tiny.pt",
+            views=0,
+            workers=0,
+        )
+    )
     cache = open_cache(out)
     from geoloc.data.images import file_sha256
 
     assert cache.manifest["weights"] == "sha256:" + file_sha256(tmp_path / "tiny.pt") and cache.views == 1
-    random_init = extract(dataset["eval_csv"], dataset["root"], tmp_path / "r", model=tiny_vit, pretrained="random", views=0, workers=0)
+    random_init = extract(
+        ExtractionRequest(
+            dataset["eval_csv"],
+            dataset["root"],
+            tmp_path / "r",
+            model=tiny_vit,
+            pretrained="random",
+            views=0,
+            workers=0,
+        )
+    )
     assert not np.array_equal(np.asarray(cache.features), np.asarray(open_cache(random_init).features))
 
 
@@ -392,24 +579,36 @@ def test_warm_start_loads_the_published_weights(tmp_path):
 
     cache = open_cache(random_cache(tmp_path / "c768", 64, 2, 768))
     data = Data(cache, {"val": cache}, cache.coords)
-    cfg = from_dict(RunConfig, {"model": {"warm_start": True}, "train": {"batch_size": 32, "queue_size": 64, "threads": 1},
-                                "eval": {"val_negatives": 16}})
+    cfg = parse_job(
+        {
+            "model": {"warm_start": True},
+            "train": {"batch_size": 32, "queue_size": 64, "threads": 1},
+            "eval": {"val_negatives": 16},
+        }
+    )
     trainer = Trainer(cfg, data)
     for name, tensor in load_geoclip_weights("location_encoder").items():
         assert torch.equal(trainer.model.location_encoder.state_dict()[name], tensor), name
     for name, tensor in load_geoclip_weights("image_encoder_mlp").items():
         assert torch.equal(trainer.model.image_head.state_dict()[name], tensor), name
     assert trainer.model.logit_scale.item() == pytest.approx(3.681, abs=1e-3)
-    cold = Trainer(from_dict(RunConfig, {"train": {"queue_size": 64, "threads": 1}, "eval": {"val_negatives": 16}}), data)
+    cold = Trainer(parse_job({"train": {"queue_size": 64, "threads": 1}, "eval": {"val_negatives": 16}}), data)
     assert not torch.equal(cold.model.image_head[0].weight, trainer.model.image_head[0].weight)
     assert np.isfinite(trainer.train_one_epoch()["train_loss"])
 
 
 def test_warm_start_needs_the_published_architecture_and_768_features(caches):
-    with pytest.raises(ConfigError, match=r"model.warm_start: needs the published architecture; this model has .*hidden_dim=64 \(published 1024\)"):
-        from_dict(RunConfig, {"model": {**SMALL_MODEL, "warm_start": True}})
-    cfg = from_dict(RunConfig, {"data": {"train": str(caches["train"]), "val": [str(caches["eval"])], "gallery": "train"},
-                                "model": {"warm_start": True}})
+    with pytest.raises(
+        ConfigError,
+        match=r"model.warm_start: needs the published architecture; this model has .*hidden_dim=64 \(published 1024\)",
+    ):
+        parse_job({"model": {**SMALL_MODEL, "warm_start": True}})
+    cfg = parse_job(
+        {
+            "data": {"train": str(caches["train"]), "val": [str(caches["eval"])], "gallery": "train"},
+            "model": {"warm_start": True},
+        }
+    )
     with pytest.raises(ConfigError, match="model.warm_start: needs 768-d features .* has 32"):
         Trainer(cfg)
 
@@ -418,14 +617,14 @@ def test_warm_start_needs_the_published_architecture_and_768_features(caches):
 
 MEMORY_PROBE = textwrap.dedent("""
     import json, sys, psutil, numpy as np
-    from geoloc.config import RunConfig, from_dict
+    from geoloc.config import parse_job
     from geoloc.data import Data
     from geoloc.data.cache import open_cache
     from geoloc.train import Trainer
 
     train, val = open_cache(sys.argv[1]), open_cache(sys.argv[2])
-    cfg = from_dict(RunConfig, {"model": %(model)s, "train": {"batch_size": 128, "queue_size": 256, "threads": 1},
-                                "eval": {"val_negatives": 64}})
+    cfg = parse_job({"model": %(model)s, "train": {"batch_size": 128, "queue_size": 256, "threads": 1},
+                     "eval": {"val_negatives": 64}})
     trainer = Trainer(cfg, Data(train, {"val": val}, val.coords))
     import torch
     for step, (idx, views) in enumerate(trainer.batches()):  # an epoch over a sample: the first 12 batches
@@ -449,10 +648,14 @@ def test_memory_does_not_grow_with_the_cache_size(tmp_path):
     assert (large / "features.npy").stat().st_size > 240e6  # held in memory, it would show
     used = {}
     for name, cache in (("small", small), ("large", large)):
-        proc = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(cache), str(val)], capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", MEMORY_PROBE, str(cache), str(val)], capture_output=True, text=True, timeout=120
+        )
         assert proc.returncode == 0, proc.stderr
         used[name] = json.loads(proc.stdout.splitlines()[-1])
     grew = {k: (used["large"][k] - used["small"][k]) / 2**20 for k in ("rss", "private")}
-    print(f"10x larger cache: private RSS {grew['private']:+.1f} MiB, RSS {grew['rss']:+.1f} MiB; "
-          f"small cache: private RSS {used['small']['private'] / 2**20:.0f} MiB")
+    print(
+        f"10x larger cache: private RSS {grew['private']:+.1f} MiB, RSS {grew['rss']:+.1f} MiB; "
+        f"small cache: private RSS {used['small']['private'] / 2**20:.0f} MiB"
+    )
     assert grew["private"] < 20 and grew["rss"] < 20, grew

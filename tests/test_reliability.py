@@ -16,15 +16,30 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main as run_tune_main, write_study
+from geoloc.folders import Status, StudyFolder, TrialFolder
+
+from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, write_study
+from .studyutil import tune_main as run_tune_main
 
 pytestmark = pytest.mark.slow
-TIME_KEYS = {"train_s", "eval_s", "node", "node_id"}
 
 
 def start_study(study_file: Path, storage: Path, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "tune_main.py"), str(study_file), "--storage", str(storage), "--no-analysis", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tune_main.py"),
+            str(study_file),
+            "--storage",
+            str(storage),
+            "--no-analysis",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        start_new_session=True,
+    )
 
 
 def wait_for(condition, timeout=300, what=""):
@@ -37,12 +52,12 @@ def wait_for(condition, timeout=300, what=""):
 
 
 def ended(study_dir: Path) -> list[Path]:
-    return [t for t in trial_dirs(study_dir) if (t / "status.json").exists() and read_status(t)["status"] in ("finished", "stopped")] if study_dir.exists() else []
+    return [t for t in trial_dirs(study_dir) if TrialFolder(t).ended()] if study_dir.exists() else []
 
 
 def optuna_trials(study_dir: Path):
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'optuna.db'}").trials
+    return optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url).trials
 
 
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offline_root_session):
@@ -57,20 +72,23 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
     wait_for(lambda: len(ended(study_dir)) >= 3, what="3 finished trials")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, like a lost SSH session
     driver.wait()
-    before = {t.name: (t / "metrics.jsonl").read_text() for t in ended(study_dir)}
+    before = {t.name: read_metrics(t) for t in ended(study_dir)}
 
     proc = run_tune_main(study_file, "--storage", storage, "--resume", "--no-analysis")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = trial_dirs(study_dir)
     assert len(trials) == 8
     for name, metrics in before.items():  # finished trials kept, not rerun
-        assert (study_dir / name / "metrics.jsonl").read_text() == metrics
+        assert read_metrics(study_dir / name) == metrics
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in optuna_trials(study_dir)}
     for t in trials:
         status = read_status(t)
         epochs = [m["epoch"] for m in read_metrics(t)]
-        assert epochs == list(range(1, status["epochs"] + 1)), (t.name, epochs)
-        assert states[t.name.removeprefix("trial_")] == {"finished": "COMPLETE", "stopped": "PRUNED"}[status["status"]]
+        assert epochs == list(range(1, status.epochs + 1)), (t.name, epochs)
+        assert (
+            states[t.name.removeprefix("trial_")]
+            == {Status.FINISHED: "COMPLETE", Status.STOPPED: "PRUNED"}[status.status]
+        )
     assert sorted(states) == sorted(t.name.removeprefix("trial_") for t in trials)  # the two records agree
     from analysis import analyse
 
@@ -89,18 +107,19 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path, offline_root_sessi
     study_dir = tmp_path / "results" / "tiny"
     driver = start_study(study_file, tmp_path / "results")
     try:
+
         def one_epoch_done():
             trials = trial_dirs(study_dir) if study_dir.exists() else []
-            return trials and (trials[0] / "metrics.jsonl").exists() and len(read_metrics(trials[0])) >= 1
+            return trials and len(read_metrics(trials[0])) >= 1
+
         wait_for(one_epoch_done, what="the first epoch")
         trial = trial_dirs(study_dir)[0]
-        os.kill(read_status(trial)["pid"], signal.SIGKILL)  # mid-epoch 2
+        os.kill(read_status(trial).pid, signal.SIGKILL)  # mid-epoch 2
         assert driver.wait(timeout=300) == 0
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    status = read_status(trial)
-    assert status["status"] == "finished"
+    assert read_status(trial).status is Status.FINISHED
     assert [m["epoch"] for m in read_metrics(trial)] == [1, 2, 3, 4]  # no gap, no duplicate
 
 
@@ -113,9 +132,9 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, o
     proc = run_tune_main(study_file, "--storage", tmp_path / "results", "--no-analysis")
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "results" / "tiny"
-    by_lr = {json.loads((t / "trial.json").read_text())["params"]["train.lr"]: read_status(t) for t in trial_dirs(study_dir)}
-    assert by_lr[1e-3]["status"] == "finished"
-    assert by_lr[1e30]["status"] == "errored" and "loss is nan" in by_lr[1e30]["reason"]
+    by_lr = {TrialFolder(t).read_trial()["params"]["train.lr"]: read_status(t) for t in trial_dirs(study_dir)}
+    assert by_lr[1e-3].status is Status.FINISHED
+    assert by_lr[1e30].status is Status.ERRORED and "loss is nan" in by_lr[1e30].reason
     failed = [t for t in optuna_trials(study_dir) if t.state.name == "FAIL"]
     assert len(failed) == 1 and "diverged" in failed[0].user_attrs["fail_reason"]
     from analysis import analyse
@@ -125,42 +144,63 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, o
     assert (trials["status"] == "errored").sum() == 1
 
 
-def test_same_study_and_seed_give_the_same_metrics(tmp_path, offline_root_session):
-    study = copy.deepcopy(TINY_STUDY)
-    study["search"] = {"algorithm": "random", "num_samples": 3, "max_concurrent": 2}
-    study["scheduler"] = {"type": "none"}
-    study["base"]["train"]["epochs"] = 2
-    study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    runs = []
-    for run in ("a", "b"):
-        proc = run_tune_main(study_file, "--storage", tmp_path / run, "--no-analysis")
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        by_number = {}
-        for t in trial_dirs(tmp_path / run / "tiny"):
-            number = json.loads((t / "trial.json").read_text())["number"]
-            by_number[number] = [{k: v for k, v in m.items() if k not in TIME_KEYS} for m in read_metrics(t)]
-        runs.append(by_number)
-    assert runs[0] == runs[1] and len(runs[0]) == 3
-
-
-def test_tensorboard_serves_every_trial_with_hparams(tmp_path, offline_root_session):
+def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offline_root_session):
+    """A study with other thresholds (0.5, 10, 100 km): TensorBoard (served, and read back with its
+    own EventAccumulator), the analysis tables and the launcher's summary all show those accuracies."""
     study = copy.deepcopy(TINY_STUDY)
     study["search"]["num_samples"] = 3
+    study["base"]["eval"] = {"thresholds_km": [0.5, 10, 100], "score_weights": [1, 1, 1]}
+    accs = ["acc_0.5km", "acc_10km", "acc_100km"]
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    assert run_tune_main(study_file, "--storage", tmp_path / "r", "--no-analysis").returncode == 0
+    proc = run_tune_main(study_file, "--storage", tmp_path / "r")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study_dir = tmp_path / "r" / "tiny"
+    assert "acc_0.5km" in proc.stdout.split("best trial:")[1] and "acc_100km" in proc.stdout.split("top trials:")[1]
+    assert "acc_1km" not in proc.stdout.split("best trial:")[1]
+    ablation = (study_dir / "analysis" / "ablation_train_noise_batch_sigma.csv").read_text().splitlines()[0]
+    assert all(f"{a}_mean" in ablation for a in accs) and "acc_1km" not in ablation
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    for trial in trial_dirs(study_dir):
+        events = EventAccumulator(str(trial))
+        events.Reload()
+        content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
+        tags = {m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos}
+        assert {f"val/{a}" for a in accs} | {"val/score", "val/loss", "train/loss"} <= tags
+        assert not any("acc_1km" in t for t in tags)
+        assert {f"val/{a}" for a in accs} <= set(events.Tags()["scalars"])
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(study_dir), "--host", "127.0.0.1",
-                               "--port", str(port), "--reload_interval", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "tensorboard"),
+            "--logdir",
+            str(study_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def get(path, body=None):
-        req = urllib.request.Request(base + path, data=json.dumps(body).encode() if body is not None else None,
-                                     headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"})
+        req = urllib.request.Request(
+            base + path,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json", "X-XSRF-Protected": "1"},
+        )
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
+
     try:
         names = sorted(t.name for t in trial_dirs(study_dir))
 
@@ -169,15 +209,26 @@ def test_tensorboard_serves_every_trial_with_hparams(tmp_path, offline_root_sess
                 return sorted(get("/data/runs")) == names
             except OSError:
                 return False
+
         wait_for(runs_listed, timeout=120, what="tensorboard to list the runs")
         tags = get("/data/plugin/scalars/tags")
         for name in names:
-            assert {"val/score", "val/acc_1km", "train/loss"} <= set(tags[name])
+            assert {"val/score", "val/acc_0.5km", "train/loss"} <= set(tags[name])
         experiment = get("/data/plugin/hparams/experiment", {"experimentName": ""})
         assert {"train.lr", "train.noise.batch_sigma"} <= {h["name"] for h in experiment["hparamInfos"]}
-        assert "val/score" in {m["name"]["tag"] for m in experiment["metricInfos"]}
-        groups = get("/data/plugin/hparams/session_groups", {"experimentName": "", "allowedStatuses": [
-            "STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"], "colParams": [], "startIndex": 0, "sliceSize": 100})
+        assert {"val/score", "val/acc_0.5km", "val/acc_10km", "val/acc_100km"} <= {
+            m["name"]["tag"] for m in experiment["metricInfos"]
+        }
+        groups = get(
+            "/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 100,
+            },
+        )
         sessions = {s["name"] for g in groups["sessionGroups"] for s in g["sessions"]}
         assert sessions == set(names)
     finally:

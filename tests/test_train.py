@@ -1,4 +1,3 @@
-import json
 import subprocess
 import sys
 
@@ -6,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from geoloc.folders import TrialFolder
 from geoloc.model import GPSQueue
 from geoloc.train import DivergenceError, Trainer, train
 
@@ -57,16 +57,33 @@ def test_learning_is_real(small_config):
 
 
 def test_resume_is_exact(small_config, tmp_path):
-    cfg = build(small_config)
-    straight = train(cfg, tmp_path / "straight")
+    straight = train(build(small_config), tmp_path / "straight")
 
-    cfg.train.epochs = 2
-    train(cfg, tmp_path / "split")
-    cfg.train.epochs = 4
-    resumed = train(cfg, tmp_path / "split", resume=True)
+    small_config["train"]["epochs"] = 2
+    train(build(small_config), tmp_path / "split")
+    small_config["train"]["epochs"] = 4
+    seen = []
+    resumed = train(
+        build(small_config), tmp_path / "split", resume=True, on_epoch=lambda m, ckpt: seen.append(m["epoch"])
+    )
     assert resumed == {**straight, "train_s": resumed["train_s"], "eval_s": resumed["eval_s"]}
-    lines = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert [m["epoch"] for m in TrialFolder(tmp_path / "split").read_metrics().rows] == [1, 2, 3, 4]
+    assert seen == [3, 4]  # the callback (a trial's report to Ray) sees the epochs this call trained
+
+
+def test_restore_takes_the_newer_checkpoint(small_config, tmp_path):
+    """A trial restores from Ray's checkpoint or its own, whichever is further on."""
+    small_config["train"]["epochs"] = 1
+    train(build(small_config), tmp_path / "old")
+    small_config["train"]["epochs"] = 2
+    train(build(small_config), tmp_path / "new")
+    trainer = Trainer(build(small_config))
+    trainer.restore_newest([TrialFolder(tmp_path / "new").checkpoint, TrialFolder(tmp_path / "old").checkpoint, None])
+    assert trainer.epoch == 2
+    (tmp_path / "torn.pt").write_bytes(b"not a checkpoint")
+    fresh = Trainer(build(small_config))
+    fresh.restore_newest([tmp_path / "torn.pt", TrialFolder(tmp_path / "old").checkpoint])
+    assert fresh.epoch == 1
 
 
 def test_same_seed_same_metrics_and_other_seed_differs(small_config):
@@ -116,10 +133,12 @@ def test_command_line_run_writes_metrics_events_and_checkpoint(small_config, tmp
     config = tmp_path / "run.yaml"
     config.write_text(yaml.safe_dump(small_config))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "geoloc.train", str(config), "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "geoloc.train", str(config), "--out", str(out)], capture_output=True, text=True
+    )
     assert proc.returncode == 0, proc.stderr
-    assert (out / "checkpoint.pt").exists()
-    assert json.loads((out / "metrics.jsonl").read_text())["epoch"] == 1
+    assert TrialFolder(out).checkpoint.exists()
+    assert [m["epoch"] for m in TrialFolder(out).read_metrics().rows] == [1]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(out))

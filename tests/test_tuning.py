@@ -8,8 +8,9 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from geoloc.study import load_study
-from geoloc.tuning import OptunaStudySearcher
+from geoloc.folders import Status, StudyFolder
+from geoloc.searcher import OptunaStudySearcher
+from geoloc.study import load_study_file
 
 from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main, write_study
 
@@ -30,19 +31,19 @@ def test_every_trial_ran_with_records_in_ray_optuna_and_tensorboard(tiny_study):
     trials = trial_dirs(study_dir)
     assert len(trials) == TINY_STUDY["search"]["num_samples"]
     statuses = {t.name: read_status(t) for t in trials}
-    assert any(s["status"] == "stopped" and s["epochs"] < 3 for s in statuses.values()), statuses
-    assert any(s["status"] == "finished" and s["epochs"] == 3 for s in statuses.values()), statuses
+    assert any(s.status is Status.STOPPED and s.epochs < 3 for s in statuses.values()), statuses
+    assert any(s.status is Status.FINISHED and s.epochs == 3 for s in statuses.values()), statuses
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    ostudy = optuna.load_study(study_name="tiny", storage=f"sqlite:///{study_dir / 'optuna.db'}")
+    ostudy = optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url)
     by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in ostudy.trials}
     assert len(ostudy.trials) == len(trials)
     for trial in trials:
         status, metrics = statuses[trial.name], read_metrics(trial)
-        assert [m["epoch"] for m in metrics] == list(range(1, status["epochs"] + 1))
+        assert [m["epoch"] for m in metrics] == list(range(1, status.epochs + 1))
         assert list(trial.glob("checkpoint_*")), f"{trial.name} has no Ray checkpoint"
         ot = by_ray_id[trial.name.removeprefix("trial_")]
-        expected_state = {"finished": "COMPLETE", "stopped": "PRUNED"}[status["status"]]
+        expected_state = {Status.FINISHED: "COMPLETE", Status.STOPPED: "PRUNED"}[status.status]
         assert ot.state.name == expected_state
         assert ot.intermediate_values == {m["epoch"]: pytest.approx(m["score"]) for m in metrics}
         if expected_state == "COMPLETE":
@@ -51,28 +52,36 @@ def test_every_trial_ran_with_records_in_ray_optuna_and_tensorboard(tiny_study):
         events = EventAccumulator(str(trial))
         events.Reload()
         tags = set(events.Tags()["scalars"])
-        assert {"train/loss", "val/loss", "val/acc_1km", "val/acc_2500km", "val/median_km", "val/score", "temperature", "lr"} <= tags
+        assert {
+            "train/loss",
+            "val/loss",
+            "val/acc_1km",
+            "val/acc_2500km",
+            "val/median_km",
+            "val/score",
+            "temperature",
+            "lr",
+        } <= tags
         assert [e.step for e in events.Scalars("val/score")] == [m["epoch"] for m in metrics]
         from tensorboard.plugins.hparams import plugin_data_pb2
 
         hp = events.PluginTagToContent("hparams")
         start = plugin_data_pb2.HParamsPluginData.FromString(hp["_hparams_/session_start_info"]).session_start_info
         assert start.hparams["train.lr"].number_value == pytest.approx(ot.params["train.lr"])
-        assert ("_hparams_/session_end_info" in hp) == (status["status"] == "finished")
+        assert ("_hparams_/session_end_info" in hp) == (status.status is Status.FINISHED)
     assert "best trial:" in proc.stdout and "tensorboard --logdir" in proc.stdout
 
 
 def test_same_study_and_seed_give_the_same_configurations(tmp_path):
     study_file = write_study(tmp_path / "s.yaml", TINY_STUDY, str(tmp_path))
-    study = load_study(study_file)
+    study = load_study_file(study_file)
     suggestions = []
     for run in range(2):
         searcher = OptunaStudySearcher(study, tmp_path / f"run{run}", f"sqlite:///{tmp_path / f'run{run}.db'}")
         suggestions.append([searcher.suggest(f"t{i}")["params"] for i in range(5)])
     assert suggestions[0] == suggestions[1]
     assert len({s["train.lr"] for s in suggestions[0]}) == 5
-    other = copy.deepcopy(study)
-    other.seed = 1
+    other = study.model_copy(update={"seed": 1})
     searcher = OptunaStudySearcher(other, tmp_path / "other", f"sqlite:///{tmp_path / 'other.db'}")
     assert [searcher.suggest(f"t{i}")["params"] for i in range(5)] != suggestions[0]
 
@@ -104,7 +113,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, offline_root_sessi
     nodes = {read_metrics(t)[-1]["node_id"] for t in trials}
     assert len(nodes) == 2, nodes
     for t in trials:
-        assert read_status(t)["status"] == "finished" and list(t.glob("events.out.tfevents.*"))
+        assert read_status(t).status is Status.FINISHED and list(t.glob("events.out.tfevents.*"))
 
 
 def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_path):
@@ -120,7 +129,7 @@ def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_pa
     finals = {}
     for trial in trial_dirs(study_dir):
         row, metrics, status = table.loc[trial.name.removeprefix("trial_")], read_metrics(trial), read_status(trial)
-        assert row["status"] == status["status"] and row["epochs"] == len(metrics)
+        assert row["status"] == status.status.value and row["epochs"] == len(metrics)
         assert row["final_score"] == pytest.approx(metrics[-1]["score"])
         assert row["best_score"] == pytest.approx(max(m["score"] for m in metrics))
         assert row["final_ceiling_1km"] == pytest.approx(metrics[-1]["ceiling_1km"])
@@ -142,5 +151,5 @@ def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_pa
     on_front = set(pareto[pareto["front"] == "acc_1km_vs_acc_2500km"]["trial_id"])
     a1, a2 = final["acc_1km"].to_numpy(), final["acc_2500km"].to_numpy()
     dominated = [np.any((a1 >= a1[i]) & (a2 >= a2[i]) & ((a1 > a1[i]) | (a2 > a2[i]))) for i in range(len(final))]
-    assert on_front == {name.removeprefix("trial_") for name, d in zip(final.index, dominated) if not d}
+    assert on_front == {name.removeprefix("trial_") for name, d in zip(final.index, dominated, strict=True) if not d}
     assert (tmp_path / "report.md").read_text().count(".png") >= 5

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import DataConfig
+from ..config import OFFLINE, DataConfig
 from ..geo import invalid_coordinate_rows
+from ..metrics import OFFLINE_VAL_SET, eval_set_name
 from .cache import DataError, FeatureCache, open_cache
 from .synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
 
-OFFLINE = "offline"
 GALLERY_THINNING_SEED = 0  # the same thinned gallery for every trial, so scores compare
 
 
@@ -36,12 +36,16 @@ def load_data(cfg: DataConfig) -> Data:
     train = open_cache(benchmark / "train" if cfg.train == OFFLINE else cfg.train)
     val = {}
     for spec in cfg.val:
-        cache = open_cache(benchmark / "val" if spec == OFFLINE else spec)
-        name = "val" if spec == OFFLINE else Path(spec).expanduser().resolve().name
+        cache = open_cache(benchmark / OFFLINE_VAL_SET if spec == OFFLINE else spec)
+        name = eval_set_name(spec)
         if name in val:  # metrics are keyed by this name: two sets must not share it
-            raise DataError(f"{spec}: data.val names two evaluation sets {name!r} (names come from folder names); rename one")
+            raise DataError(
+                f"{spec}: data.val names two evaluation sets {name!r} (names come from folder names); rename one"
+            )
         if cache.feature_dim != train.feature_dim:
-            raise DataError(f"{spec}: feature_dim {cache.feature_dim} differs from the training cache's {train.feature_dim}")
+            raise DataError(
+                f"{spec}: feature_dim {cache.feature_dim} differs from the training cache's {train.feature_dim}"
+            )
         val[name] = cache
     return Data(train, val, load_gallery(cfg, train, benchmark))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..atomic import write_text
 from .cache import DataError
 
 IMAGE_COLUMNS = ("IMG_ID", "IMG_FILE", "IMAGE", "IMAGE_PATH", "PATH", "FILE")
@@ -78,7 +80,9 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def _pick(columns: dict[str, str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path, option: str) -> str:
+def _pick(
+    columns: dict[str, str], wanted: str | None, candidates: tuple[str, ...], what: str, path: Path, option: str
+) -> str:
     """The file's column for ``what``: the user's choice, else the first known name present."""
     names = ", ".join(columns.values()) or "none"
     if wanted is not None:
@@ -88,8 +92,10 @@ def _pick(columns: dict[str, str], wanted: str | None, candidates: tuple[str, ..
     for name in candidates:
         if name in columns:
             return columns[name]
-    raise DataError(f"{path}: missing column for {what} (looked for {', '.join(candidates)}; columns: {names}; "
-                    f"name it with {option})")
+    raise DataError(
+        f"{path}: missing column for {what} (looked for {', '.join(candidates)}; columns: {names}; "
+        f"name it with {option})"
+    )
 
 
 def read_dataset(
@@ -118,8 +124,10 @@ def read_dataset(
     lat_col = _pick(columns, lat_column, LAT_COLUMNS, "latitude", path, "--lat-column")
     lon_col = _pick(columns, lon_column, LON_COLUMNS, "longitude", path, "--lon-column")
     if len({image_col, lat_col, lon_col}) < 3:
-        raise DataError(f"{path}: image, latitude and longitude must be three different columns "
-                        f"(got {image_col}, {lat_col}, {lon_col})")
+        raise DataError(
+            f"{path}: image, latitude and longitude must be three different columns "
+            f"(got {image_col}, {lat_col}, {lon_col})"
+        )
 
     lines = np.arange(len(frame)) + FIRST_DATA_LINE
     blank = (frame == "").all(axis=1).to_numpy()
@@ -138,23 +146,28 @@ def read_dataset(
     for name, raw, values in ((lat_col, raw_lat, lat), (lon_col, raw_lon, lon)):
         bad = np.flatnonzero(~np.isfinite(values))
         if len(bad):
-            raise DataError(f"{path}: line {lines[bad[0]]}: {name} {raw.iloc[bad[0]]!r} is not a finite number "
-                            f"({len(bad)} such rows)")
+            raise DataError(
+                f"{path}: line {lines[bad[0]]}: {name} {raw.iloc[bad[0]]!r} is not a finite number "
+                f"({len(bad)} such rows)"
+            )
 
     lat_out = np.abs(lat) > 90
     if lat_out.any() and (np.abs(lon) <= 90).all():
         first = np.flatnonzero(lat_out)[0]
         raise DataError(
             f"{path}: columns {lat_col} and {lon_col} look swapped: every {lon_col} lies in [-90, 90] while "
-            f"{lat_col} has {int(lat_out.sum())} outside it (first at line {lines[first]}: {lat_col}={raw_lat.iloc[first]}); "
+            f"{lat_col} has {int(lat_out.sum())} outside it "
+            f"(first at line {lines[first]}: {lat_col}={raw_lat.iloc[first]}); "
             f"the file is probably latitude-first under swapped names: fix the header or pass "
             f"--lat-column {lon_col} --lon-column {lat_col}"
         )
     for name, raw, values, limit in ((lat_col, raw_lat, lat, 90), (lon_col, raw_lon, lon, 180)):
         bad = np.flatnonzero(np.abs(values) > limit)
         if len(bad):
-            raise DataError(f"{path}: line {lines[bad[0]]}: {name} {raw.iloc[bad[0]]} out of range "
-                            f"[-{limit}, {limit}] ({len(bad)} such rows)")
+            raise DataError(
+                f"{path}: line {lines[bad[0]]}: {name} {raw.iloc[bad[0]]} out of range "
+                f"[-{limit}, {limit}] ({len(bad)} such rows)"
+            )
 
     duplicated = pd.Series(images).duplicated(keep="first").to_numpy()
     if duplicated.any():
@@ -162,8 +175,10 @@ def read_dataset(
         original = np.flatnonzero(images == images[first])[0]
         same = lat[first] == lat[original] and lon[first] == lon[original]
         what = "a duplicate row" if same else "the same image with other coordinates"
-        raise DataError(f"{path}: line {lines[first]}: {image_col} {images[first]} repeats line {lines[original]} "
-                        f"({what}; {int(duplicated.sum())} repeated rows); remove the repeats")
+        raise DataError(
+            f"{path}: line {lines[first]}: {image_col} {images[first]} repeats line {lines[original]} "
+            f"({what}; {int(duplicated.sum())} repeated rows); remove the repeats"
+        )
 
     return ImageDataset(
         csv=path,
@@ -215,13 +230,12 @@ def write_report(path: str | Path, dataset: ImageDataset, problems: list[tuple[i
     """Write the rows whose image is missing or unreadable (row, CSV line, image path, reason)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(REPORT_COLUMNS)
-        for row, reason in sorted(problems):
-            writer.writerow([row, int(dataset.lines[row]), dataset.images[row], reason])
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(REPORT_COLUMNS)
+    for row, reason in sorted(problems):
+        writer.writerow([row, int(dataset.lines[row]), dataset.images[row], reason])
+    write_text(path, text.getvalue())
     return path
 
 
@@ -243,13 +257,18 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-column", help="image path column (default: IMG_ID, IMG_FILE, ... whichever exists)")
     parser.add_argument("--lat-column", help="latitude column (default: LAT or LATITUDE)")
     parser.add_argument("--lon-column", help="longitude column (default: LON, LNG or LONGITUDE)")
-    parser.add_argument("--max-missing", type=float, default=DEFAULT_MAX_MISSING,
-                        help="fail when more than this share of images is missing or unreadable (default 0.05)")
+    parser.add_argument(
+        "--max-missing",
+        type=float,
+        default=DEFAULT_MAX_MISSING,
+        help="fail when more than this share of images is missing or unreadable (default 0.05)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m geoloc.data.images",
-                                     description="Check a geotagged image data set (CSV rows and image files).")
+    parser = argparse.ArgumentParser(
+        prog="python -m geoloc.data.images", description="Check a geotagged image data set (CSV rows and image files)."
+    )
     add_dataset_arguments(parser)
     parser.add_argument("--decode", action="store_true", help="also decode every image (slow; finds corrupt files)")
     parser.add_argument("--report", help="where to write the missing/unreadable list (default: next to the CSV)")
@@ -270,8 +289,10 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"{dataset.csv}: {len(dataset)} rows ({dataset.columns['image']}, {dataset.columns['lat']}, "
-          f"{dataset.columns['lon']}), {len(problems)} images missing or unreadable; list in {report}")
+    print(
+        f"{dataset.csv}: {len(dataset)} rows ({dataset.columns['image']}, {dataset.columns['lat']}, "
+        f"{dataset.columns['lon']}), {len(problems)} images missing or unreadable; list in {report}"
+    )
     return 0
 
 

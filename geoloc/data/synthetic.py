@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +29,7 @@ import pandas as pd
 from ..config import OfflineBenchmarkConfig
 from ..geo import EARTH_RADIUS_KM, unit_vectors
 from ..model import geoclip_package_dir
-from .cache import MANIFEST, CacheWriter, publish_dir
+from .cache import CacheWriter, publish_dir
 
 FIELD_SCALES_KM = (2500.0, 750.0, 200.0, 25.0, 1.0)
 AMPLITUDE = np.array([1.0, 1.0, 1.0, 3.0, 1.0])  # per scale, ordinary images
@@ -45,12 +44,14 @@ GENERATOR_VERSION = 2  # bump when anything above changes: built benchmarks are 
 
 def geoclip_gallery_coords() -> np.ndarray:
     """The published 100K MP-16 gallery, (100000, 2) float64, from the installed ``geoclip`` wheel."""
-    return pd.read_csv(geoclip_package_dir() / "gps_gallery" / "coordinates_100K.csv")[["LAT", "LON"]].to_numpy(np.float64)
+    return pd.read_csv(geoclip_package_dir() / "gps_gallery" / "coordinates_100K.csv")[["LAT", "LON"]].to_numpy(
+        np.float64
+    )
 
 
 def benchmark_dir(cfg: OfflineBenchmarkConfig) -> Path:
     """Where the benchmark of this configuration lives (one folder per distinct configuration)."""
-    key = {k: v for k, v in asdict(cfg).items() if k != "root"} | {"generator": GENERATOR_VERSION}
+    key = {k: v for k, v in cfg.model_dump().items() if k != "root"} | {"generator": GENERATOR_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     return Path(cfg.root).expanduser() / f"offline-{digest}"
 
@@ -72,7 +73,7 @@ def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(final.parent / f".{final.name}.{rng.integers(1 << 62):x}")
     tmp.mkdir()
-    manifest = {"backbone": "synthetic", "weights": None, "offline_benchmark": asdict(cfg)}
+    manifest = {"backbone": "synthetic", "weights": None, "offline_benchmark": cfg.model_dump()}
     for name, coords, views in (("train", train_coords, cfg.views), ("val", val_coords, 1)):
         writer = CacheWriter(tmp / name, len(coords), views, cfg.feature_dim)
         writer.coords[:] = coords
@@ -80,8 +81,15 @@ def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False)
         for start in range(0, len(coords), CHUNK):
             sl = slice(start, start + CHUNK)
             writer.features[sl] = fields.features(rng, coords[sl], landmark[sl], views)
-        writer.commit({**manifest, "split": name, "views": views, "feature_dim": cfg.feature_dim,
-                       "landmark_share_realised": float(landmark.mean())})
+        writer.commit(
+            {
+                **manifest,
+                "split": name,
+                "views": views,
+                "feature_dim": cfg.feature_dim,
+                "landmark_share_realised": float(landmark.mean()),
+            }
+        )
     np.save(tmp / "gallery.npy", gallery)
     (tmp / "DONE").write_text("synthetic offline benchmark; see geoloc/data/synthetic.py\n")
     publish_dir(tmp, final)
@@ -108,7 +116,9 @@ class _Fields:
         self.omega = [rng.normal(scale=EARTH_RADIUS_KM / s, size=(FOURIER_FEATURES, 3)) for s in FIELD_SCALES_KM]
         self.phase = [rng.uniform(0, 2 * np.pi, size=FOURIER_FEATURES) for _ in FIELD_SCALES_KM]
         # Each field has unit variance per feature dimension.
-        self.mix = [rng.normal(size=(FOURIER_FEATURES, feature_dim)) * np.sqrt(2 / FOURIER_FEATURES) for _ in FIELD_SCALES_KM]
+        self.mix = [
+            rng.normal(size=(FOURIER_FEATURES, feature_dim)) * np.sqrt(2 / FOURIER_FEATURES) for _ in FIELD_SCALES_KM
+        ]
         self.feature_dim = feature_dim
 
     def features(self, rng: np.random.Generator, latlon: np.ndarray, landmark: np.ndarray, views: int) -> np.ndarray:
@@ -124,7 +134,3 @@ class _Fields:
 
 def read_gallery(benchmark: Path) -> np.ndarray:
     return np.load(benchmark / "gallery.npy")
-
-
-def is_benchmark(path: Path) -> bool:
-    return (path / "DONE").exists() and (path / "train" / MANIFEST).exists()

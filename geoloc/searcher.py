@@ -1,0 +1,187 @@
+"""The Optuna searcher of a study: proposes trials and records every outcome in Optuna as it happens.
+
+The Optuna storage (``STUDY_DIR/optuna.db``) is the study's durable record: a trial's result is
+written there the moment the trial ends, so a driver killed at any time loses nothing that
+finished. Ray's ``OptunaSearch`` is not used because it reports an ASHA-stopped trial to Optuna
+as COMPLETE with its partial value, which misleads TPE; here such a trial is PRUNED with its
+per-epoch intermediate values, and an errored one FAIL with the reason in ``fail_reason``.
+The searcher also writes each trial's outcome to its ``status.json`` (the driver's half of the
+protocol in ``geoloc.folders``). Only Optuna's public API is used: trials are addressed by
+number through the storage (``optuna.storages.BaseStorage``) and ``Study.tell``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import optuna
+from ray.tune.search import Searcher
+
+from .folders import Status, StatusRecord, StudyFolder
+from .study import ChoiceEntry, FloatEntry, IntEntry, StudyConfig, base_values, grid_axes, num_trials
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
+TrialState = optuna.trial.TrialState
+STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WORKER_FAILED = "the trial's worker failed; see error.txt in the trial folder"
+
+
+def make_sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
+    algo, seed = study.search.algorithm, study.seed
+    if algo == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=study.search.n_startup_trials)
+    # grid: the cells are enqueued in order (see OptunaStudySearcher); Optuna's GridSampler is not
+    # used because it calls Study.stop() when the grid is exhausted, which fails outside optimize().
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def sample(trial: optuna.Trial, study: StudyConfig) -> dict:
+    """Define-by-run sampling of the search space (conditional entries only when they apply)."""
+    sampled: dict = {}
+    for entry in study.space:
+        if not entry.applies(sampled):
+            continue
+        if isinstance(entry, ChoiceEntry):
+            sampled[entry.name] = trial.suggest_categorical(entry.name, entry.values)
+        elif isinstance(entry, IntEntry):
+            sampled[entry.name] = trial.suggest_int(entry.name, entry.low, entry.high, step=entry.step)
+        elif isinstance(entry, FloatEntry):
+            sampled[entry.name] = trial.suggest_float(entry.name, entry.low, entry.high, log=entry.log)
+    if study.search.algorithm == "grid":
+        for name, values in grid_axes(study).items():  # grid-only axes such as train.seed for repeats
+            if name not in sampled:
+                sampled[name] = trial.suggest_categorical(name, values)
+    return sampled
+
+
+class OptunaStudySearcher(Searcher):
+    """Ray Tune's searcher interface over an Optuna study in ``storage_url``."""
+
+    def __init__(self, study: StudyConfig, study_dir: Path, storage_url: str):
+        super().__init__(metric="score", mode="max")
+        self.study, self.folder, self.storage_url = study, StudyFolder(study_dir), storage_url
+        self.storage = optuna.storages.RDBStorage(storage_url)
+        self.optuna = optuna.create_study(
+            study_name=study.name,
+            storage=self.storage,
+            direction="maximize",
+            sampler=make_sampler(study),
+            load_if_exists=True,
+        )
+        self.study_id = self.storage.get_study_id_from_name(study.name)
+        self.live: dict[str, int] = {}  # Ray trial id -> Optuna trial number
+        if not self.optuna.trials:
+            if study.search.enqueue_base:
+                self.optuna.enqueue_trial(base_values(study))
+            if study.search.algorithm == "grid":
+                axes = grid_axes(study)
+                for cell in itertools.product(*axes.values()):
+                    self.optuna.enqueue_trial(dict(zip(axes, cell, strict=True)))
+
+    def __getstate__(self) -> dict:
+        # Ray pickles the searcher with the experiment; the Optuna study is re-opened from its storage.
+        return {
+            "study": self.study,
+            "study_dir": self.folder.path,
+            "storage_url": self.storage_url,
+            "live": self.get_state(),
+        }
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["study"], state["study_dir"], state["storage_url"])
+        self.set_state(state["live"])
+
+    # -- Optuna trials by number -------------------------------------------------------------------
+
+    def _trial(self, number: int) -> optuna.Trial:
+        return optuna.Trial(self.optuna, self._trial_id(number))
+
+    def _trial_id(self, number: int) -> int:
+        return self.storage.get_trial_id_from_study_id_trial_number(self.study_id, number)
+
+    def _is_running(self, number: int) -> bool:
+        return self.storage.get_trial(self._trial_id(number)).state == TrialState.RUNNING
+
+    # -- Ray's searcher interface ------------------------------------------------------------------
+
+    def suggest(self, trial_id: str):
+        trial = self._rebind_orphan()
+        if trial is None:
+            # A trial can end after Ray's last snapshot and before a driver crash: Ray then does not
+            # count it, but Optuna (and its folder) do, so the total is counted here.
+            if len(self.optuna.get_trials(deepcopy=False, states=STARTED)) >= num_trials(self.study):
+                return Searcher.FINISHED
+            trial = self.optuna.ask()
+        trial.set_user_attr("ray_trial_id", trial_id)
+        self.live[trial_id] = trial.number
+        return {"params": sample(trial, self.study), "number": trial.number}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self.live:
+            self._report(self.live[trial_id], result)
+
+    def _report(self, number: int, result: dict | None) -> None:
+        if not result or "score" not in result or not self._is_running(number):
+            return
+        if int(result["epoch"]) not in self.storage.get_trial(self._trial_id(number)).intermediate_values:
+            self._trial(number).report(result["score"], step=int(result["epoch"]))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self.live.pop(trial_id, None)
+        folder = self.folder.trial(trial_id)
+        try:
+            recorded = folder.read_status()
+        except ValueError:
+            recorded = None
+        epochs = int((result or {}).get("epoch", recorded.epochs if recorded else 0) or 0)
+        if error:
+            reason = recorded.reason if recorded and recorded.status is Status.ERRORED else None
+            outcome = StatusRecord(Status.ERRORED, epochs, self.study.epochs, reason=reason or WORKER_FAILED)
+        elif epochs < self.study.epochs:
+            outcome = StatusRecord(Status.STOPPED, epochs, self.study.epochs)
+        else:
+            outcome = StatusRecord(Status.FINISHED, epochs, self.study.epochs)
+        if folder.exists():
+            folder.write_status(outcome)
+        if number is None or not self._is_running(number):
+            return  # already told (a trial that finished before a driver crash)
+        self._report(number, result)  # Ray hands the last epoch's result only to on_trial_complete
+        if outcome.status is Status.ERRORED:
+            self._trial(number).set_user_attr("fail_reason", outcome.reason)
+            self.optuna.tell(number, state=TrialState.FAIL)
+        elif outcome.status is Status.STOPPED:
+            self.optuna.tell(number, state=TrialState.PRUNED)
+        else:
+            self.optuna.tell(number, result["score"])
+
+    # -- resume: Ray restores this searcher from its pickled state, with the Optuna study re-opened --
+
+    def get_state(self) -> dict:
+        return {"live": dict(self.live)}
+
+    def set_state(self, state: dict) -> None:
+        numbers = {t.number for t in self.optuna.get_trials(deepcopy=False)}
+        self.live = {tid: n for tid, n in state["live"].items() if n in numbers}
+
+    def save(self, checkpoint_path: str) -> None:
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
+
+    def _rebind_orphan(self) -> optuna.Trial | None:
+        """An Optuna trial left RUNNING by a killed driver, that Ray never recorded, is reused
+        (same parameters) instead of being left dangling; its stale folder is set aside."""
+        known = set(self.live.values())
+        for frozen in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if frozen.number in known:
+                continue
+            stale = self.folder.trial(str(frozen.user_attrs.get("ray_trial_id")))
+            if stale.exists():
+                (self.folder.path / StudyFolder.ORPHANS).mkdir(exist_ok=True)
+                shutil.move(str(stale.path), self.folder.path / StudyFolder.ORPHANS / stale.name)
+            return self._trial(frozen.number)
+        return None

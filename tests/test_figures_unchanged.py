@@ -1,0 +1,87 @@
+"""Refactoring must not change results: a random-search and a grid study give, trial by trial and
+epoch by epoch, the metrics recorded before the consolidation of issue 11, to the last digit.
+
+The figures in ``data/figures_before_consolidation.json`` were recorded at commit c087fca (before
+the change) by running this module as a script from that checkout:
+
+    python -m tests.test_figures_unchanged --record tests/data/figures_before_consolidation.json
+
+Re-record only when an issue asks for a change of results, and say so in its closing note.
+The same study files and seeds are also what makes two runs of a study agree (determinism).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from geoloc.folders import StudyFolder
+
+from .studyutil import TINY_STUDY, tune_main, write_study
+
+FIGURES = Path(__file__).parent / "data" / "figures_before_consolidation.json"
+NOT_FIGURES = {"train_s", "eval_s", "node", "node_id"}  # wall times and host names differ by run
+
+
+def studies() -> dict[str, dict]:
+    """The two studies, by name: random search over a float and a choice; a grid with repeated seeds."""
+    random = copy.deepcopy(TINY_STUDY)
+    random["name"] = "random"
+    random["search"] = {"algorithm": "random", "num_samples": 3, "max_concurrent": 2}
+    random["scheduler"] = {"type": "none"}
+    random["base"]["train"]["epochs"] = 2
+    grid = copy.deepcopy(random)
+    grid["name"] = "grid"
+    grid["search"] = {"algorithm": "grid", "repeats": 2, "max_concurrent": 2}
+    grid["search_space"] = {"train.noise.batch_sigma": {"type": "choice", "values": [0.0, 1.0]}}
+    return {"random": random, "grid": grid}
+
+
+def run_and_read(name: str, study: dict, workdir: Path, offline_root: str) -> dict:
+    """Run one study through tune_main.py; {trial number: {"params", "metrics" per epoch}}."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    study_file = write_study(workdir / f"{name}.yaml", study, offline_root)
+    proc = tune_main(study_file, "--storage", workdir / "results", "--no-analysis")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = {}
+    for trial in StudyFolder(workdir / "results" / name).trials():
+        meta = trial.read_trial()
+        rows = [{k: v for k, v in row.items() if k not in NOT_FIGURES} for row in trial.read_metrics().rows]
+        out[str(meta["number"])] = {"params": meta["params"], "metrics": rows}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["random", "grid"])
+def test_study_gives_the_figures_recorded_before_the_change(name, tmp_path, offline_root_session):
+    recorded = json.loads(FIGURES.read_text())[name]
+    now = run_and_read(name, studies()[name], tmp_path, offline_root_session)
+    assert sorted(now) == sorted(recorded) and len(now) == (3 if name == "random" else 4)
+    for number, trial in recorded.items():
+        assert now[number]["params"] == trial["params"], f"trial {number}: other parameters"
+        assert len(now[number]["metrics"]) == 2
+        assert now[number]["metrics"] == trial["metrics"], f"trial {number}: other metrics"
+
+
+def record(path: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = {
+            name: run_and_read(name, study, Path(tmp) / name, str(Path(tmp) / "offline"))
+            for name, study in studies().items()
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
+    print(f"recorded {sum(len(v) for v in figures.values())} trials into {path}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--record", type=Path, required=True, help="where to write the figures")
+    record(parser.parse_args().record)
+    sys.exit(0)
