@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from .atomic import write_json
 from .config import OFFLINE
 
 Kind = Literal["loss", "accuracy", "score", "distance", "ceiling", "train", "time"]
@@ -141,8 +142,6 @@ class MetricRegistry:
     # -- the study folder's copy -----------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        from .atomic import write_json
-
         write_json(path, [asdict(m) for m in self.metrics])
 
     @classmethod

@@ -149,6 +149,10 @@ class OptunaStudySearcher(Searcher):
         if number is None or not self._is_running(number):
             return  # already told (a trial that finished before a driver crash)
         self._report(number, result)  # Ray hands the last epoch's result only to on_trial_complete
+        self._tell(number, outcome, result)
+
+    def _tell(self, number: int, outcome: StatusRecord, result: dict | None) -> None:
+        """Close the Optuna trial with the outcome ``status.json`` holds (``result``: its last epoch)."""
         if outcome.status is Status.ERRORED:
             self._trial(number).set_user_attr("fail_reason", outcome.reason)
             self.optuna.tell(number, state=TrialState.FAIL)
@@ -174,12 +178,19 @@ class OptunaStudySearcher(Searcher):
 
     def _rebind_orphan(self) -> optuna.Trial | None:
         """An Optuna trial left RUNNING by a killed driver, that Ray never recorded, is reused
-        (same parameters) instead of being left dangling; its stale folder is set aside."""
+        (same parameters) instead of being left dangling; its stale folder is set aside. One whose
+        folder says it ended (the driver died between writing ``status.json`` and telling Optuna)
+        is told its recorded outcome instead, and its folder kept."""
         known = set(self.live.values())
         for frozen in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number in known:
                 continue
             stale = self.folder.trial(str(frozen.user_attrs.get("ray_trial_id")))
+            if stale.ended() and (rows := stale.read_metrics().rows):
+                for row in rows:
+                    self._report(frozen.number, row)
+                self._tell(frozen.number, stale.read_status(), rows[-1])
+                continue
             if stale.exists():
                 (self.folder.path / StudyFolder.ORPHANS).mkdir(exist_ok=True)
                 shutil.move(str(stale.path), self.folder.path / StudyFolder.ORPHANS / stale.name)

@@ -253,48 +253,35 @@ def test_tencrop_evaluation_is_the_mean_of_the_per_view_logits(caches):
 # -- resumable extraction ----------------------------------------------------------------------
 
 
+def sharded_request(dataset, tiny_vit, out, **options) -> ExtractionRequest:
+    """A small extraction of the training CSV in shards of 16 images (several shards, so a kill leaves some)."""
+    defaults = {"model": tiny_vit, "pretrained": "random", "views": K, "shard_size": 16, "batch_size": 8}
+    return ExtractionRequest(dataset["train_csv"], dataset["root"], out, **{**defaults, **options})
+
+
 def test_killed_extraction_resumes_to_the_same_bytes(dataset, tiny_vit, tmp_path):
-    common = {
-        "images": dataset["root"],
-        "model": tiny_vit,
-        "pretrained": "random",
-        "views": K,
-        "shard_size": 16,
-        "batch_size": 8,
-    }
-    straight = extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "straight", workers=2, **common))
+    straight = extract(sharded_request(dataset, tiny_vit, tmp_path / "straight", workers=2))
     with pytest.raises(KeyboardInterrupt):
-        extract(
-            ExtractionRequest(dataset["train_csv"], out=tmp_path / "resumed", workers=0, **common), stop_after_shards=1
-        )
+        extract(sharded_request(dataset, tiny_vit, tmp_path / "resumed", workers=0), stop_after_shards=1)
     partial = tmp_path / "resumed.partial"
     assert sorted(p.name for p in partial.glob("shard_*.json")) == ["shard_000000.json"]
     assert not (tmp_path / "resumed").exists()  # nothing half-written where the cache goes
-    resumed = extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "resumed", workers=0, **common))
+    resumed = extract(sharded_request(dataset, tiny_vit, tmp_path / "resumed", workers=0))
     assert not partial.exists()
     for name in ("features.npy", "coords.npy", "manifest.json", "images.csv", "missing_images.csv"):
         assert (straight / name).read_bytes() == (resumed / name).read_bytes(), name
 
 
 def test_a_rerun_keeps_finished_shards_and_refuses_a_partial_of_another_request(dataset, tiny_vit, tmp_path):
-    common = {
-        "images": dataset["root"],
-        "model": tiny_vit,
-        "pretrained": "random",
-        "views": K,
-        "shard_size": 16,
-        "batch_size": 8,
-        "workers": 0,
-    }
     with pytest.raises(KeyboardInterrupt):
-        extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **common), stop_after_shards=1)
+        extract(sharded_request(dataset, tiny_vit, tmp_path / "c", workers=0), stop_after_shards=1)
     shard = tmp_path / "c.partial" / "shard_000000.npy"
     np.save(shard, np.full(np.load(shard).shape, 7, np.float16))  # marks the finished shard
     with pytest.raises(
         DataError, match=r"c.partial: a partial extraction for another request: views=3 \(requested 5\)"
     ):
-        extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **{**common, "views": 4}))
-    cache = open_cache(extract(ExtractionRequest(dataset["train_csv"], out=tmp_path / "c", **common)))
+        extract(sharded_request(dataset, tiny_vit, tmp_path / "c", workers=0, views=4))
+    cache = open_cache(extract(sharded_request(dataset, tiny_vit, tmp_path / "c", workers=0)))
     assert (np.asarray(cache.features[:16]) == 7).all() and not (np.asarray(cache.features[16:]) == 7).any()
 
 

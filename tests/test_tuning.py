@@ -8,7 +8,7 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from geoloc.folders import Status, StudyFolder
+from geoloc.folders import Status, StatusRecord, StudyFolder
 from geoloc.searcher import OptunaStudySearcher
 from geoloc.study import load_study_file
 
@@ -84,6 +84,29 @@ def test_same_study_and_seed_give_the_same_configurations(tmp_path):
     other = study.model_copy(update={"seed": 1})
     searcher = OptunaStudySearcher(other, tmp_path / "other", f"sqlite:///{tmp_path / 'other.db'}")
     assert [searcher.suggest(f"t{i}")["params"] for i in range(5)] != suggestions[0]
+
+
+def test_a_trial_that_ended_before_optuna_was_told_is_recorded_not_rerun(tmp_path):
+    """The driver died between writing a trial's status.json and telling Optuna: on resume the
+    searcher tells Optuna the recorded outcome and keeps the folder, instead of rerunning the trial."""
+    study = load_study_file(write_study(tmp_path / "s.yaml", TINY_STUDY, str(tmp_path)))
+    folder = StudyFolder(tmp_path / "study")
+    searcher = OptunaStudySearcher(study, folder.path, f"sqlite:///{tmp_path / 'o.db'}")
+    first = searcher.suggest("aaa")
+    trial = folder.trial("aaa")
+    trial.path.mkdir(parents=True)
+    trial.write_trial("aaa", first["number"], first["params"])
+    for epoch, score in ((1, 0.2), (2, 0.3), (3, 0.25)):
+        trial.append_metrics({"epoch": epoch, "score": score})
+    trial.write_status(StatusRecord(Status.FINISHED, 3, 3))
+
+    resumed = OptunaStudySearcher(study, folder.path, f"sqlite:///{tmp_path / 'o.db'}")  # live trials forgotten
+    second = resumed.suggest("bbb")
+    recorded = resumed.optuna.trials[first["number"]]
+    assert recorded.state.name == "COMPLETE" and recorded.value == 0.25
+    assert recorded.intermediate_values == {1: 0.2, 2: 0.3, 3: 0.25}
+    assert second["number"] != first["number"] and trial.exists()
+    assert not (folder.path / StudyFolder.ORPHANS).exists()
 
 
 @pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))

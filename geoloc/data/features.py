@@ -96,9 +96,8 @@ def extract(
     out, work = request.out, request.partial
     weights = weights_id(request.pretrained, request.checkpoint, request.seed)
     dataset = read_dataset(request.csv, request.images, **request.columns)
-    quick_gelu = resolve_backbone(request.model, request.pretrained, request.checkpoint, request.quick_gelu)[
-        3
-    ]  # bad names fail before any work
+    # A bad model name or weights tag fails here, before any work.
+    _, _, _, quick_gelu = resolve_backbone(request.model, request.pretrained, request.checkpoint, request.quick_gelu)
     device, precision = request.device_and_precision()
     identity = request.identity(weights, quick_gelu, dataset.sha256)
     found = finished_cache(out, identity)
