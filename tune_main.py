@@ -1,10 +1,13 @@
 """The study launcher: validate a study, start or join Ray, run or resume it, say where results are.
 
-    python tune_main.py studies/NAME.yaml [--address ADDR] [--storage PATH] [--resume] [--dry-run]
+    python tune_main.py studies/NAME.yaml [--address ADDR] [--storage PATH] [--resume [--rebuild-optuna]] [--dry-run]
                         [--set key.path=value ...] [--num-samples N] [--max-concurrent N] [--no-analysis]
 
 Everything a user can get wrong (study file, data, storage path, resources) is checked before
 any trial starts: exit status 2 and one line naming the key, file or row; nothing is written.
+One launcher runs a study at a time (``geoloc.lock``): a second one exits 2 naming the first.
+Interrupted (Ctrl-C, or SIGTERM from ``ray job stop`` or a scheduler), it says how far the study
+got and the command that resumes it, and exits 130.
 """
 
 from __future__ import annotations
@@ -12,8 +15,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shlex
 import shutil
+import signal
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -26,7 +32,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 from geoloc.config import ConfigError  # noqa: E402
 from geoloc.data import DataError, load_data  # noqa: E402
-from geoloc.folders import StudyFolder, TrialFolder  # noqa: E402
+from geoloc.folders import Status, StudyFolder, TrialFolder  # noqa: E402
+from geoloc.lock import StudyLock, StudyLocked  # noqa: E402
 from geoloc.metrics import MetricRegistry  # noqa: E402
 from geoloc.study import (  # noqa: E402
     ChoiceEntry,
@@ -38,6 +45,8 @@ from geoloc.study import (  # noqa: E402
     resolved_study,
     trial_config,
 )
+
+INTERRUPTED = 130  # exit status of an interrupted study (128 + SIGINT, as a shell reports Ctrl-C)
 
 
 class UsageError(Exception):
@@ -59,10 +68,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="override search.num_samples")
     p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
     p.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+    p.add_argument(
+        "--rebuild-optuna",
+        action="store_true",
+        help="with --resume: keep a damaged optuna.db aside, rebuild it from the trial folders, then resume",
+    )
     return p.parse_args(argv)
 
 
 def load(args: argparse.Namespace) -> StudyConfig:
+    if args.rebuild_optuna and not args.resume:
+        raise UsageError("--rebuild-optuna: only with --resume (it rebuilds an interrupted study's Optuna storage)")
     overrides = {}
     for item in args.set:
         key, sep, value = item.partition("=")
@@ -82,8 +98,8 @@ def load(args: argparse.Namespace) -> StudyConfig:
         raise UsageError(msg if msg.startswith(args.study) else f"{args.study}: {msg}") from None
 
 
-def check_storage(study_dir: Path, resume: bool) -> None:
-    """The storage path must be writable, and a finished or running study is not overwritten."""
+def check_storage_path(study_dir: Path) -> None:
+    """The storage path must be a folder path this process can write."""
     if "://" in str(study_dir):
         raise UsageError(f"storage: {study_dir}: give a shared folder path (NFS); object stores are not supported")
     parent = study_dir.parent
@@ -92,7 +108,12 @@ def check_storage(study_dir: Path, resume: bool) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK) or not probe.is_dir():
         raise UsageError(f"storage: {parent}: cannot write there")
-    if study_dir.exists() and any(study_dir.iterdir()) and not resume:
+
+
+def check_study_folder(study_dir: Path, resume: bool) -> None:
+    """A finished study is not overwritten, and only an interrupted one is resumed (checked under the lock)."""
+    held = {StudyFolder.LOCK, StudyFolder.DRIVER}
+    if not resume and any(p.name not in held for p in study_dir.iterdir()):
         raise UsageError(
             f"storage: {study_dir} already holds a study; use --resume to continue it, or --storage elsewhere"
         )
@@ -107,6 +128,33 @@ def check_data(study: StudyConfig) -> None:
         trial_config(study, {})
     except (DataError, ConfigError) as e:
         raise UsageError(f"data: {e}") from None
+
+
+def check_optuna(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: list[str]) -> None:
+    """--resume: a damaged Optuna storage is named in one line, or rebuilt from the trial folders with
+    --rebuild-optuna (geoloc.recovery). An intact one is not rebuilt: that would only lose what the
+    folders lack (the params of a trial asked just before a crash, the samplers' caches)."""
+    from geoloc.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
+
+    if not args.resume:
+        return
+    db = StudyFolder(study_dir).optuna_db
+    try:
+        check_optuna_storage(study_dir, study.name)
+    except StorageDamaged as e:
+        if not args.rebuild_optuna:
+            raise UsageError(
+                f"--resume: the Optuna storage {e}; the study's {len(StudyFolder(study_dir).trials())} trial folders "
+                f"are intact; rebuild it from them and resume with: "
+                + shlex.join(["python", "tune_main.py", *argv, "--rebuild-optuna"])
+            ) from None
+        try:
+            print(rebuild_optuna_storage(study, study_dir), flush=True)
+        except RebuildError as e:
+            raise UsageError(f"--rebuild-optuna: {e}; {db} is left as it was") from None
+        return
+    if args.rebuild_optuna:
+        raise UsageError(f"--rebuild-optuna: {db} is intact, nothing to rebuild; resume without --rebuild-optuna")
 
 
 def dry_run(study: StudyConfig, study_dir: Path) -> None:
@@ -136,7 +184,11 @@ def start_ray(study: StudyConfig, address: str | None):
     if address:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        # "local": a new instance, as --help says; without it Ray would join the last `ray start` of this
+        # machine (its /tmp/ray/ray_current_cluster), and hang when that cluster is gone.
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR"
+        )
     total = ray.cluster_resources()
     for kind, need in (("GPU", study.resources.gpu), ("CPU", study.resources.cpu)):
         if need > total.get(kind, 0):
@@ -193,35 +245,64 @@ def summarize(study_dir: Path) -> None:
     print(f"analysis:     python -m analysis {study_dir}")
 
 
-def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
+def stop_gracefully_on_sigterm() -> None:
+    """``ray job stop`` and schedulers (SLURM's scancel) send SIGTERM, but Tune ends a run gracefully,
+    saving its state, only on SIGINT; and Ray's job server starts a job with SIGINT blocked."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+
+
+def resume_command(argv: list[str]) -> str:
+    """This launcher's command line, made to resume (a rebuilt Optuna storage is not rebuilt again)."""
+    kept = [a for a in argv if a not in ("--resume", "--rebuild-optuna")]
+    return shlex.join(["python", "tune_main.py", *kept, "--resume"])
+
+
+def unfinished(study: StudyConfig, study_dir: Path) -> str | None:
+    """None when every trial of the study ended; else how far it got, in one line."""
+    trials = StudyFolder(study_dir).trials()
+    ended = Counter(t.read_status().status for t in trials if t.ended())
+    cut_short = len(trials) - sum(ended.values())
+    not_started = max(num_trials(study) - len(trials), 0)
+    if not cut_short and not not_started:
+        return None
+    return (
+        f"{ended[Status.FINISHED]} finished, {ended[Status.STOPPED]} stopped by ASHA, "
+        f"{ended[Status.ERRORED]} errored, {cut_short} cut short (they go on from their last checkpoint), "
+        f"{not_started} not started, of {num_trials(study)} trials"
+    )
+
+
+def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
     from ray import tune
 
     from geoloc.tuner import make_tuner
 
     ray = start_ray(study, args.address)
-    created = not study_dir.exists()
-    study_dir.mkdir(parents=True, exist_ok=True)
     folder = StudyFolder(study_dir)
+    created = not (study_dir / folder.STUDY).exists()
     folder.write_study(yaml.safe_dump(resolved_study(study), sort_keys=False))
     registry = MetricRegistry.for_run(study.base)
     registry.save(folder.path / folder.REGISTRY)
     reporter = tune.CLIReporter(
         metric_columns=registry.progress_columns(), max_report_frequency=10, max_progress_rows=20
     )
+    stop_gracefully_on_sigterm()
     try:
         make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
     except KeyboardInterrupt:
-        print(
-            f"\ninterrupted; continue with: python tune_main.py {args.study} --resume"
-            + (f" --storage {args.storage}" if args.storage else "")
-        )
-        return 130
+        pass  # a second Ctrl-C: Tune did not finish saving; resuming still works (as after a killed driver)
     except BaseException:
         if created and not any(p.name.startswith(TrialFolder.PREFIX) for p in study_dir.iterdir()):
-            shutil.rmtree(study_dir, ignore_errors=True)  # nothing ran: leave nothing half-written
+            for p in study_dir.iterdir():  # nothing ran: leave nothing half-written (the lock, released,
+                if p.name not in (folder.LOCK, folder.DRIVER):  # then removes the empty folder)
+                    shutil.rmtree(p) if p.is_dir() else p.unlink()
         raise
     finally:
         ray.shutdown()
+    if progress := unfinished(study, study_dir):
+        print(f"\ninterrupted: {progress}.\nresume with: {resume_command(argv)}")
+        return INTERRUPTED
     summarize(study_dir)
     if not args.no_analysis:
         try:
@@ -234,6 +315,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     try:
         study = load(args)
@@ -241,9 +323,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             dry_run(study, study_dir)
             return 0
-        check_storage(study_dir, args.resume)
-        check_data(study)
-        return run(study, study_dir, args)
+        check_storage_path(study_dir)
+        try:
+            with StudyLock(study_dir):
+                check_study_folder(study_dir, args.resume)
+                check_optuna(study, study_dir, args, argv)
+                check_data(study)
+                return run(study, study_dir, args, argv)
+        except StudyLocked as e:
+            raise UsageError(str(e)) from None
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

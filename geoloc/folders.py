@@ -8,6 +8,7 @@ A study folder ``STORAGE/<study>/`` (``StudyFolder``) holds:
 | ``study.yaml`` | the launcher, before Ray starts | the resolved study that ran |
 | ``metrics.json`` | the launcher, before Ray starts | the metric registry (``geoloc.metrics``) |
 | ``optuna.db`` | the searcher (driver) | Optuna's SQLite storage |
+| ``.lock``, ``driver.json`` | the launcher, while it runs | the study lock and its holder (``geoloc.lock``) |
 | ``trial_<id>/`` | see below | one folder per trial |
 
 A trial folder (``TrialFolder``; also the ``--out`` folder of ``python -m geoloc.train``) holds:
@@ -211,6 +212,8 @@ class StudyFolder:
     REGISTRY = "metrics.json"
     OPTUNA_DB = "optuna.db"
     ORPHANS = ".orphaned"  # trial folders of Optuna trials that a killed driver left behind
+    LOCK = ".lock"  # held by the one launcher that runs the study (geoloc.lock)
+    DRIVER = "driver.json"  # that launcher: host, pid, since when, command
     ANALYSIS = "analysis"
 
     def __init__(self, path: str | Path):

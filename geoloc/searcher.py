@@ -57,6 +57,16 @@ def sample(trial: optuna.Trial, study: StudyConfig) -> dict:
     return sampled
 
 
+def enqueued(study: StudyConfig) -> list[dict]:
+    """The fixed parameters of the trials enqueued when the study is created, in order (they get the
+    lowest numbers): the base configuration (``search.enqueue_base``), then every grid cell."""
+    queue = [base_values(study)] if study.search.enqueue_base else []
+    if study.search.algorithm == "grid":
+        axes = grid_axes(study)
+        queue += [dict(zip(axes, cell, strict=True)) for cell in itertools.product(*axes.values())]
+    return queue
+
+
 class OptunaStudySearcher(Searcher):
     """Ray Tune's searcher interface over an Optuna study in ``storage_url``."""
 
@@ -74,12 +84,8 @@ class OptunaStudySearcher(Searcher):
         self.study_id = self.storage.get_study_id_from_name(study.name)
         self.live: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         if not self.optuna.trials:
-            if study.search.enqueue_base:
-                self.optuna.enqueue_trial(base_values(study))
-            if study.search.algorithm == "grid":
-                axes = grid_axes(study)
-                for cell in itertools.product(*axes.values()):
-                    self.optuna.enqueue_trial(dict(zip(axes, cell, strict=True)))
+            for params in enqueued(study):
+                self.optuna.enqueue_trial(params)
 
     def __getstate__(self) -> dict:
         # Ray pickles the searcher with the experiment; the Optuna study is re-opened from its storage.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from ray import tune
@@ -12,6 +13,19 @@ from .folders import StudyFolder, TrialFolder
 from .searcher import OptunaStudySearcher
 from .study import StudyConfig, num_trials
 from .trainable import train_trial
+
+
+class _NoRayResultFiles(logging.Filter):
+    """Drops Ray's warning that trials have no ``result.json``/``progress.csv``: the project writes each
+    trial's record to its own ``metrics.jsonl`` (Ray's loggers are off), so the warning, which reads like
+    lost results, says nothing. Any other failure to read a trial still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        lines = record.getMessage().splitlines()
+        return not (lines[0].startswith("Failed to fetch metrics") and all("not found" in x for x in lines[1:]))
+
+
+logging.getLogger("ray.tune.analysis.experiment_analysis").addFilter(_NoRayResultFiles())
 
 
 def trial_dirname(trial) -> str:

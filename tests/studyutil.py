@@ -41,8 +41,8 @@ def write_study(path: Path, study: dict, offline_root: str) -> Path:
     return path
 
 
-def tune_main(*args, timeout: int = 600, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def tune_main(*args, timeout: int = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "tune_main.py"), *map(str, args)],
         capture_output=True,

@@ -24,7 +24,7 @@ from .studyutil import tune_main as run_tune_main
 pytestmark = pytest.mark.slow
 
 
-def start_study(study_file: Path, storage: Path, *extra) -> subprocess.Popen:
+def start_study(study_file: Path, storage: Path, *extra, stderr=subprocess.DEVNULL) -> subprocess.Popen:
     return subprocess.Popen(
         [
             sys.executable,
@@ -36,7 +36,7 @@ def start_study(study_file: Path, storage: Path, *extra) -> subprocess.Popen:
             *extra,
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         cwd=ROOT,
         start_new_session=True,
     )
@@ -69,6 +69,15 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
     storage, study_dir = tmp_path / "results", tmp_path / "results" / "tiny"
 
     driver = start_study(study_file, storage)
+    wait_for(lambda: len(ended(study_dir)) >= 2, what="2 finished trials")
+    study_records = {name: (study_dir / name).read_bytes() for name in (StudyFolder.STUDY, StudyFolder.REGISTRY)}
+    started = time.monotonic()  # a second launcher on the running study, with or without --resume:
+    seconds = [start_study(study_file, storage, *extra, stderr=subprocess.PIPE) for extra in ([], ["--resume"])]
+    for proc in seconds:  # refused at once, naming the first
+        assert proc.wait(timeout=60) == 2 and time.monotonic() - started < 30
+        message = proc.stderr.read().decode().strip()
+        assert f"pid {driver.pid}" in message and "\n" not in message, message
+    assert {name: (study_dir / name).read_bytes() for name in study_records} == study_records
     wait_for(lambda: len(ended(study_dir)) >= 3, what="3 finished trials")
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, like a lost SSH session
     driver.wait()

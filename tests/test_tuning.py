@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import copy
+import shutil
+import tempfile
+from pathlib import Path
 
 import optuna
 import pytest
@@ -21,7 +23,13 @@ pytestmark = pytest.mark.slow
 def tiny_study(tmp_path_factory, offline_root_session):
     base = tmp_path_factory.mktemp("tiny")
     study_file = write_study(base / "tiny.yaml", TINY_STUDY, offline_root_session)
-    proc = tune_main(study_file, "--storage", base / "results", "--no-analysis")
+    # The address file of a `ray start` whose cluster is gone, where Ray looks for it (its temp dir follows
+    # TMPDIR; a short one, for Ray's socket paths): the launcher still starts its own instance.
+    tmp = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))
+    (tmp / "ray").mkdir()
+    (tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
+    proc = tune_main(study_file, "--storage", base / "results", "--no-analysis", env={"TMPDIR": str(tmp)}, timeout=300)
+    shutil.rmtree(tmp, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return base / "results" / "tiny", proc
 
@@ -114,29 +122,6 @@ def test_dry_run_of_every_shipped_study(study):
     proc = tune_main(ROOT / "studies" / study, "--dry-run", timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "search space:" in proc.stdout and "trials:" in proc.stdout
-
-
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, offline_root_session):
-    from ray.cluster_utils import Cluster
-
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    try:
-        study = copy.deepcopy(TINY_STUDY)
-        study["scheduler"] = {"type": "none"}
-        study["search"]["num_samples"] = 4
-        study_file = write_study(tmp_path / "two.yaml", study, offline_root_session)
-        proc = tune_main(study_file, "--storage", tmp_path / "shared", "--address", cluster.address, "--no-analysis")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    finally:
-        cluster.shutdown()
-    trials = trial_dirs(tmp_path / "shared" / "tiny")
-    assert len(trials) == 4
-    nodes = {read_metrics(t)[-1]["node_id"] for t in trials}
-    assert len(nodes) == 2, nodes
-    for t in trials:
-        assert read_status(t).status is Status.FINISHED and list(t.glob("events.out.tfevents.*"))
 
 
 def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_path):
