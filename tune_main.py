@@ -258,10 +258,19 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "tune_main.py", *kept, "--resume"])
 
 
+def recorded_status(trial: TrialFolder) -> Status | None:
+    """What ``status.json`` says; None when it is missing or unreadable (a trial cut short)."""
+    try:
+        record = trial.read_status()
+    except ValueError:
+        return None
+    return record.status if record else None
+
+
 def unfinished(study: StudyConfig, study_dir: Path) -> str | None:
     """None when every trial of the study ended; else how far it got, in one line."""
     trials = StudyFolder(study_dir).trials()
-    ended = Counter(t.read_status().status for t in trials if t.ended())
+    ended = Counter(status for t in trials if (status := recorded_status(t)) not in (None, Status.RUNNING))
     cut_short = len(trials) - sum(ended.values())
     not_started = max(num_trials(study) - len(trials), 0)
     if not cut_short and not not_started:

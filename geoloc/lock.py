@@ -47,14 +47,14 @@ class StudyLocked(Exception):
 class StudyLock:
     """``with StudyLock(study_dir):`` holds the study for this process (see the module docstring).
 
-    The study folder is created for the lock if missing, and removed again on release when
-    nothing else was written into it, so a launcher refused for bad input leaves nothing behind.
+    The study folder (and its storage folder) is created for the lock if missing, and removed again
+    on release when nothing else was written into it: a launcher refused for bad input leaves nothing.
     """
 
     def __init__(self, study_dir: str | Path):
         self.path = Path(study_dir)
         self._lease: SoftFileLease | None = None
-        self._created = False
+        self._created: list[Path] = []  # the folders made for the lock, removed again while empty
 
     def __enter__(self) -> StudyLock:
         self.acquire()
@@ -64,7 +64,7 @@ class StudyLock:
         self.release()
 
     def acquire(self) -> None:
-        self._created = not self.path.exists()
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]  # deepest first
         self.path.mkdir(parents=True, exist_ok=True)
         lease = SoftFileLease(self.path / LOCK, lease_duration=LEASE_S)
         try:
@@ -102,8 +102,10 @@ class StudyLock:
         self._remove_if_empty()
 
     def _remove_if_empty(self) -> None:
-        if self._created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+        for folder in self._created:
+            if not folder.is_dir() or any(folder.iterdir()):
+                return
+            folder.rmdir()
 
     def _marker_age(self) -> float:
         try:

@@ -42,6 +42,9 @@ class DivergenceError(RuntimeError):
         super().__init__(message)
         self.epochs_done = epochs_done
 
+    def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuilt from both arguments
+        return type(self), (str(self), self.epochs_done)
+
 
 class CheckpointMismatch(ValueError):
     """A checkpoint from a different model configuration."""

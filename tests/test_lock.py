@@ -115,6 +115,6 @@ def test_one_process_holds_and_releases_and_a_kept_folder_stays(tmp_path):
     assert sorted(p.name for p in study_dir.iterdir()) == ["study.yaml"]
     with StudyLock(study_dir):  # and it can be taken again
         pass
-    with StudyLock(tmp_path / "new"):
+    with StudyLock(tmp_path / "storage" / "new"):
         pass
-    assert not (tmp_path / "new").exists()  # a folder made only for the lock goes with it
+    assert not (tmp_path / "storage").exists()  # folders made only for the lock go with it
