@@ -29,8 +29,10 @@ STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialStat
 WORKER_FAILED = "the trial's worker failed; see error.txt in the trial folder"
 
 
-def make_sampler(study: StudyConfig) -> optuna.samplers.BaseSampler:
-    algo, seed = study.search.algorithm, study.seed
+def make_sampler(study: StudyConfig, trials_so_far: int = 0) -> optuna.samplers.BaseSampler:
+    """The study's sampler. A resumed study's is seeded past its first one (``trials_so_far``): a
+    sampler seeded as at the start would draw the first trials' parameters again."""
+    algo, seed = study.search.algorithm, study.seed + trials_so_far
     if algo == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=study.search.n_startup_trials)
     # grid: the cells are enqueued in order (see OptunaStudySearcher); Optuna's GridSampler is not
@@ -81,6 +83,8 @@ class OptunaStudySearcher(Searcher):
             sampler=make_sampler(study),
             load_if_exists=True,
         )
+        if self.optuna.trials:  # a resumed study
+            self.optuna.sampler = make_sampler(study, len(self.optuna.trials))
         self.study_id = self.storage.get_study_id_from_name(study.name)
         self.live: dict[str, int] = {}  # Ray trial id -> Optuna trial number
         if not self.optuna.trials:

@@ -246,7 +246,6 @@ def ended(study_dir: Path) -> list[Path]:
 
 def test_a_stopped_job_resubmitted_with_resume_loses_and_repeats_no_trial(cluster, tmp_path, offline_root_session):
     study = copy.deepcopy(TINY_STUDY)
-    study["search"]["num_samples"] = 4
     study["base"]["train"]["epochs"] = 4
     study["base"]["data"]["offline"]["n_train"] = 4000  # epochs long enough to be stopped mid-way
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)

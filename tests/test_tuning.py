@@ -117,6 +117,22 @@ def test_a_trial_that_ended_before_optuna_was_told_is_recorded_not_rerun(tmp_pat
     assert not (folder.path / StudyFolder.ORPHANS).exists()
 
 
+@pytest.mark.parametrize("algorithm", ["random", "tpe"])
+def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path, algorithm):
+    spec = {**TINY_STUDY, "search": {"algorithm": algorithm, "num_samples": 8, "max_concurrent": 2}}
+    study = load_study_file(write_study(tmp_path / "s.yaml", spec, str(tmp_path)))
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    searcher = OptunaStudySearcher(study, tmp_path / "study", url)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    for trial in first:
+        searcher.optuna.tell(trial["number"], 0.1)  # ended, so none of them is taken up again on resume
+    first = [trial["params"] for trial in first]
+    fresh = OptunaStudySearcher(study, tmp_path / "again", f"sqlite:///{tmp_path / 'p.db'}")
+    assert fresh.suggest("u0")["params"] == first[0]  # the same seed draws the same first trial
+    resumed = OptunaStudySearcher(study, tmp_path / "study", url)  # as after a crash: same storage
+    assert resumed.suggest("t3")["params"] not in first
+
+
 @pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))
 def test_dry_run_of_every_shipped_study(study):
     proc = tune_main(ROOT / "studies" / study, "--dry-run", timeout=120)
