@@ -112,8 +112,7 @@ def check_storage_path(study_dir: Path) -> None:
 
 def check_study_folder(study_dir: Path, resume: bool) -> None:
     """A finished study is not overwritten, and only an interrupted one is resumed (checked under the lock)."""
-    held = {StudyFolder.LOCK, StudyFolder.DRIVER}
-    if not resume and any(p.name not in held for p in study_dir.iterdir()):
+    if not resume and any(p.name not in StudyFolder.LAUNCHER_FILES for p in study_dir.iterdir()):
         raise UsageError(
             f"storage: {study_dir} already holds a study; use --resume to continue it, or --storage elsewhere"
         )
@@ -145,8 +144,7 @@ def check_optuna(study: StudyConfig, study_dir: Path, args: argparse.Namespace, 
         if not args.rebuild_optuna:
             raise UsageError(
                 f"--resume: the Optuna storage {e}; the study's {len(StudyFolder(study_dir).trials())} trial folders "
-                f"are intact; rebuild it from them and resume with: "
-                + shlex.join(["python", "tune_main.py", *argv, "--rebuild-optuna"])
+                f"are intact; rebuild it from them and resume with: " + resume_command(argv) + " --rebuild-optuna"
             ) from None
         try:
             print(rebuild_optuna_storage(study, study_dir), flush=True)
@@ -258,19 +256,10 @@ def resume_command(argv: list[str]) -> str:
     return shlex.join(["python", "tune_main.py", *kept, "--resume"])
 
 
-def recorded_status(trial: TrialFolder) -> Status | None:
-    """What ``status.json`` says; None when it is missing or unreadable (a trial cut short)."""
-    try:
-        record = trial.read_status()
-    except ValueError:
-        return None
-    return record.status if record else None
-
-
 def unfinished(study: StudyConfig, study_dir: Path) -> str | None:
     """None when every trial of the study ended; else how far it got, in one line."""
     trials = StudyFolder(study_dir).trials()
-    ended = Counter(status for t in trials if (status := recorded_status(t)) not in (None, Status.RUNNING))
+    ended = Counter(r.status for t in trials if (r := t.recorded_status()) and r.status is not Status.RUNNING)
     cut_short = len(trials) - sum(ended.values())
     not_started = max(num_trials(study) - len(trials), 0)
     if not cut_short and not not_started:
@@ -304,7 +293,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: lis
     except BaseException:
         if created and not any(p.name.startswith(TrialFolder.PREFIX) for p in study_dir.iterdir()):
             for p in study_dir.iterdir():  # nothing ran: leave nothing half-written (the lock, released,
-                if p.name not in (folder.LOCK, folder.DRIVER):  # then removes the empty folder)
+                if p.name not in folder.LAUNCHER_FILES:  # then removes the empty folder)
                     shutil.rmtree(p) if p.is_dir() else p.unlink()
         raise
     finally:

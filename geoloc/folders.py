@@ -196,12 +196,16 @@ class TrialFolder:
             raise ValueError(f"{path}: not a JSON object (being rewritten?)")
         return StatusRecord.from_json(doc)
 
+    def recorded_status(self) -> StatusRecord | None:
+        """``status.json``, or None when it is missing or unreadable (a trial cut short counts so)."""
+        try:
+            return self.read_status()
+        except ValueError:
+            return None
+
     def ended(self) -> bool:
         """True when the status file says the trial finished or was stopped (unreadable counts as not)."""
-        try:
-            record = self.read_status()
-        except ValueError:
-            return False
+        record = self.recorded_status()
         return record is not None and record.status.counted
 
 
@@ -214,6 +218,7 @@ class StudyFolder:
     ORPHANS = ".orphaned"  # trial folders of Optuna trials that a killed driver left behind
     LOCK = ".lock"  # held by the one launcher that runs the study (geoloc.lock)
     DRIVER = "driver.json"  # that launcher: host, pid, since when, command
+    LAUNCHER_FILES = (LOCK, DRIVER)  # there only while a launcher runs: not part of the study
     ANALYSIS = "analysis"
 
     def __init__(self, path: str | Path):

@@ -254,10 +254,7 @@ def _from_folder(study: StudyConfig, trial: TrialFolder, doc: dict, system_attrs
         raise RebuildError(f"{trial.path / trial.TRIAL}: its params {params} do not fit the study's search space")
     scores = {row["epoch"]: float(row["score"]) for row in trial.read_metrics().rows if "score" in row}
     last = scores[max(scores)] if scores else None
-    try:
-        status = trial.read_status()
-    except ValueError:  # unreadable: as if cut short
-        status = None
+    status = trial.recorded_status()  # missing or unreadable: as if cut short
     outcome = status.status if status else Status.RUNNING
     user_attrs = {"ray_trial_id": doc.get("trial_id", trial.name[len(trial.PREFIX) :])}
     state, value = TrialState.RUNNING, None  # also for a finished trial without a score: the resume reruns it

@@ -142,10 +142,7 @@ class OptunaStudySearcher(Searcher):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.live.pop(trial_id, None)
         folder = self.folder.trial(trial_id)
-        try:
-            recorded = folder.read_status()
-        except ValueError:
-            recorded = None
+        recorded = folder.recorded_status()
         epochs = int((result or {}).get("epoch", recorded.epochs if recorded else 0) or 0)
         if error:
             reason = recorded.reason if recorded and recorded.status is Status.ERRORED else None

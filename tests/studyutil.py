@@ -64,3 +64,34 @@ def read_status(trial: Path) -> StatusRecord | None:
 
 def read_metrics(trial: Path) -> list[dict]:
     return TrialFolder(trial).read_metrics().rows
+
+
+def start_study(study_file: Path, storage: Path, *extra, stderr=subprocess.DEVNULL) -> subprocess.Popen:
+    """tune_main.py in the background, in a session of its own (so that a test can kill all it started)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "tune_main.py"),
+            str(study_file),
+            "--storage",
+            str(storage),
+            "--no-analysis",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+
+
+def ended(study_dir: Path) -> list[Path]:
+    """The trial folders whose status says finished or stopped."""
+    return [t for t in trial_dirs(study_dir) if TrialFolder(t).ended()] if study_dir.exists() else []
+
+
+def optuna_trials(study_dir: Path, name: str = "tiny"):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    return optuna.load_study(study_name=name, storage=StudyFolder(study_dir).optuna_url).trials

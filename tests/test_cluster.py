@@ -22,12 +22,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pytest
 
 from geoloc.folders import Status, StudyFolder, TrialFolder
 
-from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, write_study
+from .studyutil import ROOT, TINY_STUDY, ended, optuna_trials, read_metrics, read_status, trial_dirs, write_study
 from .test_figures_unchanged import FIGURES, NOT_FIGURES, studies
 
 pytestmark = pytest.mark.slow
@@ -177,11 +176,6 @@ def job_id(output: str) -> str:
     return re.search(r"Job '(raysubmit_\w+)' submitted successfully", output).group(1)
 
 
-def optuna_trials(study_dir: Path, name: str):
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name=name, storage=StudyFolder(study_dir).optuna_url).trials
-
-
 def test_the_readme_gives_the_commands_this_test_runs():
     readme = (ROOT / "README.md").read_text()
     for command in CLUSTER_COMMANDS.values():
@@ -238,10 +232,6 @@ def served_study_names(study_dir: Path) -> list[str]:
     finally:
         server.terminate()
         server.wait(timeout=30)
-
-
-def ended(study_dir: Path) -> list[Path]:
-    return [t for t in trial_dirs(study_dir) if TrialFolder(t).ended()] if study_dir.exists() else []
 
 
 def test_a_stopped_job_resubmitted_with_resume_loses_and_repeats_no_trial(cluster, tmp_path, offline_root_session):

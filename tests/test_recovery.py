@@ -27,7 +27,7 @@ from geoloc.recovery import RebuildError, StorageDamaged, check_optuna_storage, 
 from geoloc.searcher import WORKER_FAILED, OptunaStudySearcher, enqueued
 from geoloc.study import load_study_file, num_trials
 
-from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, write_study
+from .studyutil import TINY_STUDY, read_metrics, read_status, start_study, trial_dirs, write_study
 from .studyutil import tune_main as run_tune_main
 
 DIVERGED = "training loss is nan at epoch 2; the trial diverged"
@@ -306,11 +306,6 @@ def test_launcher_names_the_damage_and_the_rebuild_command_and_refuses_a_needles
 
 
 # -- end to end ------------------------------------------------------------------------------------
-
-
-def start_study(study_file: Path, storage: Path) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "tune_main.py"), str(study_file), "--storage", str(storage), "--no-analysis"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, start_new_session=True)
 
 
 def signal_session(driver: subprocess.Popen, sig: int) -> None:

@@ -13,33 +13,23 @@ import time
 import urllib.request
 from pathlib import Path
 
-import optuna
 import pytest
 
 from geoloc.folders import Status, StudyFolder, TrialFolder
 
-from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, write_study
+from .studyutil import (
+    TINY_STUDY,
+    ended,
+    optuna_trials,
+    read_metrics,
+    read_status,
+    start_study,
+    trial_dirs,
+    write_study,
+)
 from .studyutil import tune_main as run_tune_main
 
 pytestmark = pytest.mark.slow
-
-
-def start_study(study_file: Path, storage: Path, *extra, stderr=subprocess.DEVNULL) -> subprocess.Popen:
-    return subprocess.Popen(
-        [
-            sys.executable,
-            str(ROOT / "tune_main.py"),
-            str(study_file),
-            "--storage",
-            str(storage),
-            "--no-analysis",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=stderr,
-        cwd=ROOT,
-        start_new_session=True,
-    )
 
 
 def wait_for(condition, timeout=300, what=""):
@@ -49,15 +39,6 @@ def wait_for(condition, timeout=300, what=""):
             return
         time.sleep(0.5)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def ended(study_dir: Path) -> list[Path]:
-    return [t for t in trial_dirs(study_dir) if TrialFolder(t).ended()] if study_dir.exists() else []
-
-
-def optuna_trials(study_dir: Path):
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    return optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url).trials
 
 
 def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offline_root_session):
