@@ -1,4 +1,5 @@
-"""``python -m analysis STUDY_DIR [--out DIR] [--by PARAM ...] [--format md,tex,csv] [--which final|best]``."""
+"""``python -m analysis STUDY_DIR [--out DIR] [--by PARAM ...] [--format md,tex,csv] [--epoch N|final|best]
+[--baseline VALUE] [--bins N] [--no-plots]``."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 
 from geoloc.folders import Status, TrialFolder
 
+from .budget import epoch_label
 from .load import AnalysisError
 
 
@@ -29,14 +31,20 @@ def parser() -> argparse.ArgumentParser:
         "--format", default="md,tex,csv", help="table formats, comma-separated subset of md,tex,csv (default: all)"
     )
     p.add_argument(
-        "--which",
-        choices=("final", "best"),
-        default="final",
-        help="each trial's final-epoch metrics (default) or its best epoch's",
+        "--epoch",
+        metavar="N|final|best",
+        help="compare trials at epoch N (those that reached it, with their values there), or each trial's "
+        "final or best epoch (which mixes budgets when trials ran different numbers of epochs). Default: the "
+        "epoch every finished or stopped trial ran, else the highest epoch at least half of them reached",
     )
-    # The option's earlier name, so that existing commands still work.
+    # Earlier names of --epoch final|best, so that existing commands still work.
+    for old in ("--which", "--values"):
+        p.add_argument(old, dest="epoch", choices=("final", "best"), default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument(
-        "--values", dest="which", choices=("final", "best"), default=argparse.SUPPRESS, help=argparse.SUPPRESS
+        "--baseline",
+        metavar="VALUE",
+        help="the arm every other arm is compared with, for each parameter that has this value "
+        "(default: the base configuration's value)",
     )
     p.add_argument(
         "--bins", type=int, default=4, help="quantile bins for a numeric parameter with many values (default: 4)"
@@ -55,7 +63,8 @@ def main(argv=None) -> int:
             args.out,
             by=args.by,
             formats=args.format,
-            which=args.which,
+            epoch=args.epoch,
+            baseline=args.baseline,
             bins=args.bins,
             plots=not args.no_plots,
         )
@@ -64,9 +73,10 @@ def main(argv=None) -> int:
         return 2
     c = result["counts"]
     statuses = (Status.FINISHED, Status.STOPPED, Status.ERRORED, Status.RUNNING)
+    compared = f"{c['compared']} compared at {epoch_label(result['epoch'])}; " if result["epoch"] is not None else ""
     print(
         f"{c['total']} trials ({', '.join(f'{c[s.value]} {s.value}' for s in statuses)}); "
-        f"{len(result['files'])} files in {result['out_dir']}"
+        f"{compared}{len(result['files'])} files in {result['out_dir']}"
     )
     print(f"report: {result['report']}")
     return 0

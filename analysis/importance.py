@@ -1,7 +1,8 @@
 """Hyperparameter importance for score and for the finest accuracy (acc_1km), from the trial table alone.
 
-An in-memory Optuna study is rebuilt from trials.csv's rows, so importance works for any study
-directory, with or without its optuna.db, and uses the same trials as every other table.
+An in-memory Optuna study is rebuilt from the compared trials' rows (their values at the budget's
+epoch), so importance works for any study directory, with or without its optuna.db, and uses the
+same trials and values as every other table.
 """
 
 from __future__ import annotations
@@ -38,16 +39,18 @@ def distribution(values: list, kind: str):
     return CategoricalDistribution(sorted({str(v) for v in values}))
 
 
-def importances(study: Study, targets=None, which: str = "final") -> Importance:
-    """Importance of each varied hyperparameter for each target metric (default: score and the finest accuracy)."""
+def importances(study: Study, trials: pd.DataFrame, targets=None) -> Importance:
+    """Importance of each varied hyperparameter for each target metric (default: score and the finest accuracy).
+
+    trials: one row per trial, its params and a column per metric (the budget's trials).
+    """
     import optuna
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     targets = ["score", *study.accuracies[:1]] if targets is None else list(targets)
-    used = study.counted()
     # A param missing from some trials (conditional search space) cannot be compared across all.
-    params = [p for p in study.varied if used[p].notna().all() and used[p].nunique() > 1] if len(used) else []
+    params = [p for p in study.varied if trials[p].notna().all() and trials[p].nunique() > 1] if len(trials) else []
     notes = []
     rows = []
     try:
@@ -57,15 +60,14 @@ def importances(study: Study, targets=None, which: str = "final") -> Importance:
         notes.append("fANOVA needs scikit-learn, which is not installed; PED-ANOVA was used instead")
 
     for target in targets:
-        column = f"{which}_{target}"
-        if column not in used:
+        if target not in study.metrics:
             notes.append(f"{target}: not reported by this study")
             continue
-        part = used.dropna(subset=[column])
+        part = trials.dropna(subset=[target])
         if len(params) < MIN_PARAMS or len(part) < MIN_TRIALS:
             notes.append(
                 f"{target}: not enough trials for importance (needs >= {MIN_PARAMS} varied hyperparameters and "
-                f">= {MIN_TRIALS} finished or stopped trials; have {len(params)} and {len(part)})"
+                f">= {MIN_TRIALS} compared trials; have {len(params)} and {len(part)})"
             )
             continue
         dists = {p: distribution(part[p].tolist(), study.param_kinds[p]) for p in params}
@@ -74,7 +76,7 @@ def importances(study: Study, targets=None, which: str = "final") -> Importance:
         for trial in part.to_dict("records"):
             values = {p: _as_param(trial[p], study.param_kinds[p]) for p in params}
             optuna_study.add_trial(
-                optuna.trial.create_trial(params=values, distributions=dists, value=float(trial[column]))
+                optuna.trial.create_trial(params=values, distributions=dists, value=float(trial[target]))
             )
         try:
             with warnings.catch_warnings():

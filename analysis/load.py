@@ -1,4 +1,5 @@
-"""Read a study directory into two DataFrames: one row per trial, one row per trial and epoch.
+"""Read a study directory into DataFrames: one row per trial; per trial and epoch; per trial, seed and
+epoch; and the fine error curves (per trial, seed, epoch, evaluation set and distance).
 
 Only the files the launcher writes are read, through ``geoloc.folders`` (trial records, metrics,
 statuses) and ``geoloc.metrics`` (the study's metric registry), so a finished study, a running
@@ -44,12 +45,24 @@ class Study:
     name: str
     trials: pd.DataFrame  # one row per trial: info, params, final_<metric>, best_<metric>
     epochs: pd.DataFrame  # one row per trial and epoch: number, trial_id, status, epoch, metrics, params
+    # One row per trial, seed and epoch: number, trial_id, status, seed, epoch, metrics, params.
+    # A trial of ``search.seeds: K`` has K rows per epoch (seeds.jsonl); any other trial one, its
+    # metrics.jsonl row with its seed (config.json's train.seed, else its train.seed parameter).
+    seeds: pd.DataFrame
+    # The fine error curves, long: trial_id, seed, epoch, set, km, acc (one row per distance).
+    curves: pd.DataFrame
     params: list[str]  # every hyperparameter, in first-seen order
     param_kinds: dict[str, str]  # "int" | "float" | "categorical"
     varied: list[str]  # hyperparameters with more than one value across the trials
     metrics: list[str]  # numeric per-epoch metric keys (registry-known or not)
     registry: MetricRegistry  # what each metric key means: direction, fraction, threshold
+    spec: dict = field(default_factory=dict)  # study.yaml (base, search_space, scheduler, ...); {} when unreadable
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def primary_set(self) -> str | None:
+        """The name of the first evaluation set (the one ``score`` and the plain metric keys belong to)."""
+        return next((m.eval_set for m in self.registry if m.primary), None)
 
     @property
     def accuracies(self) -> list[str]:
@@ -84,7 +97,7 @@ def read_study(study_dir: str | Path) -> Study:
             f"{path}: no trials found (expected trial folders with {TrialFolder.TRIAL}, written by tune_main.py){hint}"
         )
 
-    rows, epoch_rows, raw_params = [], [], []
+    rows, epoch_rows, seed_rows, curve_rows, raw_params = [], [], [], [], []
     for trial in trial_folders:
         read = _read_trial(trial, warnings)
         if read is None:
@@ -96,8 +109,11 @@ def read_study(study_dir: str | Path) -> Study:
             info["trial_id"] = f"{info['trial_id']}@{trial.name}"
         rows.append(info)
         raw_params.append(params)
-        for e in epochs:
-            epoch_rows.append({"number": info["number"], "trial_id": info["trial_id"], "status": info["status"], **e})
+        key = {"number": info["number"], "trial_id": info["trial_id"], "status": info["status"]}
+        epoch_rows += [{**key, **e} for e in epochs]
+        seeds, curves = _read_seeds_and_curves(trial, params, warnings)
+        seed_rows += [{**key, **e} for e in seeds]
+        curve_rows += [{"trial_id": info["trial_id"], **c} for c in curves]
     if not rows:
         raise AnalysisError(
             f"{path}: no readable trials ({len(trial_folders)} {TrialFolder.TRIAL} files, none valid JSON)"
@@ -124,15 +140,10 @@ def read_study(study_dir: str | Path) -> Study:
     trials = _with_final_and_best(trials, epochs, metric_keys, registry)
     trials = trials.sort_values(["number", "trial_id"], na_position="last").reset_index(drop=True)
 
-    if len(epochs):
-        by_trial = {t: p for t, p in zip([r["trial_id"] for r in rows], raw_params, strict=True)}
-        for k in params:
-            if k not in epochs.columns:  # a metric of the same name wins; trials.csv still has the param
-                epochs[k] = [by_trial[t].get(k) for t in epochs["trial_id"]]
-        epochs["number"] = pd.to_numeric(epochs["number"], errors="coerce").astype("Int64")
-        epochs = epochs.sort_values(["number", "trial_id", "epoch"], na_position="last").reset_index(drop=True)
-    else:
-        epochs = pd.DataFrame(columns=["number", "trial_id", "status", "epoch", *params])
+    by_trial = {t: p for t, p in zip([r["trial_id"] for r in rows], raw_params, strict=True)}
+    epochs = _per_epoch(epochs, ["epoch"], params, by_trial)
+    seeds = _per_epoch(pd.DataFrame(seed_rows), ["seed", "epoch"], params, by_trial)
+    curves = _curve_table(curve_rows)
 
     name = study_doc.get("name")
     return Study(
@@ -140,13 +151,36 @@ def read_study(study_dir: str | Path) -> Study:
         name=name if isinstance(name, str) else path.resolve().name,
         trials=trials,
         epochs=epochs,
+        seeds=seeds,
+        curves=curves,
         params=params,
         param_kinds=kinds,
         varied=varied,
         metrics=metric_keys,
         registry=registry,
+        spec=study_doc,
         warnings=warnings,
     )
+
+
+def _per_epoch(frame: pd.DataFrame, keys: list[str], params: list[str], by_trial: dict) -> pd.DataFrame:
+    """A per-epoch table with the trial's hyperparameters on each row, sorted by trial, then ``keys``."""
+    if not len(frame):
+        return pd.DataFrame(columns=["number", "trial_id", "status", *keys, *params])
+    for k in params:
+        if k not in frame.columns:  # a metric of the same name wins; trials.csv still has the param
+            frame[k] = [by_trial[t].get(k) for t in frame["trial_id"]]
+    frame["number"] = pd.to_numeric(frame["number"], errors="coerce").astype("Int64")
+    return frame.sort_values(["number", "trial_id", *keys], na_position="last").reset_index(drop=True)
+
+
+def _curve_table(rows: list[dict]) -> pd.DataFrame:
+    """curves.jsonl rows (lists of km and acc) as one row per distance."""
+    columns = ["trial_id", "seed", "epoch", "set", "km", "acc"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame(rows)[columns].explode(["km", "acc"], ignore_index=True)
+    return table.astype({"km": float, "acc": float})
 
 
 def _read_trial(trial: TrialFolder, warnings: list[str]):
@@ -186,6 +220,27 @@ def _read_trial(trial: TrialFolder, warnings: list[str]):
         "trial_dir": trial.name,
     }
     return info, params, log.rows
+
+
+def _read_seeds_and_curves(trial: TrialFolder, params: dict, warnings: list[str]) -> tuple[list[dict], list[dict]]:
+    """Each seed's epoch rows (``TrialFolder.read_seeds``) and the error-curve rows of one trial.
+
+    A one-seed run names its seed in config.json; a folder without one (older, or hand-made)
+    takes the trial's train.seed parameter, so that its runs still pair by seed.
+    """
+    fallback = params.get("train.seed")
+    logs = {TrialFolder.SEEDS: trial.read_seeds(), TrialFolder.CURVES: trial.read_log(TrialFolder.CURVES)}
+    for name, log in logs.items():
+        if log.unreadable and (trial.path / name).exists():  # metrics.jsonl's own are reported with it
+            warnings.append(
+                f"{trial.name}: skipped {log.unreadable} unreadable line(s) in {name} (still being written?)"
+            )
+    seeds, curves = (
+        [{**row, "seed": fallback if row.get("seed") is None else row["seed"]} for row in log.rows]
+        for log in logs.values()
+    )
+    whole = [c for c in curves if isinstance(c.get("km"), list) and len(c["km"]) == len(c.get("acc") or ())]
+    return seeds, whole
 
 
 def _study_doc(folder: StudyFolder) -> dict:
@@ -275,6 +330,35 @@ def _numeric_metric_keys(epochs: pd.DataFrame) -> list[str]:
     return keys
 
 
+def values_at(
+    rows: pd.DataFrame, keys: list[str], epoch: int | str, metrics: list[str], registry: MetricRegistry
+) -> pd.DataFrame:
+    """One row per ``keys`` group of per-epoch ``rows`` (``keys`` as columns, then ``metrics``).
+
+    epoch: a number (its row; groups that did not reach it are absent), "final" (the last
+    epoch's row: the last row, not the last non-null value, so a loss that ended NaN shows as
+    NaN) or "best" (each metric with a registry direction at its best epoch, the others final).
+    """
+    ordered = rows.sort_values([*keys, "epoch"])
+    if epoch in ("final", "best"):
+        picked = ordered.groupby(keys, dropna=False, sort=False).tail(1)
+    else:
+        picked = ordered[ordered["epoch"] == epoch]
+    # A metric some rows lack (an older log) is NaN there, never a missing column.
+    table = picked.set_index(keys).reindex(columns=metrics).apply(pd.to_numeric, errors="coerce")
+    if epoch == "best":
+        groups = (
+            ordered.reindex(columns=metrics)
+            .apply(pd.to_numeric, errors="coerce")
+            .groupby([ordered[k] for k in keys], dropna=False)
+        )
+        for m in metrics:
+            how = registry.direction(m)
+            if how:
+                table[m] = getattr(groups[m], how)().reindex(table.index)
+    return table.reset_index()
+
+
 def _with_final_and_best(
     trials: pd.DataFrame, epochs: pd.DataFrame, metrics: list[str], registry: MetricRegistry
 ) -> pd.DataFrame:
@@ -283,14 +367,8 @@ def _with_final_and_best(
         for m in metrics:
             trials[f"final_{m}"] = math.nan
         return trials
-    ordered = epochs.sort_values(["trial_id", "epoch"])
-    # The last row, not the last non-null value: a loss that ended NaN must show as NaN.
-    last = ordered.groupby("trial_id").tail(1).set_index("trial_id")
-    columns = {f"final_{m}": pd.to_numeric(last[m], errors="coerce") for m in metrics}
-    for m in metrics:
-        how = registry.direction(m)
-        if how:
-            values = pd.to_numeric(ordered[m], errors="coerce")
-            columns[f"best_{m}"] = getattr(values.groupby(ordered["trial_id"]), how)()
-    table = pd.DataFrame(columns)
-    return trials.join(table, on="trial_id")
+    final = values_at(epochs, ["trial_id"], "final", metrics, registry).set_index("trial_id")
+    best = values_at(epochs, ["trial_id"], "best", metrics, registry).set_index("trial_id")
+    columns = {f"final_{m}": final[m] for m in metrics}
+    columns.update({f"best_{m}": best[m] for m in metrics if registry.direction(m)})
+    return trials.join(pd.DataFrame(columns), on="trial_id")

@@ -9,9 +9,10 @@ import pandas as pd
 
 from geoloc.folders import Status, StudyFolder
 
+from . import budget as budgets
 from . import tables
 from .load import AnalysisError, Study, read_study
-from .report import interval, signed, summary, write_report
+from .report import Findings, interval, signed, summary, write_report
 
 FORMATS = ("md", "tex", "csv")
 
@@ -22,7 +23,8 @@ def analyse(
     by=None,
     formats=FORMATS,
     *,
-    which: str = "final",
+    epoch=None,
+    baseline=None,
     bins: int = 4,
     plots: bool = True,
     echo_warnings: bool = True,
@@ -30,16 +32,24 @@ def analyse(
     """Analyse STUDY_DIR into OUT_DIR (default STUDY_DIR/analysis); returns paths and headline numbers.
 
     by: hyperparameters to tabulate (default: each one the study varied); formats: any of md, tex,
-    csv for the tables; which: "final" (last epoch, default) or "best" (best epoch) metrics.
-    Raises AnalysisError for a user's mistake (no trials, unknown parameter, bad option).
+    csv for the tables; epoch: the epoch trials are compared at, a number, "final" or "best"
+    (default: the rule of ``budget.py``); baseline: the value of the arm every other arm is
+    compared with, for each parameter that has it (default: the base configuration's value).
+    Raises AnalysisError for a user's mistake (no trials, unknown parameter, bad option), before
+    anything is written.
     """
-    formats = _check_options(formats, which, bins)
+    formats = _check_options(formats, bins)
+    epoch = budgets.parse_epoch(epoch)
     study = read_study(study_dir)
     by = _check_by(study, by)
-    # scipy and optuna take seconds to import: only once there is a study to analyse, so that a
-    # wrong path is answered at once.
-    from . import tradeoff
+    budget = budgets.at(study, budgets.choose(study, epoch), asked=epoch is not None)
+    # scipy, matplotlib and optuna take seconds to import: only once there is a study to analyse,
+    # so that a wrong path or epoch is answered at once.
+    from . import arms, compare, tradeoff
     from .importance import importances
+    from .plots import all_plots
+
+    every_arm = arms.all_arms(study, budget, by, bins, baseline)  # an unknown --baseline stops here
 
     out = Path(out_dir) if out_dir is not None else study.path / StudyFolder.ANALYSIS
     try:
@@ -48,35 +58,62 @@ def analyse(
         raise AnalysisError(f"--out {out}: cannot create the output directory ({exc.strerror})") from None
     files: dict[str, Path] = {}
     warnings = [w if w.startswith("warning:") else f"warning: {w}" for w in study.warnings]
+    warnings += [budget.warning()] if budget.warning() else []
 
     files["trials"] = out / "trials.csv"
     study.trials.to_csv(files["trials"], index=False)
     files["epochs"] = out / "epochs.csv"
     study.epochs.to_csv(files["epochs"], index=False)
 
-    has_counted = len(study.counted()) > 0
-    ablations = [tables.ablation(study, p, which, bins) for p in by] if has_counted else []
+    comparison = arms.comparison(study, every_arm)
+    crossovers = arms.crossovers(every_arm)
+    ablations = [tables.ablation(study, budget, p, bins) for p in by] if len(budget.trials) else []
     table_paths = {}
+    baselines = {a.param: a.baseline for a in every_arm}
     for ab in ablations:
         warnings += ab.warnings
+        if ab.param in baselines:
+            rule = f"Holm-corrected t-test p < {compare.ALPHA:g}; see the paired comparisons"
+            tables.mark(ab, comparison[comparison["param"] == ab.param], baselines[ab.param], rule)
         table_paths[f"ablation_{tables.slug(ab.param)}"] = tables.write(ab, out, formats)
 
-    corr = tradeoff.loss_vs_accuracy(study, which)
+    corr = tradeoff.loss_vs_accuracy(study, budget)
     fine = study.accuracies[0] if study.accuracies else None
     per_trial = tradeoff.divergence(study, fine)
     div_summary = tradeoff.divergence_summary(study, per_trial, bins)
-    fronts = tradeoff.pareto(study, which)
-    ceiling = tradeoff.ceiling(study, which)
-    importance = importances(study, which=which)
+    fronts = tradeoff.pareto(study, budget.trials)
+    ceiling = tradeoff.ceiling(study, budget.trials)
+    importance = importances(study, budget.trials)
 
-    caption_used = tables.counted_caption(study, which)
+    caption_used = budget.describe()
+    fractions = [m for m in study.metrics if study.registry.fraction(m)]
     # (file name, report heading, caption, numbers for CSV, strings for Markdown/LaTeX)
+    compared = [
+        (
+            "comparison",
+            "Paired comparisons",
+            _comparison_caption(comparison, budget),
+            comparison,
+            _comparison_display(comparison, fractions),
+        ),
+        (
+            "crossover",
+            "Crossover distance of the error curves",
+            f"Where each arm's mean error curve (accuracy within a distance, on {study.primary_set}) crosses "
+            f"the baseline's, at {budget.label}: below it the arm is worse, above it better ('none' when the "
+            f"curves do not cross; ties within {100 * compare.TIE_TOL:g} pp are skipped).",
+            crossovers,
+            _crossover_display(crossovers),
+        ),
+    ]
     sections = [
         (
             "loss_vs_accuracy",
             "Loss against accuracy across trials",
-            f"Spearman rank correlation between each trial's {which} loss and each accuracy, with a seeded "
-            f"percentile bootstrap 95 % interval ({tradeoff.N_BOOT} resamples of trials); {caption_used}.",
+            "Spearman rank correlation between each trial's loss and each accuracy at one epoch (each ASHA rung, "
+            f"else the compared epoch), with a seeded percentile bootstrap 95 % interval ({tradeoff.N_BOOT} "
+            "resamples of trials), over the finished or stopped trials that reached that epoch, with their "
+            "values there.",
             corr,
             _corr_display(corr),
         ),
@@ -85,7 +122,7 @@ def analyse(
             f"Divergence epochs: loss fell while {fine or 'accuracy'} fell",
             f"Epochs e > 1 where the loss fell versus epoch e-1 while {fine or 'accuracy'} fell too; "
             f"n = trials with at least 2 epochs; first epoch = earliest (min) and median first divergence epoch; "
-            f"{tables.counted_caption(study, None)}.",
+            f"epoch curves of {budgets.counted_words(study)}.",
             div_summary,
             _div_display(div_summary),
         ),
@@ -100,12 +137,14 @@ def analyse(
             "ceiling",
             "Gallery ceiling",
             "Accuracy the gallery allows at best (a prediction can be no closer than the nearest gallery "
-            "point) beside the mean and best accuracy reached, all in %.",
+            f"point) beside the mean and best accuracy reached, all in %; {caption_used}.",
             ceiling,
             _ceiling_display(ceiling),
         ),
     ]
-    for name, _, caption, numeric, display in sections:
+    # The comparisons exist only for varied parameters, the crossovers only where curves were logged.
+    compared = [c for c in compared if len(c[3])]
+    for name, _, caption, numeric, display in compared + sections:
         table_paths[name] = tables.write_table(numeric, display, out, name, caption, formats)
     files["divergence"] = out / "divergence.csv"
     per_trial.to_csv(files["divergence"], index=False)
@@ -121,29 +160,43 @@ def analyse(
 
     plot_paths = {}
     if plots:
-        from .plots import all_plots  # matplotlib, likewise, only when plots are wanted
+        plot_paths = all_plots(study, budget, importance, out)
+        for a in every_arm:
+            if a.baseline in set(a.curves["arm"]):
+                name = f"error_curve_{tables.slug(a.param)}"
+                plot_paths[name] = compare.plot_error_curves(a.curves, a.baseline, out / f"{name}.png")
 
-        plot_paths = all_plots(study, importance, out, which)
-
-    lines = summary(study, which, ablations, corr, div_summary, fronts, ceiling, importance)
+    found = Findings(
+        ablations,
+        corr,
+        tradeoff.quoted_epoch(corr, budget),
+        div_summary,
+        fronts,
+        ceiling,
+        importance,
+        comparison,
+        crossovers,
+        [note for a in every_arm for note in a.notes],
+    )
+    lines = summary(study, budget, found)
     files["report"] = write_report(
         out / "report.md",
         study,
-        which,
+        budget,
         lines,
         warnings,
-        ablations,
+        found,
+        {title: (caption, display) for _, title, caption, _, display in compared},
         {title: (caption, display) for _, title, caption, _, display in sections},
-        importance,
         plot_paths,
     )
     if echo_warnings:
         for w in warnings:
             print(w, file=sys.stderr)
-    return _result(study, out, files, table_paths, plot_paths, corr, fronts, importance, warnings, which)
+    return _result(study, budget, out, files, table_paths, plot_paths, found, warnings)
 
 
-def _check_options(formats, which, bins) -> tuple[str, ...]:
+def _check_options(formats, bins) -> tuple[str, ...]:
     if isinstance(formats, str):
         formats = [f for f in formats.split(",") if f.strip()]
     formats = tuple(f.strip().lower() for f in formats)
@@ -152,8 +205,6 @@ def _check_options(formats, which, bins) -> tuple[str, ...]:
         raise AnalysisError(
             f"--format: expected a comma-separated subset of {','.join(FORMATS)}, got {','.join(formats) or 'nothing'}"
         )
-    if which not in ("final", "best"):
-        raise AnalysisError(f"--which: expected final or best, got {which!r}")
     if not isinstance(bins, int) or bins < 2:
         raise AnalysisError(f"--bins: expected an integer >= 2, got {bins!r}")
     return formats
@@ -173,6 +224,7 @@ def _check_by(study: Study, by) -> list[str]:
 def _corr_display(corr: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
+            "epoch": corr["epoch"].astype(str),
             "loss": corr["loss"],
             "accuracy": corr["metric"],
             "n": corr["n"].astype(str),
@@ -183,6 +235,39 @@ def _corr_display(corr: pd.DataFrame) -> pd.DataFrame:
             "strength": corr["strength"],
         }
     )
+
+
+def _comparison_caption(comparison: pd.DataFrame, budget: budgets.Budget) -> str:
+    """What was compared, then compare.py's own caption for each parameter (each one Holm family)."""
+    from .compare import caption
+
+    head = (
+        f"Each arm against its parameter's baseline at {budget.label}: units are {budget.unit_word} "
+        f"({budget.describe()}), paired by seed and every other varied setting."
+    )
+    parts = [
+        caption(part) if comparison["param"].nunique() == 1 else f"{param}: {caption(part)}"
+        for param, part in comparison.groupby("param", sort=False)
+    ]
+    return " ".join([head, *parts])
+
+
+def _comparison_display(comparison: pd.DataFrame, fractions: list[str]) -> pd.DataFrame:
+    from .compare import render
+
+    return (
+        render(comparison, fractions)
+        .assign(param=comparison["param"].to_numpy())
+        .pipe(lambda view: view[["param", *[c for c in view.columns if c != "param"]]])
+    )
+
+
+def _crossover_display(crossovers: pd.DataFrame) -> pd.DataFrame:
+    view = crossovers[["param", "arm", "baseline", "note"]].astype(str)
+    km = pd.to_numeric(crossovers["crossover_km"], errors="coerce")
+    view.insert(3, "crossover", km.map(lambda v: "none" if pd.isna(v) else f"{v:.3g} km"))
+    view["paired"] = crossovers["paired"].map({True: "yes", False: "no"})
+    return view
 
 
 def _div_display(summary: pd.DataFrame) -> pd.DataFrame:
@@ -220,20 +305,21 @@ def _native(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _result(study, out, files, table_paths, plot_paths, corr, fronts, importance, warnings, which) -> dict:
+def _result(study, budget, out, files, table_paths, plot_paths, found, warnings) -> dict:
     counts = study.trials["status"].value_counts()
-    used = study.counted()
+    used = budget.trials
     best = None
-    if f"{which}_score" in used and used[f"{which}_score"].notna().any():
-        row = used.loc[used[f"{which}_score"].astype(float).idxmax()]
+    if "score" in study.metrics and used["score"].notna().any():
+        row = used.loc[used["score"].astype(float).idxmax()]
         best = {
             "number": None if pd.isna(row["number"]) else int(row["number"]),
             "trial_id": row["trial_id"],
-            "score": float(row[f"{which}_score"]),
+            "score": float(row["score"]),
             "params": {p: _native(row[p]) for p in study.params},
         }
     every = [str(p) for p in files.values()] + [str(p) for d in table_paths.values() for p in d.values()]
     every += [str(p) for p in plot_paths.values()]
+    importance = found.importance
     return {
         "out_dir": str(out),
         "report": str(files["report"]),
@@ -245,17 +331,23 @@ def _result(study, out, files, table_paths, plot_paths, corr, fronts, importance
         "counts": {
             **{s.value: int(counts.get(s.value, 0)) for s in Status},
             "total": len(study.trials),
-            "counted": len(used),
+            "counted": budget.counted,
+            "compared": len(budget.trials),
         },
+        "epoch": budget.epoch,
         "varied": list(study.varied),
         "best": best,
-        "correlations": corr.to_dict("records"),
-        "pareto": {name: list(g["trial_id"]) for name, g in fronts.groupby("front", sort=False)} if len(fronts) else {},
+        "correlations": found.corr.to_dict("records"),
+        "comparison": found.comparison.to_dict("records"),
+        "crossovers": found.crossovers.to_dict("records"),
+        "pareto": {name: list(g["trial_id"]) for name, g in found.fronts.groupby("front", sort=False)}
+        if len(found.fronts)
+        else {},
         "importance": {
             t: dict(zip(g["param"], g["importance"], strict=True))
             for t, g in importance.table.groupby("target", sort=False)
         },
         "importance_evaluator": importance.evaluator,
-        "notes": list(importance.notes),
+        "notes": list(importance.notes) + list(found.arm_notes),
         "warnings": list(warnings),
     }

@@ -21,6 +21,7 @@ from matplotlib.lines import Line2D
 
 from geoloc.folders import Status
 
+from .budget import Budget
 from .importance import Importance
 from .load import NOISE_PARAM, Study
 from .tables import MAX_LEVELS, fmt_value, levels, slug
@@ -57,19 +58,19 @@ def _norm(values: pd.Series):
     return matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
 
 
-def loss_vs_fine(study: Study, out: Path, which: str = "final") -> Path | None:
-    """Each loss against acc_1km, one dot per trial coloured by sigma, with that pair's Pareto front."""
+def loss_vs_fine(study: Study, budget: Budget, out: Path) -> Path | None:
+    """Each loss against acc_1km at the budget: a dot per trial coloured by sigma, with the pair's Pareto front."""
     fine = study.accuracies[0] if study.accuracies else None
     losses = [loss for loss in ("train_loss", "val_loss") if loss in study.metrics]
-    used = study.counted()
+    used = budget.trials
     if fine is None or not losses or not len(used):
         return None
     key, colour = _colour_key(study)
     norm = _norm(colour)
     fig, axes = _figure(1, len(losses), (5.5 * len(losses), 4.5))
     for ax, loss in zip(axes[0], losses, strict=True):
-        part = used.dropna(subset=[f"{which}_{loss}", f"{which}_{fine}"])
-        x, y = part[f"{which}_{loss}"].astype(float), part[f"{which}_{fine}"].astype(float)
+        part = used.dropna(subset=[loss, fine])
+        x, y = part[loss].astype(float), part[fine].astype(float)
         dots = ax.scatter(
             x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=norm, s=45, edgecolors="k", linewidths=0.4
         )
@@ -77,18 +78,18 @@ def loss_vs_fine(study: Study, out: Path, which: str = "final") -> Path | None:
             ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if len(part):
             on = pareto_mask(pd.DataFrame({loss: x, fine: y}), {loss: "min", fine: "max"})
-            front = part[on].sort_values(f"{which}_{loss}")
+            front = part[on].sort_values(loss)
             ax.step(
-                front[f"{which}_{loss}"],
-                front[f"{which}_{fine}"],
+                front[loss],
+                front[fine],
                 where="post",
                 color="crimson",
                 lw=1.5,
                 label="Pareto front",
             )
             ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel(f"{which} {loss}")
-        ax.set_ylabel(f"{which} {fine}")
+        ax.set_xlabel(f"{loss}, {budget.label}")
+        ax.set_ylabel(f"{fine}, {budget.label}")
         ax.grid(alpha=0.3)
     if key:
         fig.colorbar(dots, ax=axes[0].tolist(), label=key)
@@ -98,13 +99,13 @@ def loss_vs_fine(study: Study, out: Path, which: str = "final") -> Path | None:
     return _save(fig, out / "loss_vs_acc.png", tight=False)
 
 
-def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: int = 5) -> Path | None:
-    """The best trials by score: accuracy against threshold, the gallery ceiling dashed."""
+def accuracy_vs_threshold(study: Study, budget: Budget, out: Path, top: int = 5) -> Path | None:
+    """The best trials by score at the budget's epoch: accuracy against threshold, the gallery ceiling dashed."""
     accs = study.accuracies
-    used = study.counted()
-    if not accs or f"{which}_score" not in used or not len(used):
+    used = budget.trials
+    if not accs or "score" not in study.metrics or not len(used):
         return None
-    best = used.dropna(subset=[f"{which}_score"]).nlargest(top, f"{which}_score")
+    best = used.dropna(subset=["score"]).nlargest(top, "score")
     x = [study.registry.get(a).threshold_km for a in accs]
     ceilings = study.ceilings
     fig, axes = _figure(1, 1, (7, 4.5))
@@ -114,12 +115,12 @@ def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: in
         colour = tab10(i % 10)
         ax.plot(
             x,
-            [trial[f"{which}_{a}"] for a in accs],
+            [trial[a] for a in accs],
             "o-",
             color=colour,
-            label=f"#{trial['number']} (score {trial[f'{which}_score']:.3f})",
+            label=f"#{trial['number']} (score {trial['score']:.3f})",
         )
-        ceil = {study.registry.get(c).threshold_km: trial.get(f"final_{c}") for c in ceilings}
+        ceil = {study.registry.get(c).threshold_km: trial.get(c) for c in ceilings}
         ys = [ceil.get(t, np.nan) for t in x]
         if not np.all(pd.isna(ys)):
             ax.plot(x, ys, "--", color=colour, alpha=0.6, lw=1)
@@ -128,7 +129,7 @@ def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: in
     ax.set_xscale("log")
     ax.set_xticks(x, [f"{t:g} km" for t in x])
     ax.set_xlabel("threshold")
-    ax.set_ylabel(f"{which} accuracy")
+    ax.set_ylabel(f"accuracy, {budget.label}")
     ax.set_ylim(0, 1.02)
     ax.minorticks_off()
     ax.grid(alpha=0.3)
@@ -137,8 +138,9 @@ def accuracy_vs_threshold(study: Study, out: Path, which: str = "final", top: in
     return _save(fig, out / "accuracy_vs_threshold.png")
 
 
-def learning_curves(study: Study, out: Path) -> Path | None:
-    """Losses and acc_1km per epoch for every trial; an x where ASHA stopped a trial."""
+def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Path | None:
+    """Losses and acc_1km per epoch for every trial; an x where ASHA stopped a trial, a grey line
+    at the epoch the tables compare (the trials that stopped before it are seen only here)."""
     panels = [m for m in ("train_loss", "val_loss") if m in study.metrics] + study.accuracies[:1]
     if not panels or not len(study.epochs):
         return None
@@ -157,6 +159,8 @@ def learning_curves(study: Study, out: Path) -> Path | None:
                 ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "x", color="k", ms=7, mew=1.5)
             elif status[trial_id] == Status.ERRORED.value:
                 ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "o", mfc="none", color="crimson", ms=7)
+        if budget is not None and isinstance(budget.epoch, int):
+            ax.axvline(budget.epoch, color="grey", lw=1, ls="--")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(metric)
@@ -166,16 +170,18 @@ def learning_curves(study: Study, out: Path) -> Path | None:
         Line2D([], [], ls="", marker="o", mfc="none", color="crimson", label="errored"),
         Line2D([], [], ls=":", color="grey", label="running"),
     ]
+    if budget is not None and isinstance(budget.epoch, int):
+        handles.append(Line2D([], [], ls="--", color="grey", lw=1, label=f"compared: {budget.label}"))
     axes[0][-1].legend(handles=handles, fontsize=8)
     if key:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=key)
     return _save(fig, out / "learning_curves.png", tight=False)
 
 
-def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") -> Path | None:
-    """Every accuracy and the score against one hyperparameter: a dot per trial, the mean per value."""
+def metrics_vs_param(study: Study, budget: Budget, param: str, out: Path) -> Path | None:
+    """Every accuracy and the score against one hyperparameter at the budget: a dot per unit, the mean per value."""
     metrics = study.accuracies + (["score"] if "score" in study.metrics else [])
-    used = study.counted()
+    used = budget.units
     if not metrics or not len(used):
         return None
     kind = study.param_kinds.get(param, "categorical")
@@ -189,7 +195,7 @@ def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") 
     rows = -(-len(metrics) // cols)
     fig, axes = _figure(rows, cols, (4.2 * cols, 3.4 * rows))
     for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
-        y = pd.to_numeric(used[f"{which}_{metric}"], errors="coerce")
+        y = pd.to_numeric(used[metric], errors="coerce")
         ax.scatter(x, y, s=25, alpha=0.8, edgecolors="k", linewidths=0.3)
         means = y.groupby(x).mean()
         if len(means) <= MAX_LEVELS:  # for a continuous param the per-value mean is just the dots again
@@ -199,24 +205,24 @@ def metrics_vs_param(study: Study, param: str, out: Path, which: str = "final") 
         if not numeric:
             ax.set_xticks(range(len(level.cat.categories)), level.cat.categories, rotation=30, fontsize=8)
         ax.set_xlabel(param)
-        ax.set_ylabel(f"{which} {metric}")
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    fig.suptitle(f"{which} metrics against {param} (one dot per finished or stopped trial)")
+    fig.suptitle(f"metrics at {budget.label} against {param} (one dot per {budget.unit_word[:-1]})")
     return _save(fig, out / f"metrics_vs_{slug(param)}.png")
 
 
-def parallel_coordinates(study: Study, out: Path, which: str = "final") -> Path | None:
-    """One line per trial through its varied hyperparameters (each scaled to 0..1) and its score."""
-    used = study.counted().dropna(subset=[f"{which}_score"]) if f"{which}_score" in study.counted() else None
+def parallel_coordinates(study: Study, budget: Budget, out: Path) -> Path | None:
+    """One line per trial through its varied hyperparameters (each scaled to 0..1) and its score at the budget."""
+    used = budget.trials.dropna(subset=["score"]) if "score" in study.metrics else None
     if used is None or not len(used) or not study.varied:
         return None
     axes_names = study.varied + ["score"]
     scaled, ticks = [], []
     for name in axes_names:
         if name == "score":
-            values = used[f"{which}_score"].astype(float)
+            values = used["score"].astype(float)
         elif study.param_kinds.get(name) in ("int", "float"):
             values = pd.to_numeric(used[name], errors="coerce")
             if study.param_kinds[name] == "float" and values.min() > 0 and values.max() / values.min() >= 100:
@@ -226,10 +232,10 @@ def parallel_coordinates(study: Study, out: Path, which: str = "final") -> Path 
             values = pd.Series(level.cat.codes, index=used.index).astype(float)
         lo, hi = values.min(), values.max()
         scaled.append(((values - lo) / (hi - lo)).fillna(0.5).to_numpy() if hi > lo else np.full(len(values), 0.5))
-        raw = used[f"{which}_score"] if name == "score" else used[name]
+        raw = used[name]
         ticks.append((fmt_value(_pick(raw, "min")), fmt_value(_pick(raw, "max"))))
     data = np.column_stack(scaled)
-    score = used[f"{which}_score"].astype(float).to_numpy()
+    score = used["score"].astype(float).to_numpy()
     fig, axes = _figure(1, 1, (max(6, 1.8 * len(axes_names)), 4.5))
     ax = axes[0, 0]
     segments = [np.column_stack([np.arange(len(axes_names)), row]) for row in data]
@@ -246,7 +252,7 @@ def parallel_coordinates(study: Study, out: Path, which: str = "final") -> Path 
     ax.set_ylim(-0.15, 1.15)
     ax.set_xticks(range(len(axes_names)), axes_names, rotation=20, fontsize=8)
     ax.set_yticks([])
-    fig.colorbar(lines, ax=ax, label=f"{which} score")
+    fig.colorbar(lines, ax=ax, label=f"score, {budget.label}")
     ax.set_title("parallel coordinates (each axis scaled to its range)")
     return _save(fig, out / "parallel_coordinates.png")
 
@@ -274,13 +280,13 @@ def importance_bars(result: Importance, out: Path) -> Path | None:
     return _save(fig, out / "importance.png")
 
 
-def all_plots(study: Study, importance: Importance, out: Path, which: str = "final") -> dict[str, Path]:
+def all_plots(study: Study, budget: Budget, importance: Importance, out: Path) -> dict[str, Path]:
     made = {
-        "loss_vs_acc": loss_vs_fine(study, out, which),
-        "accuracy_vs_threshold": accuracy_vs_threshold(study, out, which),
-        "learning_curves": learning_curves(study, out),
-        **{f"metrics_vs_{slug(p)}": metrics_vs_param(study, p, out, which) for p in study.varied},
-        "parallel_coordinates": parallel_coordinates(study, out, which),
+        "loss_vs_acc": loss_vs_fine(study, budget, out),
+        "accuracy_vs_threshold": accuracy_vs_threshold(study, budget, out),
+        "learning_curves": learning_curves(study, out, budget),
+        **{f"metrics_vs_{slug(p)}": metrics_vs_param(study, budget, p, out) for p in study.varied},
+        "parallel_coordinates": parallel_coordinates(study, budget, out),
         "importance": importance_bars(importance, out),
     }
     return {name: path for name, path in made.items() if path is not None}

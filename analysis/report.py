@@ -1,22 +1,27 @@
 """report.md: every table and figure on one page, opening with a summary written from the numbers.
 
-The summary states effects with their n and intervals, and says when the evidence is thin, so
-that a sentence copied into a thesis carries its own caveat.
+The summary compares trials at one epoch (the budget, ``budget.py``) and states an effect of a
+hyperparameter only where the comparison of its arm against the baseline (``compare.py``) finds
+one: significant after Holm's correction (the tables' marker) and with an interval that excludes
+0; elsewhere it says "no evidence at this budget" with the n it rests on. Each sentence carries
+its n and interval, so that a sentence copied into a thesis carries its own caveat.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from geoloc.folders import Status
-from geoloc.metrics import MetricRegistry
+from geoloc.metrics import RESOLUTION, MetricRegistry
 
+from .budget import WHOLE, Budget, epoch_label
 from .importance import Importance
 from .load import Study
-from .tables import MIN_RUNS, Ablation, cell_text, counted_caption, fmt_value, markdown, slug, to_markdown
+from .tables import MIN_RUNS, Ablation, fmt_value, markdown, slug, to_markdown
 
 # How the summary names each status, in the order it lists them.
 STATUS_WORDS = {
@@ -47,89 +52,67 @@ def is_seed(param: str) -> bool:
 # --- summary ---------------------------------------------------------------------------------
 
 
-def summary(
-    study: Study,
-    which: str,
-    ablations: list[Ablation],
-    corr: pd.DataFrame,
-    div_summary: pd.DataFrame,
-    fronts: pd.DataFrame,
-    ceiling: pd.DataFrame,
-    importance: Importance,
-) -> list[str]:
+@dataclass
+class Findings:
+    """Everything the summary and the page are written from."""
+
+    ablations: list[Ablation]
+    corr: pd.DataFrame  # tradeoff.loss_vs_accuracy
+    quoted_epoch: object  # the correlations' epoch the summary quotes (tradeoff.quoted_epoch)
+    div_summary: pd.DataFrame
+    fronts: pd.DataFrame
+    ceiling: pd.DataFrame
+    importance: Importance
+    comparison: pd.DataFrame  # arms.comparison: param, then compare.COLUMNS
+    crossovers: pd.DataFrame  # arms.crossovers
+    arm_notes: list[str]  # how baselines were chosen, which parameters are compared unpaired
+
+
+def summary(study: Study, budget: Budget, found: Findings) -> list[str]:
     counts = study.trials["status"].value_counts()
     parts = [f"{counts.get(s.value, 0)} {word}" for s, word in STATUS_WORDS.items() if counts.get(s.value, 0)]
-    used = study.counted()
-    lines = [
-        f"**Trials:** {len(study.trials)} in all: {', '.join(parts)}. Tables and statistics use the "
-        f"{len(used)} finished or stopped trials, {which}-epoch metrics."
-    ]
-    if not len(used):
+    lines = [f"**Trials:** {len(study.trials)} in all: {', '.join(parts)}."]
+    used = budget.trials
+    if budget.epoch is None:
         lines.append("No trial has finished or been stopped yet: nothing to compare. Run the analysis again later.")
         return lines
+    lines.append(_budget_line(budget))
     fine = study.accuracies[0] if study.accuracies else None
-    coarse = study.accuracies[-1] if len(study.accuracies) > 1 else None
+    coarse = study.accuracies[1:]
 
-    if f"{which}_score" in used and used[f"{which}_score"].notna().any():
-        best = used.loc[used[f"{which}_score"].astype(float).idxmax()]
-        accs = ", ".join(f"{a} {pct(best[f'{which}_{a}'])}" for a in study.accuracies)
+    if "score" in study.metrics and used["score"].notna().any():
+        best = used.loc[used["score"].astype(float).idxmax()]
+        accs = ", ".join(f"{a} {pct(best[a])}" for a in study.accuracies)
         params = ", ".join(f"{p} = {fmt_value(best[p])}" for p in study.varied) or "no varied hyperparameters"
         lines.append(
-            f"**Best trial by score:** #{best['number']} (`{best['trial_id']}`, {best['status_detail']}): "
-            f"score {pct(best[f'{which}_score'])}; {accs}; {params}."
+            f"**Best trial by score at {budget.label}:** #{best['number']} (`{best['trial_id']}`, "
+            f"{best['status_detail']}): score {pct(best['score'])}; {accs}; {params}."
         )
 
-    effects = [a for a in ablations if not is_seed(a.param) and len(a.cells) >= 2]
     if fine:
-        sentences = []
-        for ab in sorted(effects, key=lambda a: -_spread(a, fine)):
-            hi, lo = _extreme(ab, fine, "max", study.registry), _extreme(ab, fine, "min", study.registry)
-            if hi is None or _spread(ab, fine) < 1e-12:
-                continue
-            sentences.append(
-                f"{ab.param}: highest at {hi['value']} ({_cell(hi, fine, study.registry)}, n={hi['n']}), "
-                f"lowest at {lo['value']} ({_cell(lo, fine, study.registry)}, n={lo['n']})"
-            )
-        top = importance.table[importance.table["target"] == fine].head(3)
-        ranked = ", ".join(f"{r.param} {r.importance:.2f}" for r in top.itertuples())
-        text = "; ".join(sentences) if sentences else "no varied hyperparameter (seeds aside) changes it"
-        ranking = f" {importance.evaluator} importance for {fine}: {ranked}." if ranked else ""
-        lines.append(f"**What raises {fine}:** {text}.{ranking}")
-
+        lines.append(_effects_line(study, budget, found, fine))
+    if RESOLUTION in set(found.comparison["metric"]):  # the mechanism, set beside the finest accuracy
+        lines.append(_effects_line(study, budget, found, RESOLUTION))
     if fine and coarse:
-        trades = []
-        for ab in effects:
-            best_fine = set(ab.cells.loc[ab.cells[f"{fine}_best"], "value"])
-            best_coarse = set(ab.cells.loc[ab.cells[f"{coarse}_best"], "value"])
-            # A trade-off only where no value is best at both (ties count as best).
-            if best_fine and best_coarse and not best_fine & best_coarse:
-                a, b = _extreme(ab, fine, "max", study.registry), _extreme(ab, coarse, "max", study.registry)
-                trades.append(f"{ab.param} = {a['value']} is best for {fine} but {b['value']} for {coarse}")
-        lines.append(
-            f"**What trades {fine} against coarse accuracy:** "
-            + (
-                "; ".join(trades) + "."
-                if trades
-                else f"no varied hyperparameter: the value best for {fine} is also best for {coarse}."
-            )
-        )
+        lines.append(_tradeoff_line(budget, found.comparison, fine, coarse))
         for loss in ("train_loss", "val_loss"):
-            sentence = _correlation_sentence(corr, loss, fine, coarse, which)
+            sentence = _correlation_sentence(found.corr, found.quoted_epoch, budget, loss, fine, coarse[-1])
             if sentence:
                 lines.append(sentence)
+    if len(found.crossovers):
+        lines.append(_crossover_line(study, budget, found.crossovers))
 
     for loss in ("train_loss", "val_loss"):
-        sentence = _divergence_sentence(div_summary, loss, fine)
+        sentence = _divergence_sentence(found.div_summary, loss, fine)
         if sentence:
             lines.append(sentence)
 
-    if len(fronts):
-        for name, group in fronts.groupby("front", sort=False):
-            members = ", ".join(f"#{n}" for n in group["number"])
-            lines.append(f"**Pareto front {name}:** {len(group)} of {len(used)} trials ({members}).")
+    for name, group in found.fronts.groupby("front", sort=False):
+        members = ", ".join(f"#{n}" for n in group["number"])
+        lines.append(f"**Pareto front {name} at {budget.label}:** {len(group)} of {len(used)} trials ({members}).")
 
-    if fine and len(ceiling):
-        row = ceiling[ceiling["metric"] == fine].iloc[0]
+    if fine and len(found.ceiling):
+        row = found.ceiling[found.ceiling["metric"] == fine].iloc[0]
         if not pd.isna(row["ceiling"]):
             share = row["best_share_of_ceiling"]
             note = (
@@ -139,36 +122,124 @@ def summary(
             )
             lines.append(
                 f"**Gallery ceiling:** {fine} can reach at most {pct(row['ceiling'])}; the best trial reaches "
-                f"{pct(row['best_acc'])} ({100 * share:.0f} % of the ceiling){note}."
+                f"{pct(row['best_acc'])} at {budget.label} ({100 * share:.0f} % of the ceiling){note}."
             )
 
-    lines.append(_evidence(corr, ablations, used))
+    lines.append(_evidence(budget, found))
     return lines
 
 
-def _spread(ab: Ablation, metric: str) -> float:
-    means = ab.cells[f"{metric}_mean"]
-    return float(means.max() - means.min()) if means.notna().any() else 0.0
+def _budget_line(budget: Budget) -> str:
+    """Which epoch is compared, why, and on how many trials; who is left out and where to see them."""
+    n = len(budget.trials)
+    if budget.epoch in WHOLE:
+        text = f"**Budget:** each trial's {budget.label} values ({budget.reason()}), {n} finished or stopped trials"
+        if budget.mixed:
+            lo, hi = budget.final_epochs
+            text += f" that ran {lo} to {hi} epochs: this mixes budgets (see the warnings)"
+    else:
+        text = (
+            f"**Budget:** trials are compared at {budget.label}, each with its values there: {budget.reason()}. "
+            f"{n} of the {budget.counted} finished or stopped trials reached it"
+        )
+        if budget.left_out:
+            text += (
+                f"; {budget.left_out} stopped earlier and are left out of every table and statistic below "
+                "(their curves are in the learning curves)"
+            )
+    if budget.per_seed:
+        text += f". Ablations and comparisons count runs (trial × seed): {len(budget.units)}"
+    return text + "."
 
 
-def _extreme(ab: Ablation, metric: str, how: str, registry: MetricRegistry):
-    """The cell where ``metric`` is best ("max") or worst ("min"), by the registry's direction."""
-    means = ab.cells[f"{metric}_mean"]
-    if not means.notna().any():
-        return None
-    best_is_high = registry.direction(metric) == "max"
-    pick = means.idxmax() if (how == "max") == best_is_high else means.idxmin()
-    return ab.cells.loc[pick]
+def stated(row) -> bool:
+    """An effect the summary states: significant (compare.py's rule, the tables' marker) and with an
+    interval that excludes 0, so that the sentence contradicts neither."""
+    return bool(row.significant) and (row.ci_low > 0 or row.ci_high < 0)
 
 
-def _cell(cell, metric: str, registry: MetricRegistry) -> str:
-    """One cell's mean ± std as the tables show it, with its unit."""
-    fraction = registry.fraction(metric)
-    return cell_text(cell[f"{metric}_mean"], cell[f"{metric}_std"], fraction) + (" %" if fraction else "")
+def _difference(value: float, fraction: bool, unit: str = "") -> str:
+    return "–" if pd.isna(value) else (f"{100 * value:+.2f} pp" if fraction else f"{value:+.1f}{unit}")
 
 
-def _correlation_sentence(corr: pd.DataFrame, loss: str, fine: str, coarse: str, which: str) -> str | None:
-    rows = {r["metric"]: r for _, r in corr[corr["loss"] == loss].iterrows()}
+def _effect_clause(row, registry: MetricRegistry) -> str:
+    metric = registry.get(row.metric)
+    fraction = registry.fraction(row.metric)
+    unit = " km" if metric is not None and metric.kind == "distance" else ""
+    n = f"n = {row.n_pairs} pairs" if row.paired else f"unpaired, n = {row.n_arm} vs {row.n_baseline}"
+    return (
+        f"{row.arm} vs {row.baseline}: {_difference(row.diff, fraction, unit)} "
+        f"[{_difference(row.ci_low, fraction, unit)}, {_difference(row.ci_high, fraction, unit)}] "
+        f"({row.t_test} p = {row.p_t_holm:.3g} after Holm, {n})"
+    )
+
+
+def _units(rows: pd.DataFrame) -> int:
+    """The units one parameter's comparisons rest on: every arm's, the baseline's once."""
+    return int(rows["n_arm"].sum() + rows["n_baseline"].iloc[0]) if len(rows) else 0
+
+
+def _effects_line(study: Study, budget: Budget, found: Findings, fine: str) -> str:
+    rows = found.comparison[found.comparison["metric"] == fine]
+    parts = []
+    for param, group in rows.groupby("param", sort=False):
+        clauses = [_effect_clause(r, study.registry) for r in group.itertuples() if stated(r)]
+        if clauses:
+            parts.append(f"{param}: " + "; ".join(clauses))
+        else:
+            parts.append(f"{param}: no evidence at this budget (n = {_units(group)} {budget.unit_word})")
+    text = " | ".join(parts) if parts else "no varied hyperparameter (seeds aside) to compare"
+    top = found.importance.table[found.importance.table["target"] == fine].head(3)
+    ranked = ", ".join(f"{r.param} {r.importance:.2f}" for r in top.itertuples())
+    ranking = f" {found.importance.evaluator} importance for {fine}: {ranked}." if ranked else ""
+    return (
+        f"**Effects on {fine} at {budget.label}** (arm − baseline, 95 % interval; stated only where significant "
+        f"after Holm's correction with an interval excluding 0; every arm in the paired comparisons below): "
+        f"{text}.{ranking}"
+    )
+
+
+def _tradeoff_line(budget: Budget, comparison: pd.DataFrame, fine: str, coarse: list[str]) -> str:
+    """Arms better on the finest accuracy and worse on a coarser one, or the reverse, both stated effects."""
+    trades = []
+    for (param, arm), group in comparison.groupby(["param", "arm"], sort=False, observed=True):
+        effects = {r.metric: r for r in group.itertuples() if stated(r)}
+        if fine not in effects:
+            continue
+        f = effects[fine]
+        for metric in coarse:
+            c = effects.get(metric)
+            if c is not None and {f.effect, c.effect} == {"better", "worse"}:
+                trades.append(
+                    f"{param} = {arm} vs {f.baseline}: {f.effect} for {fine} "
+                    f"({_difference(f.diff, True)}) but {c.effect} for {metric} ({_difference(c.diff, True)})"
+                )
+                break
+    text = (
+        "; ".join(trades)
+        if trades
+        else f"no evidence at this budget: no arm is significantly better on {fine} and worse on a coarser "
+        f"accuracy, or the reverse"
+    )
+    return f"**What trades {fine} against coarse accuracy at {budget.label}:** {text}."
+
+
+def _crossover_line(study: Study, budget: Budget, crossovers: pd.DataFrame) -> str:
+    parts = []
+    for param, group in crossovers.groupby("param", sort=False):
+        arms = [
+            f"{r.arm}: none ({r.note})" if pd.isna(r.crossover_km) else f"{r.arm}: {r.note}" for r in group.itertuples()
+        ]
+        parts.append(f"{param} against {group['baseline'].iloc[0]}: " + ", ".join(arms))
+    return (
+        f"**Crossover distance** (mean error curves on {study.primary_set} at {budget.label}; below it the arm is "
+        f"worse than the baseline, above it better): " + "; ".join(parts) + "."
+    )
+
+
+def _correlation_sentence(corr: pd.DataFrame, epoch, budget: Budget, loss: str, fine: str, coarse: str) -> str | None:
+    """The cross-trial correlation of ``loss`` with the finest and coarsest accuracy at ``epoch``."""
+    rows = {r["metric"]: r for _, r in corr[(corr["loss"] == loss) & (corr["epoch"] == epoch)].iterrows()}
     if fine not in rows or pd.isna(rows[fine]["rho"]):
         return None
 
@@ -183,8 +254,11 @@ def _correlation_sentence(corr: pd.DataFrame, loss: str, fine: str, coarse: str,
             f"n = {r['n']}; {evidence})"
         )
 
+    where = epoch_label(epoch)
+    if epoch != budget.epoch:
+        where += f" (the highest ASHA rung with at least {MIN_RUNS} trials; correlations are made at rungs only)"
     tail = f", and with {clause(coarse)}" if coarse in rows else ""
-    return f"**Across trials**, a lower {which} {loss} goes with {clause(fine)}{tail}."
+    return f"**Across trials at {where}**, a lower {loss} goes with {clause(fine)}{tail}."
 
 
 def _divergence_sentence(div_summary: pd.DataFrame, loss: str, fine: str | None) -> str | None:
@@ -206,38 +280,50 @@ def _divergence_sentence(div_summary: pd.DataFrame, loss: str, fine: str | None)
     return text + "."
 
 
-def _evidence(corr: pd.DataFrame, ablations: list[Ablation], used: pd.DataFrame) -> str:
+def _evidence(budget: Budget, found: Findings) -> str:
+    corr = found.corr[found.corr["epoch"] == found.quoted_epoch] if len(found.corr) else found.corr
     defined = corr.dropna(subset=["ci_low"]) if len(corr) else corr
     excl = int(defined["excludes_zero"].sum()) if len(defined) else 0
-    text = f"**Strength of evidence:** {len(used)} trials."
+    runs = f" ({len(budget.units)} runs)" if budget.per_seed else ""
+    left = f"; {budget.left_out} left out because they stopped earlier" if budget.left_out else ""
+    text = f"**Strength of evidence:** {len(budget.trials)} trials{runs} at {budget.label}{left}."
     if len(defined):
-        text += f" {excl} of {len(defined)} loss–accuracy correlations have a 95 % interval that excludes 0"
+        text += (
+            f" {excl} of {len(defined)} loss–accuracy correlations at {epoch_label(found.quoted_epoch)} have a "
+            f"95 % interval that excludes 0"
+        )
         text += f"; the other {len(defined) - excl} are inconclusive." if excl < len(defined) else "."
-    sizes = [int(n) for ab in ablations for n in ab.cells["n"]]
+    if len(found.comparison):
+        shown = sum(stated(r) for r in found.comparison.itertuples())
+        text += f" {shown} of {len(found.comparison)} arm-against-baseline comparisons show an effect."
+    sizes = [int(n) for ab in found.ablations for n in ab.cells["n"]]
     if sizes:
-        text += f" Ablation cells hold {min(sizes)}–{max(sizes)} trials"
+        text += f" Ablation cells hold {min(sizes)}–{max(sizes)} {budget.unit_word}"
         thin = sum(n < MIN_RUNS for n in sizes)
         text += f"; {thin} cell(s) have fewer than {MIN_RUNS} (see the warnings)." if thin else "."
-    if len(used) < 10:
+    if len(budget.trials) < 10:
         text += " With so few trials, treat every effect as a hypothesis for the next study, not a result."
     return text
 
 
 # --- the page --------------------------------------------------------------------------------
 
+Section = tuple[str, pd.DataFrame]  # (caption, display table)
+
 
 def write_report(
     path: Path,
     study: Study,
-    which: str,
+    budget: Budget,
     summary_lines: list[str],
     warnings: list[str],
-    ablations: list[Ablation],
-    sections: dict[str, tuple[str, pd.DataFrame]],
-    importance: Importance,
+    found: Findings,
+    comparisons: dict[str, Section],
+    sections: dict[str, Section],
     plots: dict[str, Path],
 ) -> Path:
-    """sections: {title: (caption, display table)} for the loss-vs-accuracy part, in order."""
+    """comparisons: {title: section} of the paired comparisons and crossovers; sections: {title:
+    section} of the loss-versus-accuracy part, each in order."""
     out = [f"# Study analysis: {study.name}", "", f"Study directory: `{study.path}`", "", "## Summary", ""]
     out += [f"- {line}" for line in summary_lines] + [""]
     if warnings:
@@ -249,21 +335,32 @@ def write_report(
         "Every trial and its status; all columns in `trials.csv`, every epoch in `epochs.csv`.",
         "",
     ]
-    out += [markdown(_trial_overview(study, which)), ""]
+    out += [markdown(_trial_overview(study, budget)), ""]
     fixed = [p for p in study.params if p not in study.varied]
     if fixed:
         values = study.trials.iloc[0]
         out += ["Fixed hyperparameters: " + ", ".join(f"{p} = {fmt_value(values[p])}" for p in fixed) + ".", ""]
 
     out += ["## Ablation tables", ""]
-    if not ablations:
-        why = "the study varied no hyperparameter." if len(study.counted()) else "no finished or stopped trials yet."
+    if not found.ablations:
+        why = (
+            "the study varied no hyperparameter." if budget.epoch is not None else "no finished or stopped trials yet."
+        )
         out += [f"No ablation tables: {why}", ""]
-    for ab in ablations:
+    for ab in found.ablations:
         out += [f"### By {ab.param}", "", to_markdown(ab), ""]
         name = f"metrics_vs_{slug(ab.param)}"
         if name in plots:
             out += [_image(plots[name], path.parent, f"metrics against {ab.param}"), ""]
+
+    if comparisons:
+        out += ["## Arms against the baseline", ""]
+        out += [f"- {note}" for note in found.arm_notes] + ([""] if found.arm_notes else [])
+        for title, (caption, table) in comparisons.items():
+            out += [f"### {title}", "", f"*{caption}*", "", markdown(table), ""]
+        for name, plot in plots.items():
+            if name.startswith("error_curve_"):
+                out += [_image(plot, path.parent, name.replace("_", " ")), ""]
 
     out += ["## Loss versus 1 km accuracy", ""]
     for title, (caption, table) in sections.items():
@@ -276,15 +373,11 @@ def write_report(
         if name in plots:
             out += [_image(plots[name], path.parent, alt), ""]
 
+    importance = found.importance
     out += ["## Parameter importance", ""]
     if len(importance.table):
         table = importance.table.assign(importance=importance.table["importance"].map(lambda v: f"{v:.3f}"))
-        out += [
-            f"*{importance.evaluator} importance over the {counted_caption(study, which)}.*",
-            "",
-            markdown(table),
-            "",
-        ]
+        out += [f"*{importance.evaluator} importance over the {budget.describe()}.*", "", markdown(table), ""]
     out += [f"- {note}" for note in importance.notes] + ([""] if importance.notes else [])
     if "importance" in plots:
         out += [_image(plots["importance"], path.parent, "importance"), ""]
@@ -299,12 +392,15 @@ def _image(plot: Path, base: Path, alt: str) -> str:
     return f"![{alt}]({Path(os.path.relpath(plot, base)).as_posix()})"
 
 
-def _trial_overview(study: Study, which: str) -> pd.DataFrame:
+def _trial_overview(study: Study, budget: Budget) -> pd.DataFrame:
+    """Every trial, with its score and finest accuracy at the budget ("–" for a trial not compared)."""
     cols = {"number": "#", "trial_id": "trial", "status_detail": "status", "node": "node"}
     view = study.trials[list(cols)].rename(columns=cols).astype(str)
     for p in study.varied:
         view[p] = study.trials[p].map(fmt_value)
-    for m in (["score"] if f"{which}_score" in study.trials else []) + study.accuracies[:1]:
-        if study.registry.fraction(m):
-            view[f"{m} (%)"] = study.trials[f"{which}_{m}"].map(lambda v: "–" if pd.isna(v) else f"{100 * v:.2f}")
-    return view.replace({"None": "–", "nan": "–", "<NA>": "–"})
+    compared = budget.trials.set_index("trial_id")
+    for m in (["score"] if "score" in study.metrics else []) + study.accuracies[:1]:
+        if study.registry.fraction(m) and budget.epoch is not None:
+            values = study.trials["trial_id"].map(compared[m])
+            view[f"{m} at {budget.label} (%)"] = values.map(lambda v: "–" if pd.isna(v) else f"{100 * v:.2f}")
+    return view.replace({"None": "–", "nan": "–", "<NA>": "–"}).fillna("–")  # pandas 3 keeps NaN as NaN in str

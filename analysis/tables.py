@@ -15,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoloc.folders import Status
+from geoloc.metrics import RESOLUTION
 
+from .budget import Budget
 from .load import Study
 
 MAX_LEVELS = 6  # a numeric parameter with more distinct values than this is binned
 MIN_RUNS = 3  # cells with fewer runs get a warning: their std means little
+SIGNIFICANT = "†"  # marks a cell that differs significantly from the baseline row (compare.py's rule)
 
 
 @dataclass
@@ -28,7 +30,9 @@ class Ablation:
     param: str
     binned: bool
     columns: list[str]  # metric keys, in table order
-    cells: pd.DataFrame  # one row per level: value, n, <m>_mean, <m>_std, <m>_n, <m>_best
+    # One row per level: value, n, <m>_mean, <m>_std, <m>_n, <m>_best, baseline (the baseline
+    # row) and <m>_sig (differs significantly from it); the last two are set by `mark`.
+    cells: pd.DataFrame
     percent: list[str]  # the columns that are fractions, shown in %
     caption: str
     warnings: list[str] = field(default_factory=list)
@@ -82,55 +86,73 @@ def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool
 
 
 def table_metrics(study: Study) -> list[str]:
-    """Accuracies finest first, then median_km and score: the columns of every ablation table."""
+    """The columns of every ablation table: accuracies finest first, the encoder's resolution beside
+    the finest one (when the trials report it), then median_km and score."""
+    accs = study.accuracies
+    resolution = [RESOLUTION] if RESOLUTION in study.metrics else []
     tail = [m for m in ("median_km", "score") if m in study.metrics]
-    return study.accuracies + tail
+    return accs[:1] + resolution + accs[1:] + tail
 
 
-def counted_caption(study: Study, which: str | None) -> str:
-    """Which trials and values a table uses; which=None for tables built from whole epoch curves."""
-    counts = study.trials["status"].value_counts()
-    used = study.counted()
-    left_out = len(study.trials) - len(used)
-    what = "epoch curves" if which is None else f"{which}-epoch metrics"
-    return (
-        f"{what} of the {len(used)} trials that finished ({counts.get(Status.FINISHED.value, 0)}) "
-        f"or were stopped early by ASHA ({counts.get(Status.STOPPED.value, 0)}); "
-        f"{left_out} running or errored trial(s) left out"
-    )
+def arms(study: Study, budget: Budget, param: str, bins: int = 4) -> tuple[pd.Series, bool]:
+    """Each compared trial's level of ``param`` (an ordered categorical indexed by trial_id), and
+    whether it was binned: levels and bins are drawn over trials, so a trial's seeds share its row."""
+    trials = budget.trials.set_index("trial_id")
+    return levels(trials[param], study.param_kinds.get(param, "categorical"), bins)
 
 
-def ablation(study: Study, param: str, which: str = "final", bins: int = 4) -> Ablation:
-    used = study.counted()
+def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablation:
+    """Mean ± std of each metric per level of ``param``, over the budget's units (runs at its epoch)."""
+    units = budget.units
     columns = table_metrics(study)
-    level, binned = levels(used[param], study.param_kinds.get(param, "categorical"), bins)
+    level, binned = arms(study, budget, param, bins)
+    unit_level = units["trial_id"].map(level)
     rows = []
     for label in level.cat.categories:
-        members = used[level == label]
+        members = units[(unit_level == label).to_numpy()]
         if not len(members):
             continue
         row = {"value": label, "n": len(members)}
         for m in columns:
-            values = pd.to_numeric(members[f"{which}_{m}"], errors="coerce").dropna()
+            values = pd.to_numeric(members[m], errors="coerce").dropna()
             row[f"{m}_mean"] = values.mean() if len(values) else math.nan
             row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
             row[f"{m}_n"] = len(values)
         rows.append(row)
     cells = pd.DataFrame(rows, columns=["value", "n"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")])
     for m in columns:
-        means = cells[f"{m}_mean"]
-        best = means.max() if study.registry.direction(m) == "max" else means.min()
-        cells[f"{m}_best"] = np.isclose(means, best, rtol=0, atol=1e-12) if means.notna().any() else False
+        means, how = cells[f"{m}_mean"], study.registry.direction(m)
+        if how and means.notna().any():  # no "best" for a metric without a direction (the resolution)
+            cells[f"{m}_best"] = np.isclose(means, getattr(means, how)(), rtol=0, atol=1e-12)
+        else:
+            cells[f"{m}_best"] = False
+    cells["baseline"] = False  # `mark` sets these where the parameter is compared with a baseline
+    for m in columns:
+        cells[f"{m}_sig"] = False
 
+    word = budget.unit_word
+    what = "runs (trial × seed)" if budget.per_seed else "trials"
+    distances = " and ".join(m for m in ("median_km", RESOLUTION) if m in columns) or "distances"
     caption = (
-        f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over trials, "
-        f"{counted_caption(study, which)}. Accuracies and score in %, median_km in km; "
-        f"n = trials per row; best value per column in bold."
+        f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over {what}, "
+        f"{budget.describe()}. Accuracies and score in %, {distances} in km; "
+        f"n = {word} per row; best value per column in bold."
     )
     thin = [f"{r.value} (n={r.n})" for r in cells.itertuples() if r.n < MIN_RUNS]
-    warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} runs in {', '.join(thin)}"] if thin else []
+    warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} {word} in {', '.join(thin)}"] if thin else []
     percent = [m for m in columns if study.registry.fraction(m)]
     return Ablation(param, binned, columns, cells, percent, caption, warnings)
+
+
+def mark(ab: Ablation, comparison: pd.DataFrame, baseline: str, how: str) -> None:
+    """Mark the baseline row and each cell that ``comparison`` (compare.py's table for this
+    parameter: arm, metric, significant) finds significantly different from it; ``how`` says by
+    which rule, for the caption."""
+    ab.cells["baseline"] = ab.cells["value"] == baseline
+    significant = {(str(r.arm), r.metric) for r in comparison.itertuples() if r.significant}
+    for m in ab.columns:
+        ab.cells[f"{m}_sig"] = [(str(v), m) in significant for v in ab.cells["value"]]
+    ab.caption += f" {SIGNIFICANT} = differs from the baseline row {baseline} ({how})."
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -148,14 +170,18 @@ def cell_text(mean: float, std: float, fraction: bool) -> str:
 
 
 def _display(ab: Ablation, bold, escape) -> pd.DataFrame:
-    out = pd.DataFrame({escape(ab.param): [escape(str(v)) for v in ab.cells["value"]], "n": ab.cells["n"].astype(str)})
+    values = [
+        f"{v} (baseline)" if base else str(v) for v, base in zip(ab.cells["value"], ab.cells["baseline"], strict=True)
+    ]
+    out = pd.DataFrame({escape(ab.param): [escape(v) for v in values], "n": ab.cells["n"].astype(str)})
     for m in ab.columns:
         texts = []
         for _, r in ab.cells.iterrows():
             text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m in ab.percent)
             if r[f"{m}_n"] != r["n"]:
                 text += f" (n={r[f'{m}_n']})"
-            texts.append(bold(escape(text)) if r[f"{m}_best"] else escape(text))
+            text = bold(escape(text)) if r[f"{m}_best"] else escape(text)
+            texts.append(text + escape(SIGNIFICANT) if r[f"{m}_sig"] else text)
         out[escape(m)] = texts
     return out
 
@@ -181,6 +207,8 @@ _LATEX = {
     "±": r"$\pm$",
     "≥": r"$\geq$",
     "ρ": r"$\rho$",
+    SIGNIFICANT: r"$^{\dagger}$",
+    "×": r"$\times$",
     "≤": r"$\leq$",
     "–": "--",
     "−": "$-$",
@@ -192,7 +220,7 @@ _LATEX = {
 
 def latex_escape(text: str) -> str:
     # One pass, so the backslashes it adds are never escaped again.
-    return re.sub(r"[\\&%$#_{}~^±≥≤–−ρ\[\]]", lambda m: _LATEX[m.group()], text)
+    return re.sub(r"[\\&%$#_{}~^±≥≤–−ρ†×\[\]]", lambda m: _LATEX[m.group()], text)
 
 
 def to_latex(ab: Ablation) -> str:

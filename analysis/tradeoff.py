@@ -4,6 +4,9 @@ Four views of it: rank correlations across trials (with bootstrap intervals, bec
 has few trials), "divergence epochs" within each trial (loss fell while acc_1km fell), Pareto
 fronts of the conflicting objectives, and the gallery ceiling (a flat acc_1km may just be the
 gallery having no point within 1 km of many validation images).
+
+Comparisons across trials are made at one epoch (``budget.py``): the correlations at each ASHA
+rung, within that rung's epoch only; the fronts and the ceiling at the budget's epoch.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .budget import Budget, rungs, trials_at
 from .load import NOISE_PARAM, Study
-from .tables import levels
+from .tables import MIN_RUNS, levels
 
 LOSSES = ("train_loss", "val_loss")
 N_BOOT = 5000
@@ -71,33 +75,63 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int = N_BOOT, seed: int = 
     return rho, p, float(lo), float(hi)
 
 
-def loss_vs_accuracy(study: Study, which: str = "final") -> pd.DataFrame:
-    """One row per (loss, accuracy): n, rho, p, 95% interval, whether the interval excludes 0."""
-    used = study.counted()
+CORRELATION_COLUMNS = [
+    "epoch",
+    "loss",
+    "metric",
+    "n",
+    "rho",
+    "p_value",
+    "ci_low",
+    "ci_high",
+    "excludes_zero",
+    "strength",
+]
+
+
+def loss_vs_accuracy(study: Study, budget: Budget) -> pd.DataFrame:
+    """One row per (epoch, loss, accuracy): n, rho, p, 95% interval, whether the interval excludes 0.
+
+    Epochs: each ASHA rung the trials reached, else the budget's epoch (``budget.rungs``); at each,
+    the trials that reached it with their values there, so no correlation mixes budgets.
+    """
     rows = []
-    for loss in LOSSES:
-        if loss not in study.metrics:
+    for epoch in rungs(study, budget):
+        if epoch is None:
             continue
-        for acc in study.accuracies:
-            pair = used[[f"{which}_{loss}", f"{which}_{acc}"]].apply(pd.to_numeric, errors="coerce").dropna()
-            x, y = pair.iloc[:, 0].to_numpy(float), pair.iloc[:, 1].to_numpy(float)
-            rho, p, lo, hi = spearman_ci(x, y)
-            rows.append(
-                {
-                    "loss": loss,
-                    "metric": acc,
-                    "n": len(pair),
-                    "rho": rho,
-                    "p_value": p,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "excludes_zero": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
-                    "strength": strength(rho),
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["loss", "metric", "n", "rho", "p_value", "ci_low", "ci_high", "excludes_zero", "strength"]
-    )
+        trials = budget.trials if epoch == budget.epoch else trials_at(study, epoch)
+        for loss in LOSSES:
+            if loss not in study.metrics:
+                continue
+            for acc in study.accuracies:
+                pair = trials[[loss, acc]].apply(pd.to_numeric, errors="coerce").dropna()
+                x, y = pair.iloc[:, 0].to_numpy(float), pair.iloc[:, 1].to_numpy(float)
+                rho, p, lo, hi = spearman_ci(x, y)
+                rows.append(
+                    {
+                        "epoch": epoch,
+                        "loss": loss,
+                        "metric": acc,
+                        "n": len(pair),
+                        "rho": rho,
+                        "p_value": p,
+                        "ci_low": lo,
+                        "ci_high": hi,
+                        "excludes_zero": bool(lo > 0 or hi < 0) if not math.isnan(lo) else False,
+                        "strength": strength(rho),
+                    }
+                )
+    return pd.DataFrame(rows, columns=CORRELATION_COLUMNS)
+
+
+def quoted_epoch(corr: pd.DataFrame, budget: Budget):
+    """The epoch whose correlations the summary quotes: the budget's own when computed there, else
+    the highest rung where every correlation rests on at least MIN_RUNS trials (None if none)."""
+    if budget.epoch in set(corr["epoch"]):
+        return budget.epoch
+    enough = corr.groupby("epoch")["n"].min()
+    enough = enough[enough >= MIN_RUNS]
+    return max(enough.index) if len(enough) else None
 
 
 # --- within trials ---------------------------------------------------------------------------
@@ -207,25 +241,25 @@ def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
     return keep
 
 
-def pareto(study: Study, which: str = "final") -> pd.DataFrame:
-    """Every trial on each front: front, number, trial_id, all fronts' objectives, score, the varied params."""
-    used = study.counted()
+def pareto(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """Every trial on each front: front, number, trial_id, all fronts' objectives, score, the varied params.
+
+    trials: one row per trial with a column per metric (the budget's trials).
+    """
     all_fronts = fronts(study)
     shown = list(dict.fromkeys(m for objectives in all_fronts.values() for m in objectives))
     shown += ["score"] if "score" in study.metrics and "score" not in shown else []
     rows = []
     for name, objectives in all_fronts.items():
-        cols = [f"{which}_{m}" for m in objectives]
-        part = used.dropna(subset=cols)
+        part = trials.dropna(subset=list(objectives))
         if not len(part):
             continue
-        values = part[cols].rename(columns=lambda c: c[len(which) + 1 :])
-        on = part[pareto_mask(values, objectives)]
+        on = part[pareto_mask(part[list(objectives)], objectives)]
         first = next(iter(objectives))
-        on = on.sort_values(f"{which}_{first}", ascending=objectives[first] == "min")
+        on = on.sort_values(first, ascending=objectives[first] == "min")
         for trial in on.to_dict("records"):
             row = {"front": name, "number": trial["number"], "trial_id": trial["trial_id"]}
-            row.update({m: trial[f"{which}_{m}"] for m in shown})
+            row.update({m: trial[m] for m in shown})
             row.update({p: trial[p] for p in study.varied})
             rows.append(row)
     return pd.DataFrame(rows, columns=["front", "number", "trial_id", *shown, *study.varied])
@@ -234,17 +268,15 @@ def pareto(study: Study, which: str = "final") -> pd.DataFrame:
 # --- gallery ceiling -------------------------------------------------------------------------
 
 
-def ceiling(study: Study, which: str = "final") -> pd.DataFrame:
-    """Per threshold: the gallery's ceiling beside the mean and best accuracy reached."""
-    used = study.counted()
+def ceiling(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
+    """Per threshold: the gallery's ceiling beside the mean and best accuracy reached by ``trials``
+    (one row per trial, a column per metric: the budget's trials)."""
     rows = []
     for acc in study.accuracies:
         t = study.registry.get(acc).threshold_km
         ceil_key = next((c for c in study.ceilings if study.registry.get(c).threshold_km == t), None)
-        accs = pd.to_numeric(used[f"{which}_{acc}"], errors="coerce").dropna()
-        ceil = (
-            pd.to_numeric(used[f"final_{ceil_key}"], errors="coerce").dropna() if ceil_key else pd.Series(dtype=float)
-        )
+        accs = pd.to_numeric(trials[acc], errors="coerce").dropna()
+        ceil = pd.to_numeric(trials[ceil_key], errors="coerce").dropna() if ceil_key else pd.Series(dtype=float)
         c = ceil.mean() if len(ceil) else math.nan
         rows.append(
             {

@@ -14,11 +14,19 @@ so one untimed probe run of ours finds them.
 Agreement: the two sides must predict the same gallery index for (almost) every image, and
 each accuracy may differ only by samples whose error lies within 0.6% of the threshold (a
 sphere differs from the WGS84 geodesic by at most ~0.56%) or whose prediction differs.
+
+Also measured: what the Trainer adds to each evaluation, the fine error curve
+(``accuracy_curve``) and the location-encoder sharpness probe (``geoloc.resolution``), against
+the evaluation alone, at the sizes of ``studies/quickstart.yaml`` on the offline benchmark and
+at the published sizes above. There, agreement means that the evaluation is the same with and
+without the additions, the curve equals ``acc_<t>km`` at the thresholds, and the probe gives
+the same finite number at every call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import tempfile
 from pathlib import Path
@@ -27,15 +35,28 @@ from unittest import mock
 import numpy as np
 import torch
 
-from geoloc.config import EvalConfig, ModelConfig
+from geoloc.config import EvalConfig, JobConfig, ModelConfig, deep_merge, parse_job
 from geoloc.data.cache import CacheWriter, FeatureCache, open_cache
 from geoloc.data.synthetic import geoclip_gallery_coords
-from geoloc.evaluate import Evaluator, accuracy_metrics
+from geoloc.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metrics, curve_thresholds
 from geoloc.geo import displace, haversine_km
 from geoloc.metrics import accuracy_key
 from geoloc.model import GeoCLIP
+from geoloc.resolution import BEARINGS, PROBE_KM, ResolutionProbe
 
-from .common import Result, log, median, published_geoclip, quiet, spread, table, timed, timed_cpu
+from .common import (
+    Result,
+    log,
+    median,
+    paired_speedup,
+    published_geoclip,
+    quickstart_base,
+    quiet,
+    spread,
+    table,
+    timed,
+    timed_cpu,
+)
 
 BAND = 0.006  # relative: great circle vs WGS84 geodesic
 FEATURE_DIM = 768
@@ -65,10 +86,65 @@ PRECISIONS = {  # ours' evaluation: name -> autocast, as Trainer.autocast gives 
 }
 
 
-def _run_ours(evaluator: Evaluator, model: GeoCLIP, precision: str = "fp32") -> tuple[dict, np.ndarray]:
+def _run_ours(evaluator: Evaluator, model: GeoCLIP, precision: str = "fp32") -> tuple[Evaluation, np.ndarray]:
     with _capture_top1(evaluator) as captured:
-        metrics = evaluator(model, PRECISIONS[precision])
-    return metrics, np.concatenate(captured)
+        evaluation = evaluator(model, PRECISIONS[precision])
+    return evaluation, np.concatenate(captured)
+
+
+@dataclasses.dataclass
+class Additions:
+    """What the Trainer adds to each evaluation, run after one: the fine error curve and the resolution probe.
+
+    Records the seconds (wall, process CPU) and the resolution of every run, and whether the
+    curve equalled ``acc_<t>km`` at every threshold every time.
+    """
+
+    cfg: EvalConfig
+    probe: ResolutionProbe
+    seconds: list[tuple[float, float]] = dataclasses.field(default_factory=list)
+    resolution_km: list[float] = dataclasses.field(default_factory=list)
+    curve_agrees: bool = True
+
+    @classmethod
+    def of(cls, cfg: EvalConfig, gallery: np.ndarray) -> Additions:
+        return cls(cfg, ResolutionProbe(gallery, cfg.resolution_points))
+
+    def __call__(self, evaluation: Evaluation, model: GeoCLIP) -> None:
+        km = curve_thresholds(self.cfg.thresholds_km)
+        wall, cpu, (curve, resolution) = timed_cpu(
+            lambda: (accuracy_curve(evaluation.errors_km, km), self.probe(model))
+        )
+        self.seconds.append((wall, cpu))
+        self.resolution_km.append(resolution)
+        at = dict(zip(km.tolist(), curve.tolist(), strict=True))
+        self.curve_agrees &= all(at[t] == evaluation.metrics[accuracy_key(t)] for t in self.cfg.thresholds_km)
+
+    @property
+    def agreed(self) -> bool:
+        return self.curve_agrees and len(set(self.resolution_km)) == 1 and math.isfinite(self.resolution_km[0])
+
+    def figures(self, sizes: str, alone: list[tuple], with_: list[tuple], ratio: float | None = None) -> dict:
+        """The overhead's figures from the (wall, CPU) seconds of runs without and with the additions
+        (those with are the last ``len(with_)`` calls). ``ratio``: the headline ratio of with to
+        without, by default the one from the additions' own wall time."""
+        added = self.seconds[-len(with_) :]
+
+        def own(i: int) -> float:  # (evaluation + additions) / evaluation within each run, median
+            return median([w[i] / (w[i] - a[i]) for w, a in zip(with_, added, strict=True)])
+
+        return {
+            "sizes": sizes,
+            "probe_encodes": len(self.probe.points) + len(self.probe.moved),
+            "alone_s": [wall for wall, _ in alone],
+            "with_s": [wall for wall, _ in with_],
+            "added_s": [wall for wall, _ in added],
+            "ratio": own(0) if ratio is None else ratio,
+            "ratio_added": own(0),
+            "ratio_cpu": own(1),
+            "resolution_km": self.resolution_km[0],
+            "agreed": self.agreed,
+        }
 
 
 def _run_published(model, batches) -> tuple[dict, np.ndarray]:
@@ -99,14 +175,24 @@ def _targets_around(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return moved.numpy()
 
 
-def run(threads: int | None = None, **sizes) -> Result:
-    """The comparison with ``threads`` torch threads (None: as set), then the previous setting again."""
+def run(threads: int | None = None, quickstart: JobConfig | None = None, repeats: int = 5, **sizes) -> Result:
+    """The comparison with ``threads`` torch threads (None: as set), then the previous setting again.
+
+    ``sizes`` go to ``compare``. With ``quickstart`` (a run configuration, see ``quickstart_job``)
+    the cost of the Trainer's additions is also measured at its sizes, in ``repeats`` interleaved rounds.
+    """
     previous = torch.get_num_threads()
     torch.set_num_threads(threads or previous)
     try:
         result = compare(**sizes)
+        overheads = {"published": result.figures.pop("additions")}
+        if quickstart is not None:
+            overheads = {"quickstart": overhead(quickstart, repeats), **overheads}
     finally:
         torch.set_num_threads(previous)
+    result.body += _overhead_section(overheads)
+    result.figures["overhead"] = overheads
+    result.agreed &= all(o["agreed"] for o in overheads.values())
     why = (
         " Both sides used one thread: with two, on this shared 2-core machine, the small operations of\n"
         "ours (top-1 search, per-batch encodes) slowed 3-4x whenever other processes took a core,\n"
@@ -158,6 +244,7 @@ def compare(
         writer.coords[:] = targets
         cache = open_cache(writer.commit({"backbone": "random", "views": 1, "feature_dim": FEATURE_DIM}))
         construct_s, evaluator = timed(lambda: Evaluator(cfg, cache, gallery, negatives, torch.device("cpu")))
+        additions = Additions.of(cfg, gallery)
 
         batches = [
             (
@@ -182,6 +269,7 @@ def compare(
                     lambda precision=precision: _run_ours(evaluator, model, precision)
                 )
                 times[precision].append((wall, cpu))
+            additions(ours["fp32"][0], model)  # right after an fp32 run, as the Trainer would
             if round_ < len(chunks):
                 part = [batches[i] for i in chunks[round_]]
                 log(f"eval: published, batches {chunks[round_][0] + 1}-{chunks[round_][-1] + 1} of {len(batches)}")
@@ -206,15 +294,17 @@ def compare(
         ours,
         pub_accs,
         np.concatenate(pub_preds),
+        additions,
     )
 
 
 def _report(
-    cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_s, times, ours, pub_accs, pub_pred
+    cfg, gallery, targets, n_cmp, subset, n_batches, first_s, construct_s, times, ours, pub_accs, pub_pred, additions
 ) -> Result:
     from geopy.distance import geodesic
 
-    ours_metrics, ours_pred = ours["fp32"]
+    ours_evaluation, ours_pred = ours["fp32"]
+    ours_metrics = ours_evaluation.metrics
     n_val = len(targets)
     # Ours, recomputed from its predictions on the compared images (equal to its metrics on the full set).
     ours_errors = haversine_km(gallery[ours_pred], targets)
@@ -356,14 +446,129 @@ mean nothing and are not shown.
         "published_s": pub_s,
         "subset": subset,
         "n_batches": n_batches,
+        # The additions ran right after each fp32 run: together they are one run with the additions.
+        "additions": additions.figures(
+            f"{n_val:,} images, {len(gallery):,} gallery points, hidden_dim {ModelConfig().hidden_dim}",
+            times["fp32"],
+            [(w + aw, c + ac) for (w, c), (aw, ac) in zip(times["fp32"], additions.seconds, strict=True)],
+        ),
     }
     return Result("Evaluation: Evaluator vs published eval_images", body, agreed, figures)
 
 
+def quickstart_job(**offline) -> JobConfig:
+    """The base run of ``studies/quickstart.yaml``, its offline benchmark's sizes changed by ``offline``."""
+    return parse_job(deep_merge(quickstart_base(), {"data": {"offline": offline}}))
+
+
+def overhead(job: JobConfig, repeats: int = 5, seed: int = 0) -> dict:
+    """The evaluation alone against the evaluation followed by the additions, interleaved, at ``job``'s sizes.
+
+    As a trial of ``job`` evaluates on the offline benchmark: its model (random initialisation),
+    its ``eval`` section, the benchmark's gallery and validation sizes (one view per image), fp32
+    on the CPU. Features are random and the validation coordinates are gallery points; neither
+    changes the work.
+    """
+    rng = np.random.default_rng(seed)
+    offline = job.data.offline
+    gallery = geoclip_gallery_coords()
+    gallery = gallery[np.sort(rng.choice(len(gallery), offline.n_gallery, replace=False))]
+    features = rng.standard_normal((offline.n_val, 1, offline.feature_dim)).astype(np.float16)
+    cache = FeatureCache(Path("val"), features, gallery[rng.integers(len(gallery), size=offline.n_val)], {})
+    negatives = Evaluator.fixed_negatives(gallery, job.eval.val_negatives)
+    evaluator = Evaluator(job.eval, cache, gallery, negatives, torch.device("cpu"))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GeoCLIP(job.model, offline.feature_dim, job.train.queue_size)
+    additions = Additions.of(job.eval, gallery)
+    metrics = []  # of every evaluation, with and without the additions
+
+    def alone():
+        metrics.append(evaluator(model, contextlib.nullcontext).metrics)
+
+    def with_additions():
+        evaluation = evaluator(model, contextlib.nullcontext)
+        additions(evaluation, model)
+        metrics.append(evaluation.metrics)
+
+    log(f"eval: the Trainer's additions at {offline.n_val} images, {offline.n_gallery} gallery points")
+    ways = {"alone": alone, "with": with_additions}
+    times = {name: [] for name in ways}  # (wall, CPU) seconds of every timed run
+    for round_ in range(1 + repeats):  # A, B, A, B, ...; the first round is a warm-up
+        for name, fn in ways.items():
+            wall, cpu, _ = timed_cpu(fn)
+            if round_:
+                times[name].append((wall, cpu))
+    walls = {name: [wall for wall, _ in t] for name, t in times.items()}
+    figures = additions.figures(
+        f"{offline.n_val:,} images, {offline.n_gallery:,} gallery points, hidden_dim {job.model.hidden_dim}",
+        times["alone"],
+        times["with"],
+        paired_speedup(walls["with"], walls["alone"]),
+    )
+    figures["agreed"] &= all(m == metrics[0] for m in metrics)
+    return figures
+
+
+def _overhead_section(overheads: dict[str, dict]) -> str:
+    agreed = "yes" if all(o["agreed"] for o in overheads.values()) else "NO"
+    rows = [
+        [
+            f"{name}: {o['sizes']}",
+            f"{o['probe_encodes']:,}",
+            spread(o["alone_s"]),
+            spread(o["with_s"]),
+            spread(o["added_s"]),
+            f"**{o['ratio']:.3f}**",
+            f"{o['ratio_added']:.3f}",
+            f"{o['ratio_cpu']:.3f}",
+            f"{o['resolution_km']:.3g} km",
+        ]
+        for name, o in overheads.items()
+    ]
+    headers = [
+        "sizes",
+        "probe encodes",
+        "evaluation alone",
+        "evaluation + curve + probe",
+        "curve + probe alone",
+        "ratio (target <= 1.10)",
+        "ratio from the additions' own time",
+        "the same in CPU time",
+        "encoder_resolution_km",
+    ]
+    return f"""
+### What the Trainer adds to each evaluation: the fine error curve and the resolution probe
+
+`Evaluator.__call__` (fp32) alone against `Evaluator.__call__` followed by `accuracy_curve` (at
+`curve_thresholds`) and a `ResolutionProbe` call, which encodes `eval.resolution_points` (64 by
+default) points and each moved along {BEARINGS} bearing by {len(PROBE_KM)} distances ("probe encodes").
+Quickstart: the base run of `studies/quickstart.yaml` (random initialisation) at the offline
+benchmark's sizes; the two ways interleaved after a warm-up round, and the ratio is the median
+of the per-round ratios. Published: the model and sizes above; the additions ran right after
+each fp32 run of ours, and the ratio is (that run + additions) / that run, median. The last
+two ratios take this form for the quickstart too (its runs with the additions, over their
+evaluation part), which other processes disturb less than two separate runs; the last counts
+process CPU time (user + system), which others' load hardly changes.
+
+{table(headers, rows)}
+
+Same evaluation metrics with and without the additions, curve equal to `acc_<t>km` at every
+threshold, and the same finite resolution at every probe call: {agreed}.
+"""
+
+
 def main(quick: bool = False) -> Result:
     if quick:
-        return run(n_val=200, gallery_size=1000, parts=1, val_negatives=128)
-    return run(threads=1)
+        return run(
+            n_val=200,
+            gallery_size=1000,
+            parts=1,
+            val_negatives=128,
+            quickstart=quickstart_job(n_val=200, n_gallery=1000),
+            repeats=2,
+        )
+    return run(threads=1, quickstart=quickstart_job())
 
 
 if __name__ == "__main__":

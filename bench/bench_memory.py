@@ -188,8 +188,23 @@ KEYS = {  # figure -> column
 }
 
 
-def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: int = 300, repeats: int = 2) -> Result:
-    """Each (reader, cache) child runs ``repeats`` times, small and large interleaved; medians reported."""
+def run(
+    small: int = 10_000,
+    large: int = 1_000_000,
+    n_val: int = 1000,
+    steps: int = 300,
+    repeats: int = 2,
+    parallel: int = 1,
+) -> Result:
+    """Each (reader, cache) child runs ``repeats`` times, small and large interleaved; medians reported.
+
+    ``parallel`` children run at once (the full run: 1, one after the other). Each child measures its
+    own process, and the caches' pages are in the page cache either way, so running several at once
+    leaves the memory figures as they are and stretches only the wall times; a small child spends
+    most of its time importing torch, so a smoke run starts them together.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     gallery_size = min(10_000, small)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         tmp = Path(tmp)
@@ -201,11 +216,16 @@ def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: i
         build_s = time.perf_counter() - start
         large_bytes = os.path.getsize(caches[large] / "features.npy")
         runs: dict[tuple[str, int], list[dict]] = {(reader, n): [] for reader in READERS for n in caches}
-        for i in range(repeats):
-            for reader in READERS:
-                for n, path in caches.items():
-                    log(f"memory: child {i + 1}/{repeats} on {n:,} images ({reader}), {steps} steps + 1 evaluation")
-                    runs[reader, n].append(measure(path, val, steps, gallery_size, reader))
+        jobs = [(i, reader, n) for i in range(repeats) for reader in READERS for n in caches]
+
+        def one(job: tuple[int, str, int]) -> dict:
+            i, reader, n = job
+            log(f"memory: child {i + 1}/{repeats} on {n:,} images ({reader}), {steps} steps + 1 evaluation")
+            return measure(caches[n], val, steps, gallery_size, reader)
+
+        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:  # map: results in the order of jobs
+            for (_, reader, n), r in zip(jobs, pool.map(one, jobs), strict=True):
+                runs[reader, n].append(r)
 
     agreed = all(r["steps"] == steps and r["reads_agree"] for rs in runs.values() for r in rs)
     results = {key: {k: float(np.median([r[k] for r in rs])) for k in KEYS} for key, rs in runs.items()}
@@ -226,13 +246,14 @@ def run(small: int = 10_000, large: int = 1_000_000, n_val: int = 1000, steps: i
     )
     spread = max(max(r["peak_rss_mb"] for r in rs) - min(r["peak_rss_mb"] for r in rs) for rs in runs.values())
     baseline_mb = np.median([r["baseline_mb"] for rs in runs.values() for r in rs])
+    at_once = f"; {parallel} children at once, so their wall times overlap" if parallel > 1 else ""
     body = f"""
 Trial-like process in a fresh subprocess: `Trainer` on a cache of N random images (1 view x 768
 float16; the {large:,}-image cache is {large_bytes / MB:,.0f} MiB on disk, written in {build_s:.0f} s), validation cache
 of {n_val:,} images, gallery = training coordinates thinned to {gallery_size:,}, quickstart model sizes,
 {steps} training steps and one evaluation, one torch thread. The caches were just written, so their pages were in
 the page cache: the case where a memory map shows most of them. Each configuration ran
-{repeats} times (interleaved); medians in MiB (identical runs differed by up to {spread:.0f} MiB in peak
+{repeats} times (interleaved{at_once}); medians in MiB (identical runs differed by up to {spread:.0f} MiB in peak
 RSS: allocator noise). RSS right after the imports: {baseline_mb:.0f} MiB, mostly torch's libraries.
 
 {table(["reader", "images", *KEYS.values()], rows)}
@@ -257,7 +278,9 @@ coordinate checks: about {large * 35 / MB:.0f} MiB more at the peak).
 
 
 def main(quick: bool = False) -> Result:
-    return run(small=2_000, large=20_000, n_val=200, steps=10, repeats=1) if quick else run()
+    if quick:  # a smoke run: the children at once, as many as there are cores
+        return run(small=2_000, large=20_000, n_val=200, steps=10, repeats=1, parallel=len(os.sched_getaffinity(0)))
+    return run()
 
 
 if __name__ == "__main__":

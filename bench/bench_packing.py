@@ -44,7 +44,8 @@ def study_spec(level: int, gpu: bool, quick: bool) -> dict:
         resources = {"cpu": max(1, (os.cpu_count() or 1) // max(GPU_LEVELS)), "gpu": 1 / level}
     else:
         if quick:
-            base["data"]["offline"] = {"n_train": 1500, "n_val": 200, "n_gallery": 1500, "feature_dim": 64}
+            # 500 images: under a second a trial; the same benchmark as bench_sweep's quick run (built once)
+            base["data"]["offline"] = {"n_train": 500, "n_val": 200, "n_gallery": 500, "feature_dim": 64}
             base["model"] = {"hidden_dim": 64, "depth": 1}
         resources = {"cpu": len(os.sched_getaffinity(0)) / level, "gpu": 0}
     return {

@@ -30,8 +30,18 @@ SPACE = {
 }
 EPOCHS = 4
 TPE_TRIALS = 12  # of the grid's 27 cells
+# A quick (smoke) run: the first values of each axis, 1 x 2 x 2 = 4 cells (queue size and lr, whose scores
+# differ from the first epoch, so that ASHA has trials to stop), and 4 TPE + ASHA trials. Each study pays
+# Ray's and the trial workers' start-up (tens of seconds on 2 busy cores); each cell adds about a second.
+QUICK_VALUES = {"train.noise.batch_sigma": 1, "train.queue_size": 2, "train.lr": 2}
+QUICK_TPE_TRIALS = 4
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 3}  # rungs at epochs 1 and 3 of 4
 SLOTS = 2
+
+
+def space_values(quick: bool) -> dict[str, list]:
+    """The values of each axis searched: all of them, or in a quick run the first ``QUICK_VALUES``."""
+    return {k: v[: QUICK_VALUES[k]] if quick else v for k, v in SPACE.items()}
 
 
 def _cell_text(cell) -> str:
@@ -52,10 +62,11 @@ def expected_best_of_random(scores: list[float], k: int) -> float:
 def study_spec(name: str, algorithm: str, seed: int, quick: bool) -> dict:
     base = quickstart_base()
     base["train"]["epochs"] = 2 if quick else EPOCHS
-    if quick:  # a smoke run: tiny data and model, 2 values per axis
-        base["data"]["offline"] = {"n_train": 1500, "n_val": 200, "n_gallery": 1500, "feature_dim": 64}
+    if quick:  # a smoke run: tiny data and model, few values per axis
+        # 500 images: under a second a trial; the same benchmark as bench_packing's quick run (built once)
+        base["data"]["offline"] = {"n_train": 500, "n_val": 200, "n_gallery": 500, "feature_dim": 64}
         base["model"] = {"hidden_dim": 64, "depth": 1}
-    space = {k: {"type": "choice", "values": v[:2] if quick else v} for k, v in SPACE.items()}
+    space = {k: {"type": "choice", "values": v} for k, v in space_values(quick).items()}
     spec = {
         "name": name,
         "seed": seed,
@@ -66,7 +77,7 @@ def study_spec(name: str, algorithm: str, seed: int, quick: bool) -> dict:
     }
     if algorithm == "grid":
         return spec | {"search": {"algorithm": "grid", "max_concurrent": SLOTS}, "scheduler": {"type": "none"}}
-    n = 4 if quick else TPE_TRIALS
+    n = QUICK_TPE_TRIALS if quick else TPE_TRIALS
     return spec | {
         "search": {"algorithm": "tpe", "num_samples": n, "max_concurrent": SLOTS, "n_startup_trials": n // 2},
         "scheduler": ASHA,
@@ -100,7 +111,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> Result:
     n_cells = int(np.prod([len(s["values"]) for s in study_spec("grid", "grid", 0, quick)["search_space"].values()]))
     shared = [(cell, score, grid["cells"].get(cell)) for r in tpe.values() for cell, score in r["cells"].items()]
     mismatched = [(cell, a, b) for cell, a, b in shared if b is None or abs(a - b) > 1e-9]
-    n_tpe = 4 if quick else TPE_TRIALS
+    n_tpe = QUICK_TPE_TRIALS if quick else TPE_TRIALS
     agreed = len(grid["cells"]) == n_cells and all(r["trials"] == n_tpe for r in tpe.values()) and not mismatched
 
     for r in tpe.values():
@@ -146,7 +157,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> Result:
     ]
     ranked = sorted(grid["cells"].values(), reverse=True)
     body = f"""
-Search space ({n_cells} cells): {", ".join(f"`{k}` in {v[:2] if quick else v}" for k, v in SPACE.items())};
+Search space ({n_cells} cells): {", ".join(f"`{k}` in {v}" for k, v in space_values(quick).items())};
 every other setting as `studies/quickstart.yaml`'s base, {2 if quick else EPOCHS} epochs, `train.seed` 0.
 Grid: every cell, all epochs, no early stopping. TPE + ASHA: {n_tpe} trials (half of them random
 start-up trials), ASHA with grace period {ASHA["grace_period"]} and reduction factor {

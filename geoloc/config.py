@@ -190,6 +190,9 @@ class EvalConfig(Section):
     """Validation images per similarity chunk (also the batch of ``val_loss``)."""
     gallery_chunk: StrictInt = Field(8192, ge=1)
     """Gallery points encoded and scored per chunk, so a 100K gallery fits in memory."""
+    resolution_points: StrictInt = Field(64, ge=0)
+    """Gallery points (seeded sample) of the location-encoder sharpness probe that gives
+    ``encoder_resolution_km`` each evaluation (``geoloc.resolution``); 0 switches it off."""
 
     @field_validator("thresholds_km")
     @classmethod
@@ -197,6 +200,13 @@ class EvalConfig(Section):
         if not thresholds:
             raise ValueError("needs at least one threshold")
         return thresholds
+
+    @field_validator("resolution_points")
+    @classmethod
+    def _off_or_a_pair(cls, n: int) -> int:
+        if n == 1:
+            raise ValueError("must be 0 (off) or >= 2 (the far-field similarity needs a pair), got 1")
+        return n
 
     @field_validator("score_weights")
     @classmethod

@@ -8,6 +8,8 @@ logit is linear in the image embedding, that is the same as scoring the mean emb
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,6 +21,31 @@ from .metrics import accuracy_key
 from .model import GeoCLIP
 
 VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_loss compares
+CURVE_RANGE_KM = (0.1, 20_000.0)  # from well below 1 km to half the earth's circumference
+CURVE_POINTS_PER_DECADE = 8
+
+
+def curve_thresholds(thresholds_km) -> np.ndarray:
+    """The distances of the fine error curve: 8 per decade from 0.1 to 20,000 km (10^(k/8), so
+    0.1, 1, 10, ... are exact) plus both ends and the study's own thresholds, sorted; 48 for the
+    defaults. Holding the thresholds makes the curve agree with ``acc_<t>km`` exactly."""
+    lo, hi = np.log10(CURVE_RANGE_KM)
+    k = np.arange(np.ceil(lo * CURVE_POINTS_PER_DECADE), np.floor(hi * CURVE_POINTS_PER_DECADE) + 1)
+    grid = 10.0 ** (k / CURVE_POINTS_PER_DECADE)
+    return np.unique(np.concatenate([grid, CURVE_RANGE_KM, np.asarray(thresholds_km, dtype=float)]))
+
+
+def accuracy_curve(errors_km: np.ndarray, km: np.ndarray) -> np.ndarray:
+    """The share of errors <= each distance (the empirical distribution of the errors at ``km``)."""
+    return (np.sort(errors_km)[None, :] <= np.asarray(km)[:, None]).mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One evaluation set's result: the metrics of every epoch row and each image's error."""
+
+    metrics: dict[str, float]
+    errors_km: np.ndarray
 
 
 def accuracy_metrics(errors_km: np.ndarray, cfg: EvalConfig) -> dict[str, float]:
@@ -87,7 +114,7 @@ class Evaluator:
         )
 
     @torch.no_grad()
-    def __call__(self, model: GeoCLIP, autocast) -> dict[str, float]:
+    def __call__(self, model: GeoCLIP, autocast) -> Evaluation:
         was_training = model.training
         model.eval()
         with autocast():
@@ -105,11 +132,12 @@ class Evaluator:
         model.train(was_training)
         predicted = self.gallery[torch.cat(predictions).cpu().numpy()]
         errors = haversine_km(predicted, self.cache.coords)
-        return {
+        metrics = {
             "val_loss": float(torch.stack(losses).sum() / len(self.cache)),
             **accuracy_metrics(errors, self.cfg),
             **self.ceiling,
         }
+        return Evaluation(metrics, errors)
 
     def _top1(self, image_emb: torch.Tensor, gallery_emb: torch.Tensor) -> torch.Tensor:
         best_sim = torch.full((len(image_emb),), -torch.inf, device=self.device)

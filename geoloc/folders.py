@@ -17,7 +17,10 @@ A trial folder (``TrialFolder``; also the ``--out`` folder of ``python -m geoloc
 | --- | --- | --- |
 | ``trial.json`` | the trial's worker, at its start | ``trial_id``, ``number``, ``params`` (flat dotted keys) |
 | ``config.json`` | the run, at its start | the resolved run configuration |
-| ``metrics.jsonl`` | the run, one line as each epoch ends | the flat metrics dict of that epoch |
+| ``metrics.jsonl`` | the run, one line as each epoch ends | the epoch's flat metrics dict (mean over seeds) |
+| ``seeds.jsonl`` | the run, with ``search.seeds`` > 1 | each seed's own metrics dict of each epoch, with ``seed`` |
+| ``curves.jsonl`` | the run, as each epoch ends | fine error curves: ``epoch``, ``seed``, ``set``, ``km``, ``acc`` |
+| ``seed_<s>/`` | the run, with ``search.seeds`` > 1 | each seed's TensorBoard events |
 | ``checkpoint.pt`` | the run, as each epoch ends (torch) | the state to resume from |
 | ``status.json`` | two writers, see below | ``StatusRecord`` |
 | TensorBoard events | the run | scalars and the HParams session |
@@ -28,9 +31,9 @@ outcome when Ray tells it the trial ended (``finished``, ``stopped`` by ASHA, or
 when the worker died), because only the driver knows why a trial ended; the worker never writes
 after Ray has been told, so the driver's record is the last word.
 
-``metrics.jsonl`` is append-only while a run lives. A resumed run first drops the lines after
-its checkpoint's epoch (``truncate_after``); readers tolerate a half-written last line and let
-a later line of the same epoch win.
+The three ``.jsonl`` logs are append-only while a run lives. A resumed run first drops the lines
+after its checkpoint's epoch (``truncate_after``); readers tolerate a half-written last line and
+let a later line of the same key (epoch; epoch and seed; epoch, seed and set) win.
 """
 
 from __future__ import annotations
@@ -111,6 +114,9 @@ class TrialFolder:
     TRIAL = "trial.json"
     CONFIG = "config.json"
     METRICS = "metrics.jsonl"
+    SEEDS = "seeds.jsonl"
+    CURVES = "curves.jsonl"
+    LOGS = {METRICS: ("epoch",), SEEDS: ("epoch", "seed"), CURVES: ("epoch", "seed", "set")}  # log -> its row key
     STATUS = "status.json"
     CHECKPOINT = "checkpoint.pt"
     PREFIX = "trial_"  # trial folders are named trial_<Ray trial id>
@@ -133,6 +139,10 @@ class TrialFolder:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def seed_dir(self, seed: int) -> Path:
+        """The TensorBoard folder of one seed of a trial that trains several."""
+        return self.path / f"seed_{seed}"
+
     # -- trial.json and config.json: written once at the start ----------------------------------
 
     def write_trial(self, trial_id: str, number: int | None, params: dict) -> None:
@@ -146,40 +156,65 @@ class TrialFolder:
     def write_config(self, config: dict) -> None:
         write_json(self.path / self.CONFIG, config)
 
-    # -- metrics.jsonl ---------------------------------------------------------------------------
+    def read_config(self) -> dict | None:
+        """``config.json``, or None when it is missing or not a JSON object."""
+        doc = read_json(self.path / self.CONFIG)
+        return doc if isinstance(doc, dict) else None
+
+    # -- the .jsonl logs: metrics, seeds, curves -------------------------------------------------
+
+    def append(self, log: str, row: dict) -> None:
+        """One row as one line of ``log`` (one of ``LOGS``); the row holds the log's key fields."""
+        with (self.path / log).open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
 
     def append_metrics(self, row: dict) -> None:
         """One epoch's metrics as one line; ``row["epoch"]`` is required."""
-        with (self.path / self.METRICS).open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        self.append(self.METRICS, row)
 
-    def read_metrics(self) -> MetricsLog:
-        """Every epoch once, in order; a line that does not parse (half-written) is counted, not fatal."""
-        path = self.path / self.METRICS
+    def read_log(self, log: str) -> MetricsLog:
+        """Every key once, by epoch; a line that does not parse (half-written) is counted, not fatal."""
+        path = self.path / log
         if not path.exists():
             return MetricsLog([])
-        by_epoch: dict[int, dict] = {}
+        fields = self.LOGS[log]
+        by_key: dict[tuple, dict] = {}
         unreadable = 0
         for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                epoch = int(row["epoch"])
+                row["epoch"] = int(row["epoch"])
+                key = tuple(row[f] for f in fields)
             except (ValueError, TypeError, KeyError):
                 unreadable += 1
                 continue
-            by_epoch[epoch] = {**row, "epoch": epoch}  # after a resume, the later line counts
-        return MetricsLog([by_epoch[e] for e in sorted(by_epoch)], unreadable)
+            by_key[key] = row  # after a resume, the later line counts
+        # By epoch; within an epoch in the order written (seeds, then sets, as the run wrote them).
+        return MetricsLog([by_key[k] for k in sorted(by_key, key=lambda k: k[0])], unreadable)
+
+    def read_metrics(self) -> MetricsLog:
+        return self.read_log(self.METRICS)
+
+    def read_seeds(self) -> MetricsLog:
+        """Each seed's metrics per epoch; a one-seed run's ``metrics.jsonl`` rows with its ``train.seed``."""
+        if (self.path / self.SEEDS).exists():
+            return self.read_log(self.SEEDS)
+        log = self.read_metrics()
+        seed = ((self.read_config() or {}).get("train") or {}).get("seed")
+        return MetricsLog([{**row, "seed": seed} for row in log.rows], log.unreadable)
 
     def truncate_after(self, epoch: int) -> None:
         """Keep the epochs up to ``epoch`` (a resumed run's checkpoint) so none is written twice."""
-        if (self.path / self.METRICS).exists():
-            kept = [row for row in self.read_metrics().rows if row["epoch"] <= epoch]
-            write_text(self.path / self.METRICS, "".join(json.dumps(row) + "\n" for row in kept))
+        for log in self.LOGS:
+            if (self.path / log).exists():
+                kept = [row for row in self.read_log(log).rows if row["epoch"] <= epoch]
+                write_text(self.path / log, "".join(json.dumps(row) + "\n" for row in kept))
 
     def clear_metrics(self) -> None:
-        (self.path / self.METRICS).unlink(missing_ok=True)
+        for log in self.LOGS:
+            (self.path / log).unlink(missing_ok=True)
 
     # -- status.json -----------------------------------------------------------------------------
 

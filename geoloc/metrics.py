@@ -7,7 +7,7 @@ the analysis. The launcher stores it in the study folder (``metrics.json``) and 
 reads it from there, so no reader parses metric names back.
 
 Keys of one epoch (DESIGN.md): ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``,
-``eval_s``, and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``,
+``eval_s``, ``encoder_resolution_km``, and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``,
 ``score`` and ``ceiling_<t>km``. The first evaluation set's keys are plain; each further set's
 are prefixed with its name (``yfcc4k-vitl14_acc_1km``).
 """
@@ -25,6 +25,7 @@ from .config import OFFLINE
 Kind = Literal["loss", "accuracy", "score", "distance", "ceiling", "train", "time"]
 
 OFFLINE_VAL_SET = "val"  # the name of the offline benchmark's validation split
+RESOLUTION = "encoder_resolution_km"  # the location encoder's sharpness (geoloc.resolution)
 
 
 def accuracy_key(threshold_km: float) -> str:
@@ -68,6 +69,9 @@ class MetricRegistry:
             Metric("temperature", "train", None, False, "temperature"),
             Metric("train_s", "time", None, False, "time/train_s"),
             Metric("eval_s", "time", None, False, "time/eval_s"),
+            # How finely the location encoder separates places (geoloc.resolution); neither
+            # direction is "better" in itself: it is the mechanism, set beside acc_1km.
+            Metric(RESOLUTION, "distance", None, False, "encoder/resolution_km", hparam=True),
         ]
         thresholds = sorted(thresholds_km)
         for i, name in enumerate(eval_sets):

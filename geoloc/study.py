@@ -172,12 +172,25 @@ class SearchConfig(Section):
     """Trials to run (tpe, random). For grid it is the grid size times ``repeats`` and may be left out."""
     repeats: StrictInt = Field(1, ge=1)
     """Grid only: run every cell with train.seed = 0 .. repeats-1 (ablations with repeated seeds)."""
+    seeds: StrictInt = Field(1, ge=1)
+    """Train every sampled configuration with this many seeds (train.seed, train.seed + 1, ...) in
+    lock-step inside one trial; the trial reports their mean to the scheduler and the sampler and
+    records every seed's metrics (works with ASHA, unlike ``repeats``). 1 is one run per trial."""
     max_concurrent: StrictInt = Field(2, ge=1)
     """Trials running at once (also bounded by the CPUs and GPUs available)."""
     n_startup_trials: StrictInt = Field(4, ge=1)
     """TPE: random trials before the model kicks in."""
     enqueue_base: StrictBool = False
     """Run the base configuration (e.g. the paper defaults) as the first trial."""
+
+    @model_validator(mode="after")
+    def _one_way_to_repeat_seeds(self) -> SearchConfig:
+        if self.seeds > 1 and self.repeats > 1:
+            # Trial seeds 0, 1, ... each training seeds s .. s+K-1 would train the same seeds twice.
+            raise FieldError(
+                "seeds", f"repeats seeds inside each trial; drop repeats ({self.repeats}) or set seeds to 1"
+            )
+        return self
 
 
 class SchedulerConfig(Section):
@@ -291,6 +304,10 @@ class StudyConfig(Section):
                     parse_job(set_path(base, entry.name, value))
                 except ConfigError as e:
                     raise FieldError(f"search_space.{entry.name}", f"value {value!r} is invalid: {e}") from None
+        if self.search.seeds > 1 and "train.seed" in self.search_space:
+            raise FieldError(
+                "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
+            )
         if self.search.algorithm == "grid":
             bad = [e.name for e in self.space if not isinstance(e, (ChoiceEntry, FixedEntry))]
             if bad:

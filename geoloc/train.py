@@ -1,15 +1,17 @@
 """Training GeoCLIP on cached features: one epoch, the queue, the loss, resumable state, the epoch loop.
 
-``Trainer`` holds one run's model, optimiser and random streams; ``train(cfg, run_dir, ...)`` is the
-one epoch loop (a Ray trial calls it through ``geoloc.trainable``); ``main`` is the command line
-``python -m geoloc.train CONFIG.yaml --out DIR [--resume]``, which writes the run folder
-(``geoloc.folders.TrialFolder``: metrics.jsonl, TensorBoard events, checkpoint.pt) into DIR.
+``Trainer`` holds one run's model, optimiser and random streams; ``LockStep`` trains several seeds
+of one configuration together; ``train(cfg, run_dir, ...)`` is the one epoch loop (a Ray trial
+calls it through ``geoloc.trainable``); ``main`` is the command line ``python -m geoloc.train
+CONFIG.yaml --out DIR [--resume] [--seeds K]``, which writes the run folder
+(``geoloc.folders.TrialFolder``: metrics.jsonl, curves.jsonl, TensorBoard events, checkpoint.pt) into DIR.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import pickle
 import sys
@@ -25,12 +27,13 @@ from tqdm import tqdm
 from .config import ConfigError, JobConfig, load_job
 from .data import Data, DataError, load_data
 from .devices import DeviceError, pick_device
-from .evaluate import Evaluator
+from .evaluate import Evaluator, accuracy_curve, curve_thresholds
 from .events import EventLogger, flatten
 from .folders import TrialFolder
 from .geo import gps_noise
-from .metrics import MetricRegistry
+from .metrics import RESOLUTION, MetricRegistry
 from .model import GeoCLIP
+from .resolution import ResolutionProbe
 
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
 
@@ -56,7 +59,36 @@ def cpu_share() -> int:
     return int(omp) if omp.isdigit() and int(omp) > 0 else len(os.sched_getaffinity(0))
 
 
-class Trainer:
+class Resumable:
+    """Checkpoint files of anything with ``state_dict``, ``load_state_dict`` and ``epoch``."""
+
+    epoch: int
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Atomic: a crash while saving leaves the previous checkpoint intact."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        # On the CPU: the generator state must stay there; load_state_dict puts the rest on the device.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def restore_newest(self, paths: Iterable[Path | None]) -> None:
+        """Load whichever of these checkpoints is ahead of this trainer; torn or missing files are skipped."""
+        for path in paths:
+            if path is not None and checkpoint_epoch(path) > self.epoch:
+                self.load(path)
+
+
+class Trainer(Resumable):
     """Model, optimiser, schedule, queue and random streams of one run; ``state_dict`` resumes it exactly."""
 
     def __init__(self, cfg: JobConfig, data: Data | None = None):
@@ -93,6 +125,10 @@ class Trainer:
             name: Evaluator(cfg.eval, cache, self.data.gallery, negatives, self.device)
             for name, cache in self.data.val.items()
         }
+        self.curve_km = curve_thresholds(cfg.eval.thresholds_km)
+        self.curves: dict[str, np.ndarray] = {}  # the last evaluation's error curve per set, at curve_km
+        n_probe = cfg.eval.resolution_points
+        self.probe = ResolutionProbe(self.data.gallery, n_probe) if n_probe else None
 
     # -- one epoch -------------------------------------------------------------------------------
 
@@ -165,12 +201,17 @@ class Trainer:
         }
 
     def evaluate(self) -> dict[str, float]:
-        """Metrics of every evaluation set; the first set's keys are plain, the others prefixed with their name."""
+        """Metrics of every evaluation set (the first set's keys plain, the others prefixed with their
+        name) and the encoder's resolution; each set's fine error curve is kept in ``self.curves``."""
         start = time.perf_counter()
         metrics = {}
         for i, (name, evaluator) in enumerate(self.evaluators.items()):
             prefix = "" if i == 0 else f"{name}_"
-            metrics.update({prefix + k: v for k, v in evaluator(self.model, self.autocast).items()})
+            result = evaluator(self.model, self.autocast)
+            metrics.update({prefix + k: v for k, v in result.metrics.items()})
+            self.curves[name] = accuracy_curve(result.errors_km, self.curve_km)
+        if self.probe is not None:
+            metrics[RESOLUTION] = self.probe(self.model)
         metrics["eval_s"] = time.perf_counter() - start
         return metrics
 
@@ -212,22 +253,73 @@ class Trainer:
         self.generator.set_state(state["generator"])
         self.epoch = state["epoch"]
 
-    def save(self, path: str | Path) -> None:
-        """Atomic: a crash while saving leaves the previous checkpoint intact."""
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+    def curve_rows(self, epoch: int) -> list[dict]:
+        """The last evaluation's error curves as ``curves.jsonl`` rows."""
+        km = self.curve_km.tolist()
+        seed = self.cfg.train.seed
+        return [
+            {"epoch": epoch, "seed": seed, "set": name, "km": km, "acc": acc.tolist()}
+            for name, acc in self.curves.items()
+        ]
 
-    def load(self, path: str | Path) -> None:
-        # On the CPU: the generator state must stay there; load_state_dict puts the rest on the device.
-        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
-    def restore_newest(self, paths: Iterable[Path | None]) -> None:
-        """Load whichever of these checkpoints is ahead of this trainer; torn or missing files are skipped."""
-        for path in paths:
-            if path is not None and checkpoint_epoch(path) > self.epoch:
-                self.load(path)
+class LockStep(Resumable):
+    """One configuration trained with several seeds (``train.seed``, ``train.seed + 1``, ...) epoch by
+    epoch together, each a ``Trainer`` on the same data: what a trial with ``search.seeds`` > 1 runs.
+
+    Its epoch row is the mean over the seeds of every metric (the time keys are summed: the
+    epoch took that long); one seed's row is that seed's own, and its checkpoint is that
+    ``Trainer``'s, so ``seeds=1`` is exactly a single run.
+    """
+
+    def __init__(self, cfg: JobConfig, seeds: int = 1):
+        data = load_data(cfg.data)
+        self.seeds = [cfg.train.seed + i for i in range(seeds)]
+        self.trainers = [Trainer(with_seed(cfg, seed), data) for seed in self.seeds]
+        self.registry = MetricRegistry.for_run(cfg)
+
+    @property
+    def epoch(self) -> int:
+        return self.trainers[0].epoch
+
+    def run_epoch(self, progress: bool = False) -> tuple[dict, list[dict], list[dict]]:
+        """One epoch of every seed: (the mean row, each seed's row in ``self.seeds`` order, the curves' rows)."""
+        rows, curves = [], []
+        for trainer in self.trainers:
+            rows.append(trainer.run_epoch(progress))
+            curves += trainer.curve_rows(trainer.epoch)
+        mean = {key: self._combine(key, [row[key] for row in rows]) for key in rows[0]}
+        return mean, rows, curves
+
+    def _combine(self, key: str, values: list[float]) -> float:
+        metric = self.registry.get(key)
+        if metric is not None and metric.kind == "time":
+            return math.fsum(values)
+        if all(v == values[0] for v in values):  # epoch, lr, one seed: exactly the value, not a rounded mean
+            return values[0]
+        return math.fsum(values) / len(values)
+
+    def state_dict(self) -> dict:
+        if len(self.trainers) == 1:
+            return self.trainers[0].state_dict()
+        return {"epoch": self.epoch, "seeds": [t.state_dict() for t in self.trainers]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(self.trainers) == 1:
+            self.trainers[0].load_state_dict(state)
+            return
+        saved = state.get("seeds") or []
+        if len(saved) != len(self.trainers):
+            raise CheckpointMismatch(
+                f"checkpoint holds {len(saved) or 1} seed(s), this run trains {len(self.trainers)}; refusing to load it"
+            )
+        for trainer, seed_state in zip(self.trainers, saved, strict=True):
+            trainer.load_state_dict(seed_state)
+
+
+def with_seed(cfg: JobConfig, seed: int) -> JobConfig:
+    """The same run configuration with another ``train.seed`` (validated again)."""
+    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
 
 
 def checkpoint_epoch(path: Path) -> int:
@@ -242,6 +334,7 @@ def train(
     cfg: JobConfig,
     run_dir: str | Path,
     *,
+    seeds: int = 1,
     resume: bool = False,
     on_epoch: Callable[[dict, Path], None] | None = None,
     restore: Path | None = None,
@@ -252,36 +345,53 @@ def train(
     """Train ``cfg.train.epochs`` epochs into the run folder ``run_dir``; returns the last epoch's metrics.
 
     The one epoch loop of the project: ``python -m geoloc.train`` and every Ray trial run it. Each
-    epoch it logs TensorBoard, appends ``metrics.jsonl``, saves ``checkpoint.pt``, then calls
-    ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there). ``resume`` continues from the
-    folder's own checkpoint, ``restore`` from another one (Ray's); the newer of the two wins, so no
-    epoch runs twice. ``hparams`` are what TensorBoard's HParams tab shows (default: the whole
-    configuration, flattened); ``context`` is added to every metrics row (the trial's node).
+    epoch it logs TensorBoard, appends ``metrics.jsonl`` and ``curves.jsonl``, saves
+    ``checkpoint.pt``, then calls ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there).
+    ``seeds`` > 1 trains that many seeds in lock-step (``LockStep``): the metrics are their mean,
+    and each seed's own go to ``seeds.jsonl`` and its TensorBoard folder ``seed_<s>/``.
+    ``resume`` continues from the folder's own checkpoint, ``restore`` from another one (Ray's);
+    the newer of the two wins, so no epoch runs twice. ``hparams`` are what TensorBoard's HParams
+    tab shows (default: the whole configuration, flattened); ``context`` is added to every
+    metrics row (the trial's node).
     """
     folder = TrialFolder(run_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(cfg)
-    trainer.restore_newest([restore, folder.checkpoint if resume else None])
-    if trainer.epoch:
-        folder.truncate_after(trainer.epoch)
+    runs = LockStep(cfg, seeds)
+    runs.restore_newest([restore, folder.checkpoint if resume else None])
+    if runs.epoch:
+        folder.truncate_after(runs.epoch)
     else:
         folder.clear_metrics()
     folder.write_config(cfg.model_dump(mode="json"))
-    registry = MetricRegistry.for_run(cfg)
-    logger = EventLogger(folder.path, flatten(cfg.model_dump(mode="json")) if hparams is None else hparams, registry)
+    hparams = flatten(cfg.model_dump(mode="json")) if hparams is None else hparams
+    logger = EventLogger(folder.path, hparams, runs.registry)
+    seed_loggers = (
+        [EventLogger(folder.seed_dir(seed), {**hparams, "seed": seed}, runs.registry) for seed in runs.seeds]
+        if seeds > 1
+        else []
+    )
     metrics: dict[str, float] = {}
     try:
-        while trainer.epoch < cfg.train.epochs:
-            metrics = {**trainer.run_epoch(progress), **(context or {})}
-            logger.log(metrics, metrics["epoch"])
-            if trainer.epoch == cfg.train.epochs:
-                logger.close(finished=True)  # before on_epoch: Ray may end a trial at its last report
+        while runs.epoch < cfg.train.epochs:
+            mean, per_seed, curves = runs.run_epoch(progress)
+            metrics = {**mean, **(context or {})}
+            # seed_loggers is empty for one seed: its row is the trial's, logged once.
+            for each, row in [(logger, metrics), *zip(seed_loggers, per_seed, strict=False)]:
+                each.log(row, row["epoch"])
+                if runs.epoch == cfg.train.epochs:
+                    each.close(finished=True)  # before on_epoch: Ray may end a trial at its last report
+            if seed_loggers:
+                for seed, row in zip(runs.seeds, per_seed, strict=True):
+                    folder.append(folder.SEEDS, {**row, "seed": seed})
+            for row in curves:
+                folder.append(folder.CURVES, row)
             folder.append_metrics(metrics)
-            trainer.save(folder.checkpoint)
+            runs.save(folder.checkpoint)
             if on_epoch:
                 on_epoch(metrics, folder.checkpoint)
     finally:
-        logger.close(finished=trainer.epoch == cfg.train.epochs)
+        for each in [logger, *seed_loggers]:
+            each.close(finished=runs.epoch == cfg.train.epochs)
     return metrics
 
 
@@ -298,6 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="run configuration YAML (see geoloc/config.py for every key)")
     parser.add_argument("--out", required=True, help="output folder: metrics.jsonl, TensorBoard events, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="train K seeds (train.seed, +1, ...) in lock-step; metrics are their mean"
+    )
     args = parser.parse_args(argv)
     try:
         cfg = load_job(args.config)
@@ -306,9 +419,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         registry = MetricRegistry.for_run(cfg)
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds: must be >= 1, got {args.seeds}")
         metrics = train(
             cfg,
             args.out,
+            seeds=args.seeds,
             resume=args.resume,
             progress=True,
             on_epoch=lambda m, _: print(format_metrics(m, registry), flush=True),

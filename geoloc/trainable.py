@@ -61,6 +61,7 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
             train(
                 cfg,
                 folder.path,
+                seeds=study.search.seeds,
                 resume=True,
                 restore=restore,
                 on_epoch=report,

@@ -1,21 +1,24 @@
 """analysis/: a hand-made study directory whose every number is known in advance, read back from the files.
 
 The known study: 9 counted trials k = 0..8 over noise sigma (0, 0.15, 0.3) x seed (0, 1, 2), with
-final metrics built so that the answers are exact:
+final metrics built so that the answers are exact. Trials 2 and 8 were stopped by ASHA at epoch 2;
+the other 7 ran 4 epochs, so trials are compared at epoch 4 (the highest epoch at least half of
+the 9 reached), over COMPARED = k in 0, 1, 3, 4, 5, 6, 7 with their epoch-4 (= final) values:
 
 - train_loss = 3.5 - 0.1 k and acc_1km = 0.20 - 0.01 k fall together: Spearman +1;
   acc_25/200/750km = c + 0.01 k rise as train_loss falls: Spearman -1;
-- acc_2500km = ACC2500[k]: k = 4 is moved from rank 5 to rank 2 (sum d^2 = 12), so
-  rho(k, acc_2500km) = 1 - 6*12/720 = 0.9 and rho(train_loss, acc_2500km) = -0.9;
+- acc_2500km = ACC2500[k]: k = 4 is moved from rank 4 to rank 2 among the 7 (sum d^2 = 6), so
+  rho(k, acc_2500km) = 1 - 6*6/336 and rho(train_loss, acc_2500km) = -(1 - 6*6/336) = -0.893;
 - val_loss = 4.0 - 0.1 k except k = 6 (3.55, swapping ranks with k = 5): rho(val_loss, acc_1km)
-  = 1 - 6*2/720 = 0.98333, rho(val_loss, acc_2500km) = 1 - 6*226/720 = -0.88333;
-- Pareto (max acc_1km, max acc_2500km): all but k = 4 (k = 1 beats it); (min val_loss, max
+  = 1 - 6*2/336 = 0.964, rho(val_loss, acc_2500km) = 1 - 6*104/336 = -0.857;
+- Pareto (max acc_1km, max acc_2500km): all but k = 4 (k = 3 beats it); (min val_loss, max
   acc_1km): all but k = 6 (k = 5 beats it);
-- within trials: sigma 0 curves never diverge; sigma 0.15 has acc_1km falling at epochs 3 and 4
-  with train_loss falling (first 3) but val_loss rising at 3 (first 4); sigma 0.3 has acc_1km
-  falling from epoch 2 on (first 2 for both losses);
-- trials 2 and 8 were stopped by ASHA at epoch 2; an errored and a running trial carry absurd
-  metrics (acc 0.99) so that counting them by mistake changes every number.
+- within trials (whole curves, all 9): sigma 0 curves never diverge; sigma 0.15 has acc_1km
+  falling at epochs 3 and 4 with train_loss falling (first 3) but val_loss rising at 3 (first 4);
+  sigma 0.3 has acc_1km falling from epoch 2 on (first 2 for both losses);
+- an errored and a running trial carry absurd metrics (acc 0.99) so that counting them by
+  mistake changes every number; with --epoch final or best, all 9 enter and the report warns
+  that budgets are mixed.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ SEEDS = [0, 1, 2]
 LRS = [1e-4, 2e-4, 3e-4, 4e-4, 5e-4, 6e-4, 7e-4, 8e-4, 9e-4]
 ACC2500 = [0.70, 0.72, 0.74, 0.76, 0.71, 0.78, 0.80, 0.82, 0.84]
 STOPPED = {2, 8}
+COMPARED = [k for k in range(9) if k not in STOPPED]  # the trials that reached epoch 4
 MAX_EPOCHS = 4
 CEILING = {"ceiling_1km": 0.25, "ceiling_25km": 0.6, "ceiling_200km": 0.8, "ceiling_750km": 0.95, "ceiling_2500km": 1.0}
 ACCS = ["acc_1km", "acc_25km", "acc_200km", "acc_750km", "acc_2500km"]
@@ -187,7 +191,11 @@ def test_trials_csv_has_every_trial_with_status_params_and_final_best_metrics(kn
     trials = read(out, "trials.csv").set_index("number")
     assert list(trials.index) == list(range(11))
     assert trials["status"].value_counts().to_dict() == {"finished": 7, "stopped": 2, "errored": 1, "running": 1}
-    assert result["counts"] == {"finished": 7, "stopped": 2, "errored": 1, "running": 1, "total": 11, "counted": 9}
+    assert result["counts"] == {
+        **{"finished": 7, "stopped": 2, "errored": 1, "running": 1},
+        **{"total": 11, "counted": 9, "compared": 7},
+    }
+    assert result["epoch"] == 4
     for k in range(9):
         row, f = trials.loc[k], final(k)
         assert row["trial_id"] == f"abcde_{k:05d}"
@@ -238,15 +246,17 @@ def test_ablation_by_noise_sigma_has_known_mean_std_n_and_best(known):
     _, out, _ = known
     table = read(out, "ablation_train_noise_batch_sigma.csv")
     assert list(table["value"]) == [0, 0.15, 0.3]
-    assert list(table["n"]) == [3, 3, 3]  # errored and running trials left out
+    assert list(table["n"]) == [2, 3, 2]  # errored and running trials left out, and those stopped before epoch 4
     for j, row in table.iterrows():
-        ks = [3 * j + s for s in range(3)]
+        ks = [k for k in COMPARED if k // 3 == j]
         for m in ACCS + ["median_km", "score"]:
             values = [final(k)[m] for k in ks]
             assert row[f"{m}_mean"] == pytest.approx(statistics.mean(values)), (j, m)
             assert row[f"{m}_std"] == pytest.approx(statistics.stdev(values)), (j, m)
-            assert row[f"{m}_n"] == 3
-    assert table.loc[0, "acc_1km_mean"] == pytest.approx(0.19) and table.loc[0, "acc_1km_std"] == pytest.approx(0.01)
+            assert row[f"{m}_n"] == len(ks)
+    assert table.loc[0, "acc_1km_mean"] == pytest.approx(0.195) and table.loc[0, "acc_1km_std"] == pytest.approx(
+        0.005**0.5 / 10
+    )
     assert table.loc[1, "acc_2500km_mean"] == pytest.approx(0.75) and table.loc[1, "acc_2500km_std"] == pytest.approx(
         0.0013**0.5
     )
@@ -256,31 +266,38 @@ def test_ablation_by_noise_sigma_has_known_mean_std_n_and_best(known):
     assert not [c for c in table.columns if "im2gps3k" in c]
 
     md = (out / "ablation_train_noise_batch_sigma.md").read_text()
-    assert "**19.00 ± 1.00**" in md and "**82.00 ± 2.00**" in md and "16.00 ± 1.00" in md
-    assert "finished (7) or were stopped early by ASHA (2)" in md and "final-epoch" in md
+    assert "**19.50 ± 0.71**" in md and "**81.00 ± 1.41**" in md and "16.00 ± 1.00" in md
+    assert "epoch-4 values of the 7 finished or stopped trials that reached it; 2 stopped earlier" in md
+    assert "| 0 (baseline) " in md  # no base value in study.yaml: the first arm, said in the report
     tex = (out / "ablation_train_noise_batch_sigma.tex").read_text()
-    assert r"\textbf{19.00 $\pm$ 1.00}" in tex
+    assert r"\textbf{19.50 $\pm$ 0.71}" in tex
 
 
 def test_continuous_parameter_is_binned_and_thin_cells_warned(known):
     root, out, result = known
     table = read(out, "ablation_train_lr.csv")
-    assert list(table["value"]) == ["[0.0001, 0.0003]", "[0.0004, 0.0005]", "[0.0006, 0.0007]", "[0.0008, 0.0009]"]
-    assert list(table["n"]) == [3, 2, 2, 2]
-    assert table.loc[3, "acc_1km_mean"] == pytest.approx((final(7)["acc_1km"] + final(8)["acc_1km"]) / 2)
+    # Quartile bins of the 7 compared trials' lr: 1, 2 | 4, 5 | 6 | 7, 8 (x 1e-4).
+    assert list(table["value"]) == ["[0.0001, 0.0002]", "[0.0004, 0.0005]", "[0.0006, 0.0006]", "[0.0007, 0.0008]"]
+    assert list(table["n"]) == [2, 2, 1, 2]
+    assert table.loc[3, "acc_1km_mean"] == pytest.approx((final(6)["acc_1km"] + final(7)["acc_1km"]) / 2)
     warning = [w for w in result["warnings"] if "ablation by train.lr" in w]
-    assert len(warning) == 1 and "(n=2)" in warning[0] and warning[0].startswith("warning:")
+    assert len(warning) == 1 and "(n=1)" in warning[0] and warning[0].startswith("warning:")
     assert warning[0] in (out / "report.md").read_text()
     assert "quantile bins" in (out / "ablation_train_lr.md").read_text()
-    assert not [w for w in result["warnings"] if "ablation by train.noise" in w]  # 3 runs per cell: no warning
+    sigma = [w for w in result["warnings"] if "ablation by train.noise" in w]
+    assert sigma == ["warning: ablation by train.noise.batch_sigma: fewer than 3 trials in 0 (n=2), 0.3 (n=2)"]
 
 
 def test_best_epoch_values_option(tmp_path):
     root = build_known(tmp_path / "study")
-    analyse(root, tmp_path / "out", by=[SIGMA], formats=("csv",), which="best", plots=False, echo_warnings=False)
+    result = analyse(
+        root, tmp_path / "out", by=[SIGMA], formats=("csv",), epoch="best", plots=False, echo_warnings=False
+    )
     table = read(tmp_path / "out", "ablation_train_noise_batch_sigma.csv")
     best_acc1 = [final(6)["acc_1km"] + 0.03, final(7)["acc_1km"] + 0.03, final(8)["acc_1km"] + 0.01]
     assert table.loc[2, "acc_1km_mean"] == pytest.approx(statistics.mean(best_acc1))
+    assert list(table["n"]) == [3, 3, 3]  # every counted trial, at its own best epoch
+    assert [w for w in result["warnings"] if "--epoch best mixes budgets: the compared trials ran 2 to 4" in w]
     assert sorted(p.name for p in (tmp_path / "out").glob("ablation_*")) == ["ablation_train_noise_batch_sigma.csv"]
 
 
@@ -294,21 +311,22 @@ def test_spearman_correlations_are_the_known_values(known):
         ("train_loss", "acc_1km"): 1.0,
         ("train_loss", "acc_25km"): -1.0,
         ("train_loss", "acc_750km"): -1.0,
-        ("train_loss", "acc_2500km"): -0.9,
-        ("val_loss", "acc_1km"): 1 - 6 * 2 / 720,
-        ("val_loss", "acc_2500km"): 1 - 6 * 226 / 720,
+        ("train_loss", "acc_2500km"): -(1 - 6 * 6 / 336),
+        ("val_loss", "acc_1km"): 1 - 6 * 2 / 336,
+        ("val_loss", "acc_2500km"): 1 - 6 * 104 / 336,
     }
+    assert set(corr["epoch"]) == {4}  # no ASHA rungs in study.yaml: the compared epoch only
     for key, rho in expected.items():
         row = corr.loc[key]
         assert row["rho"] == pytest.approx(rho), key
-        assert row["n"] == 9
+        assert row["n"] == 7
         assert row["ci_low"] - 1e-9 <= row["rho"] <= row["ci_high"] + 1e-9
     assert corr.loc[("train_loss", "acc_1km"), "ci_low"] == pytest.approx(1.0)  # every resample is +1
     assert corr.loc[("train_loss", "acc_25km"), "ci_high"] == pytest.approx(-1.0)
     assert corr.loc[("train_loss", "acc_2500km"), "excludes_zero"]
     assert len(corr) == 10  # two losses x five accuracies; the extra set is not tabulated
     md = (out / "loss_vs_accuracy.md").read_text()
-    assert "+0.98" in md and "-0.88" in md
+    assert "+0.96" in md and "-0.86" in md
 
 
 def test_bootstrap_interval_is_reproducible_and_handles_degenerate_input():
@@ -366,13 +384,13 @@ def test_pareto_fronts_list_the_known_members(known):
     fronts = read(out, "pareto.csv")
     members = {name: sorted(group["number"]) for name, group in fronts.groupby("front")}
     assert members == {
-        "acc_1km_vs_acc_2500km": [0, 1, 2, 3, 5, 6, 7, 8],
-        "val_loss_vs_acc_1km": [0, 1, 2, 3, 4, 5, 7, 8],
+        "acc_1km_vs_acc_2500km": [0, 1, 3, 5, 6, 7],
+        "val_loss_vs_acc_1km": [0, 1, 3, 4, 5, 7],
     }
-    assert sorted(result["pareto"]["acc_1km_vs_acc_2500km"]) == [f"abcde_{k:05d}" for k in (0, 1, 2, 3, 5, 6, 7, 8)]
+    assert sorted(result["pareto"]["acc_1km_vs_acc_2500km"]) == [f"abcde_{k:05d}" for k in (0, 1, 3, 5, 6, 7)]
     assert set(fronts.columns) >= {"acc_1km", "acc_2500km", "val_loss", "score", SIGMA}
     report = (out / "report.md").read_text()
-    assert "8 of 9 trials (#0, #1, #2, #3, #5, #6, #7, #8)" in report
+    assert "**Pareto front acc_1km_vs_acc_2500km at epoch 4:** 6 of 7 trials (#0, #1, #3, #5, #6, #7)" in report
 
 
 def test_gallery_ceiling_beside_accuracies(known):
@@ -381,7 +399,7 @@ def test_gallery_ceiling_beside_accuracies(known):
     assert ceiling.loc["acc_1km", "ceiling"] == pytest.approx(0.25)
     assert ceiling.loc["acc_1km", "best_acc"] == pytest.approx(0.20)
     assert ceiling.loc["acc_1km", "best_share_of_ceiling"] == pytest.approx(0.8)
-    assert ceiling.loc["acc_2500km", "mean_acc"] == pytest.approx(statistics.mean(ACC2500))
+    assert ceiling.loc["acc_2500km", "mean_acc"] == pytest.approx(statistics.mean(ACC2500[k] for k in COMPARED))
     assert not ceiling["ceiling_varies"].any()
 
 
@@ -404,16 +422,24 @@ def test_report_summarises_from_the_numbers(known):
     report = (out / "report.md").read_text()
     assert report.startswith("# Study analysis: known-answer")
     assert "11 in all: 7 finished, 2 stopped early by ASHA, 1 errored, 1 running" in report
-    assert "**Best trial by score:** #8" in report and result["best"]["number"] == 8
+    assert "**Budget:** trials are compared at epoch 4" in report
+    assert "7 of the 9 finished or stopped trials reached it; 2 stopped earlier" in report
+    assert "**Best trial by score at epoch 4:** #7" in report and result["best"]["number"] == 7
     assert result["best"]["params"][SIGMA] == 0.3
-    assert "train.noise.batch_sigma: highest at 0 (19.00 ± 1.00 %, n=3), lowest at 0.3 (13.00 ± 1.00 %, n=3)" in report
-    assert "train.noise.batch_sigma = 0 is best for acc_1km but 0.3 for acc_2500km" in report
-    assert "a lower final train_loss goes with lower acc_1km (Spearman ρ = +1.00" in report
-    assert "higher acc_2500km (Spearman ρ = -0.90" in report
+    # 2-3 trials per arm, never sharing seed and lr with the baseline: Welch tests, none significant after Holm.
+    effects = next(line for line in report.splitlines() if line.startswith("- **Effects on acc_1km at epoch 4**"))
+    assert "train.noise.batch_sigma: no evidence at this budget (n = 7 trials)" in effects
+    assert "train.lr: no evidence at this budget (n = 7 trials)" in effects
+    assert "train.seed" not in effects.split("importance")[0]  # seeds are not effects
+    assert "train.noise.batch_sigma: study.yaml gives no base value; baseline = the first arm, 0" in report
+    assert "train.noise.batch_sigma: no run shares its seed and train.lr with a baseline run" in report
+    assert "acc_1km against coarse accuracy at epoch 4:** no evidence at this budget" in report
+    assert "**Across trials at epoch 4**, a lower train_loss goes with lower acc_1km (Spearman ρ = +1.00" in report
+    assert "higher acc_2500km (Spearman ρ = -0.89" in report
     assert "in 6 of 9 trials" in report and "0: 0/3, 0.15: 3/3 (from epoch 3), 0.3: 3/3 (from epoch 2)" in report
     assert "80 % of the ceiling" in report
-    assert "**Strength of evidence:** 9 trials" in report
-    assert "seed" not in report.split("**What raises acc_1km:**")[1].split("importance")[0]  # seeds are not effects
+    assert "**Strength of evidence:** 7 trials at epoch 4; 2 left out because they stopped earlier." in report
+    assert "mixes budgets" not in report
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report):
         assert (out / link).is_file(), link
     assert len(re.findall(r"!\[", report)) == len(result["plots"]) == 8
@@ -487,7 +513,10 @@ def test_running_errored_and_stopped_trials_are_read_and_counted(tmp_path):
     write_trial(root, "t_running_no_status", 3, params(0.3, 1, 4e-4), [f[0], '{"epoch": 2, "acc'], None)
     write_trial(root, "t_running", 4, params(0.0, 1, 5e-4), f[:1], StatusRecord(Status.RUNNING, 1, 4))
     result = analyse(root, echo_warnings=False)
-    assert result["counts"] == {"finished": 1, "stopped": 1, "errored": 1, "running": 2, "total": 5, "counted": 2}
+    assert result["counts"] == {
+        **{"finished": 1, "stopped": 1, "errored": 1, "running": 2},
+        **{"total": 5, "counted": 2, "compared": 1},  # epoch 4: 1 of the 2 is half
+    }
     trials = read(tmp_path / "study" / "analysis", "trials.csv").set_index("number")
     assert trials.loc[2, "reason"] == "ValueError: loss is NaN" and trials.loc[2, "epochs"] == 0
     assert trials.loc[3, "status"] == "running" and trials.loc[3, "epochs"] == 1
@@ -674,13 +703,15 @@ def test_cli_rejects_unknown_parameter_and_format(tmp_path):
     assert "--by train.nope: no such hyperparameter" in runs[0].stderr and "--format" in runs[1].stderr
 
 
-def test_cli_which_option_and_its_hidden_old_name():
+def test_cli_epoch_option_and_its_hidden_old_names():
     from analysis.__main__ import parser
 
-    assert parser().parse_args(["s"]).which == "final"
-    assert parser().parse_args(["s", "--which", "best"]).which == "best"
-    assert parser().parse_args(["s", "--values", "best"]).which == "best"  # existing commands still work
-    assert "--which" in parser().format_help() and "--values" not in parser().format_help()
+    assert parser().parse_args(["s"]).epoch is None  # the default rule
+    assert parser().parse_args(["s", "--epoch", "3"]).epoch == "3"
+    assert parser().parse_args(["s", "--which", "best"]).epoch == "best"  # existing commands still work
+    assert parser().parse_args(["s", "--values", "final"]).epoch == "final"
+    help_text = parser().format_help()
+    assert "--epoch" in help_text and "--which" not in help_text and "--values" not in help_text
 
 
 def test_cli_writes_chosen_tables_and_prints_warnings(tmp_path):

@@ -36,6 +36,20 @@ CASES = [
     ("negative sigma", {"base.train.noise.batch_sigma": -0.5}, [], "base.train.noise.batch_sigma: must be >= 0"),
     ("batch size 0", {"base.train.batch_size": 0}, [], "base.train.batch_size: must be >= 1"),
     ("negative queue", {"base.train.queue_size": -4}, [], "base.train.queue_size: must be >= 0"),
+    ("zero seeds", {"search.seeds": 0}, [], "search.seeds: must be >= 1"),
+    (
+        "seeds and repeats",
+        {"search": {"algorithm": "grid", "repeats": 2, "seeds": 3}},
+        [],
+        "search.seeds: repeats seeds inside each trial; drop repeats (2)",
+    ),
+    (
+        "seeds and a sampled seed",
+        {"search.seeds": 2, "search_space": {"train.seed": {"type": "choice", "values": [0, 1]}}},
+        [],
+        "search_space.train.seed: search.seeds trains seeds",
+    ),
+    ("negative probe", {"base.eval.resolution_points": -1}, [], "base.eval.resolution_points: must be >= 0"),
     (
         "zero score weights",
         {"base.eval.score_weights": [0, 0, 0, 0, 0]},

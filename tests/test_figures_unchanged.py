@@ -46,6 +46,13 @@ def studies() -> dict[str, dict]:
     return {"random": random, "grid": grid}
 
 
+def as_recorded(rows: list[dict], recorded: list[dict]) -> list[dict]:
+    """The rows cut to the recorded keys: every recorded metric must be there, to the last digit;
+    metrics added since the recording (``encoder_resolution_km``) are left out."""
+    assert len(rows) == len(recorded)
+    return [{k: row[k] for k in old if k in row} for row, old in zip(rows, recorded, strict=True)]
+
+
 def run_and_read(name: str, study: dict, workdir: Path, offline_root: str) -> dict:
     """Run one study through tune_main.py; {trial number: {"params", "metrics" per epoch}}."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +76,9 @@ def test_study_gives_the_figures_recorded_before_the_change(name, tmp_path, offl
     for number, trial in recorded.items():
         assert now[number]["params"] == trial["params"], f"trial {number}: other parameters"
         assert len(now[number]["metrics"]) == 2
-        assert now[number]["metrics"] == trial["metrics"], f"trial {number}: other metrics"
+        assert as_recorded(now[number]["metrics"], trial["metrics"]) == trial["metrics"], (
+            f"trial {number}: other metrics"
+        )
 
 
 def record(path: Path) -> None:

@@ -85,6 +85,7 @@ def test_registry_follows_the_thresholds_and_evaluation_sets(tmp_path):
     assert registry.tag("train_loss") == "train/loss" and registry.tag("train_s") == "time/train_s"
     assert set(registry.hparam_tags()) == {
         "train/loss",
+        "encoder/resolution_km",
         "val/loss",
         "val/acc_0.5km",
         "val/acc_10km",

@@ -87,13 +87,16 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
     assert len(__import__("pandas").read_csv(tmp_path / "analysis" / "trials.csv")) == 6, summary
 
 
-def test_killed_worker_restarts_from_its_checkpoint(tmp_path, offline_root_session):
+def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, offline_root_session):
+    """``search.seeds: 3`` under ASHA: each trial trains three seeds in lock-step and reports their mean
+    to Ray and Optuna; a worker killed mid-epoch resumes all three exactly where they were."""
+    from geoloc.study import load_study_file, trial_config
+    from geoloc.train import train
+
     study = copy.deepcopy(TINY_STUDY)
-    study["search"] = {"algorithm": "random", "num_samples": 1, "max_concurrent": 1}
-    study["scheduler"] = {"type": "none"}
+    study["search"] = {"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seeds": 3}
     study["failure"] = {"max_failures": 2}
-    study["base"]["train"]["epochs"] = 4
-    study["base"]["data"]["offline"]["n_train"] = 6000
+    study["base"]["data"]["offline"]["n_train"] = 2500  # epochs long enough to be killed mid-way
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
     study_dir = tmp_path / "results" / "tiny"
     driver = start_study(study_file, tmp_path / "results")
@@ -104,14 +107,39 @@ def test_killed_worker_restarts_from_its_checkpoint(tmp_path, offline_root_sessi
             return trials and len(read_metrics(trials[0])) >= 1
 
         wait_for(one_epoch_done, what="the first epoch")
-        trial = trial_dirs(study_dir)[0]
-        os.kill(read_status(trial).pid, signal.SIGKILL)  # mid-epoch 2
+        killed = trial_dirs(study_dir)[0]
+        os.kill(read_status(killed).pid, signal.SIGKILL)  # mid-epoch 2
         assert driver.wait(timeout=300) == 0
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    assert read_status(trial).status is Status.FINISHED
-    assert [m["epoch"] for m in read_metrics(trial)] == [1, 2, 3, 4]  # no gap, no duplicate
+
+    reported = {t.user_attrs["ray_trial_id"]: t.intermediate_values for t in optuna_trials(study_dir)}
+    loaded = load_study_file(study_file)
+    for trial in trial_dirs(study_dir):
+        folder = TrialFolder(trial)
+        rows, per_seed = read_metrics(trial), folder.read_seeds().rows
+        epochs = [m["epoch"] for m in rows]
+        assert epochs == list(range(1, len(epochs) + 1))  # no gap, no duplicate
+        assert [(r["epoch"], r["seed"]) for r in per_seed] == [(e, s) for e in epochs for s in (0, 1, 2)]
+        for row in rows:
+            seeds = [r["score"] for r in per_seed if r["epoch"] == row["epoch"]]
+            assert row["score"] == sum(seeds) / 3
+        assert reported[folder.read_trial()["trial_id"]] == {e: m["score"] for e, m in zip(epochs, rows, strict=True)}
+        assert read_status(trial).status in (Status.FINISHED, Status.STOPPED)
+    # The killed trial's seeds continued exactly: the same rows as an uninterrupted run of its configuration.
+    straight = TrialFolder(tmp_path / "straight")
+    cfg = trial_config(loaded, TrialFolder(killed).read_trial()["params"])
+    train(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": len(read_metrics(killed))})}),
+        straight.path,
+        seeds=3,
+    )
+    times = ("train_s", "eval_s")
+    assert [{k: v for k, v in r.items() if k not in times} for r in TrialFolder(killed).read_seeds().rows] == [
+        {k: v for k, v in r.items() if k not in times} for r in straight.read_seeds().rows
+    ]
+    assert len(read_metrics(killed)) >= 2
 
 
 def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, offline_root_session):

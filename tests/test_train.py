@@ -144,3 +144,77 @@ def test_command_line_run_writes_metrics_events_and_checkpoint(small_config, tmp
     events = EventAccumulator(str(out))
     events.Reload()
     assert {"train/loss", "val/loss", "val/acc_1km", "val/score", "temperature", "lr"} <= set(events.Tags()["scalars"])
+
+
+TIMES = ("train_s", "eval_s")  # wall times differ by run
+
+
+def without_times(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in TIMES}
+
+
+def test_seeds_in_lock_step_are_the_single_seed_runs_and_their_mean(small_config, tmp_path):
+    """``seeds=2`` trains seeds 5 and 6 side by side: each equals its own single-seed run, the
+    trial's row is their mean (times summed), and every seed's curve and events are recorded."""
+    small_config["train"]["epochs"] = 1
+    small_config["train"]["seed"] = 5
+    train(build(small_config), tmp_path / "two", seeds=2)
+    folder = TrialFolder(tmp_path / "two")
+    per_seed = folder.read_seeds().rows
+    assert [(r["epoch"], r["seed"]) for r in per_seed] == [(1, 5), (1, 6)]
+    for seed in (5, 6):
+        small_config["train"]["seed"] = seed
+        single = TrialFolder(tmp_path / f"single{seed}")
+        train(build(small_config), single.path)
+        assert not (single.path / TrialFolder.SEEDS).exists()  # one seed: metrics.jsonl is its record
+        mine = [without_times(r) for r in per_seed if r["seed"] == seed]
+        assert mine == [{**without_times(r), "seed": seed} for r in single.read_metrics().rows]
+    for row in folder.read_metrics().rows:
+        seeds = [r for r in per_seed if r["epoch"] == row["epoch"]]
+        assert row["score"] == pytest.approx(np.mean([r["score"] for r in seeds]), abs=1e-15)
+        assert row["acc_1km"] == pytest.approx(np.mean([r["acc_1km"] for r in seeds]), abs=1e-15)
+        assert row["lr"] == seeds[0]["lr"]
+        assert row["train_s"] == pytest.approx(sum(r["train_s"] for r in seeds))
+    curves = folder.read_log(TrialFolder.CURVES).rows
+    assert [(r["epoch"], r["seed"], r["set"]) for r in curves] == [(1, 5, "val"), (1, 6, "val")]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for seed in (5, 6):
+        events = EventAccumulator(str(folder.seed_dir(seed)))
+        events.Reload()
+        logged = [e.value for e in events.Scalars("val/score")]
+        assert logged == pytest.approx([r["score"] for r in per_seed if r["seed"] == seed], rel=1e-6)
+
+
+def test_seeds_resume_exactly(small_config, tmp_path):
+    small_config["train"]["epochs"] = 2
+    straight = TrialFolder(tmp_path / "straight")
+    train(build(small_config), straight.path, seeds=2)
+    small_config["train"]["epochs"] = 1
+    split = TrialFolder(tmp_path / "split")
+    train(build(small_config), split.path, seeds=2)
+    small_config["train"]["epochs"] = 2
+    train(build(small_config), split.path, seeds=2, resume=True)
+    for log in (TrialFolder.METRICS, TrialFolder.SEEDS, TrialFolder.CURVES):
+        assert [without_times(r) for r in split.read_log(log).rows] == [
+            without_times(r) for r in straight.read_log(log).rows
+        ], log
+    from geoloc.train import CheckpointMismatch
+
+    with pytest.raises(CheckpointMismatch, match="2 seed"):
+        train(build(small_config), split.path, seeds=3, resume=True)
+
+
+def test_the_fine_error_curve_agrees_with_the_accuracies(small_config, tmp_path):
+    small_config["train"]["epochs"] = 1
+    small_config["eval"] = {"thresholds_km": [0.5, 25, 2500], "score_weights": [1, 1, 1]}
+    folder = TrialFolder(tmp_path / "run")
+    train(build(small_config), folder.path)
+    (curve,) = folder.read_log(TrialFolder.CURVES).rows
+    row = folder.read_metrics().last
+    km = np.array(curve["km"])
+    assert km[0] == 0.1 and km[-1] == 20_000 and 40 <= len(km) <= 50 and np.all(np.diff(km) > 0)
+    for t in (0.5, 25, 2500):
+        assert curve["acc"][list(km).index(t)] == row[f"acc_{t:g}km"]
+    assert np.all(np.diff(curve["acc"]) >= 0) and curve["acc"][-1] == 1.0  # nothing is farther than 20,000 km
+    assert 0 < row["encoder_resolution_km"] <= 5000

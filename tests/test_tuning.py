@@ -150,30 +150,33 @@ def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_pa
     study_dir, _ = tiny_study
     summary = analyse(study_dir, tmp_path, echo_warnings=False)
     table = pd.read_csv(tmp_path / "trials.csv").set_index("trial_id")
-    finals = {}
+    epoch = summary["epoch"]  # the equal budget every table compares at
+    at_epoch = {}
     for trial in trial_dirs(study_dir):
         row, metrics, status = table.loc[trial.name.removeprefix("trial_")], read_metrics(trial), read_status(trial)
         assert row["status"] == status.status.value and row["epochs"] == len(metrics)
         assert row["final_score"] == pytest.approx(metrics[-1]["score"])
         assert row["best_score"] == pytest.approx(max(m["score"] for m in metrics))
         assert row["final_ceiling_1km"] == pytest.approx(metrics[-1]["ceiling_1km"])
-        finals[trial.name] = {**metrics[-1], "sigma": row["train.noise.batch_sigma"]}
-    assert summary["counts"]["total"] == len(finals)
+        if len(metrics) >= epoch:
+            at_epoch[trial.name] = {**metrics[epoch - 1], "sigma": row["train.noise.batch_sigma"]}
+    assert summary["counts"]["total"] == len(trial_dirs(study_dir))
+    assert summary["counts"]["compared"] == len(at_epoch) >= len(trial_dirs(study_dir)) / 2
 
-    final = pd.DataFrame(finals).T.drop(columns=["node", "node_id"]).astype(float)
+    values = pd.DataFrame(at_epoch).T.drop(columns=["node", "node_id"]).astype(float)
     ablation = pd.read_csv(tmp_path / "ablation_train_noise_batch_sigma.csv").set_index("value")
-    for sigma, cell in final.groupby("sigma"):
+    for sigma, cell in values.groupby("sigma"):
         assert ablation.loc[sigma, "n"] == len(cell)
         assert ablation.loc[sigma, "score_mean"] == pytest.approx(cell["score"].mean())
         assert ablation.loc[sigma, "acc_2500km_mean"] == pytest.approx(cell["acc_2500km"].mean())
 
-    corr = pd.read_csv(tmp_path / "loss_vs_accuracy.csv").set_index(["loss", "metric"])
-    expected = spearmanr(final["val_loss"], final["acc_2500km"]).statistic
-    assert corr.loc[("val_loss", "acc_2500km"), "rho"] == pytest.approx(expected)
+    corr = pd.read_csv(tmp_path / "loss_vs_accuracy.csv").set_index(["epoch", "loss", "metric"])
+    expected = spearmanr(values["val_loss"], values["acc_2500km"]).statistic
+    assert corr.loc[(epoch, "val_loss", "acc_2500km"), "rho"] == pytest.approx(expected)
 
     pareto = pd.read_csv(tmp_path / "pareto.csv")
     on_front = set(pareto[pareto["front"] == "acc_1km_vs_acc_2500km"]["trial_id"])
-    a1, a2 = final["acc_1km"].to_numpy(), final["acc_2500km"].to_numpy()
-    dominated = [np.any((a1 >= a1[i]) & (a2 >= a2[i]) & ((a1 > a1[i]) | (a2 > a2[i]))) for i in range(len(final))]
-    assert on_front == {name.removeprefix("trial_") for name, d in zip(final.index, dominated, strict=True) if not d}
+    a1, a2 = values["acc_1km"].to_numpy(), values["acc_2500km"].to_numpy()
+    dominated = [np.any((a1 >= a1[i]) & (a2 >= a2[i]) & ((a1 > a1[i]) | (a2 > a2[i]))) for i in range(len(values))]
+    assert on_front == {name.removeprefix("trial_") for name, d in zip(values.index, dominated, strict=True) if not d}
     assert (tmp_path / "report.md").read_text().count(".png") >= 5
