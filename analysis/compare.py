@@ -34,6 +34,7 @@ import pandas as pd
 from scipy import stats
 
 from .plots import _figure, _save
+from .tables import km_text
 
 ALPHA = 0.05  # significance level of the Holm-corrected t-test (the one significance rule)
 LEVEL = 0.95  # confidence level of every interval in this module
@@ -347,9 +348,9 @@ def find_crossing(km, diff, tol: float = TIE_TOL) -> Crossing:
     i = changes[0]
     at = float(np.exp(x[i] - d[i] * (x[i + 1] - x[i]) / (d[i + 1] - d[i])))
     if d[i] < 0:
-        direction, note = "worse-to-better", f"worse below, better above {at:.3g} km"
+        direction, note = "worse-to-better", f"worse below, better above {km_text(at)}"
     else:
-        direction, note = "better-to-worse", f"reverse: better below, worse above {at:.3g} km"
+        direction, note = "better-to-worse", f"reverse: better below, worse above {km_text(at)}"
     if len(changes) > 1:
         note += f" (first of {len(changes)} crossings)"
     return Crossing(at, direction, len(changes), note)

@@ -110,8 +110,8 @@ def analyse(
         (
             "loss_vs_accuracy",
             "Loss against accuracy across trials",
-            "Spearman rank correlation between each trial's loss and each accuracy at one epoch (each ASHA rung, "
-            f"else the compared epoch), with a seeded percentile bootstrap 95 % interval ({tradeoff.N_BOOT} "
+            "Spearman rank correlation between each trial's loss and each accuracy at one epoch (each ASHA rung "
+            f"and the compared epoch), with a seeded percentile bootstrap 95 % interval ({tradeoff.N_BOOT} "
             "resamples of trials), over the finished or stopped trials that reached that epoch, with their "
             "values there.",
             corr,
@@ -265,7 +265,7 @@ def _comparison_display(comparison: pd.DataFrame, fractions: list[str]) -> pd.Da
 def _crossover_display(crossovers: pd.DataFrame) -> pd.DataFrame:
     view = crossovers[["param", "arm", "baseline", "note"]].astype(str)
     km = pd.to_numeric(crossovers["crossover_km"], errors="coerce")
-    view.insert(3, "crossover", km.map(lambda v: "none" if pd.isna(v) else f"{v:.3g} km"))
+    view.insert(3, "crossover", km.map(lambda v: "none" if pd.isna(v) else tables.km_text(v)))
     view["paired"] = crossovers["paired"].map({True: "yes", False: "no"})
     return view
 

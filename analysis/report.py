@@ -256,7 +256,7 @@ def _correlation_sentence(corr: pd.DataFrame, epoch, budget: Budget, loss: str, 
 
     where = epoch_label(epoch)
     if epoch != budget.epoch:
-        where += f" (the highest ASHA rung with at least {MIN_RUNS} trials; correlations are made at rungs only)"
+        where += f" (the highest ASHA rung with at least {MIN_RUNS} trials; correlations are made at fixed epochs only)"
     tail = f", and with {clause(coarse)}" if coarse in rows else ""
     return f"**Across trials at {where}**, a lower {loss} goes with {clause(fine)}{tail}."
 

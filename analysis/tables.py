@@ -51,6 +51,11 @@ def fmt_value(value) -> str:
     return str(value)
 
 
+def km_text(km: float) -> str:
+    """A distance as people write it: 3 significant digits, no exponent (4320 km, 0.0316 km)."""
+    return f"{float(f'{km:.3g}'):g} km"
+
+
 def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool]:
     """Each value's level label, as an ordered categorical; True when numeric values were binned.
 

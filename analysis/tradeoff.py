@@ -92,7 +92,7 @@ CORRELATION_COLUMNS = [
 def loss_vs_accuracy(study: Study, budget: Budget) -> pd.DataFrame:
     """One row per (epoch, loss, accuracy): n, rho, p, 95% interval, whether the interval excludes 0.
 
-    Epochs: each ASHA rung the trials reached, else the budget's epoch (``budget.rungs``); at each,
+    Epochs: each ASHA rung the trials reached and the budget's epoch (``budget.rungs``); at each,
     the trials that reached it with their values there, so no correlation mixes budgets.
     """
     rows = []

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .config import ConfigError, JobConfig, load_job
+from .config import ConfigError, JobConfig, load_job, parse_job, set_path
 from .data import Data, DataError, load_data
 from .devices import DeviceError, pick_device
 from .evaluate import Evaluator, accuracy_curve, curve_thresholds
@@ -318,8 +318,8 @@ class LockStep(Resumable):
 
 
 def with_seed(cfg: JobConfig, seed: int) -> JobConfig:
-    """The same run configuration with another ``train.seed`` (validated again)."""
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": seed})})
+    """The same run configuration with another ``train.seed`` (validated again, as geoloc.config asks)."""
+    return parse_job(set_path(cfg.model_dump(mode="json"), "train.seed", seed))
 
 
 def checkpoint_epoch(path: Path) -> int:
