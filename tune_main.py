@@ -168,14 +168,11 @@ def dry_run(study: StudyConfig, study_dir: Path) -> None:
             shown = f"[{entry.low}, {entry.high}]" + (f" step {step}" if step else "")
         cond = f"  when {entry.when}" if entry.when else ""
         print(f"  {entry.name:32s} {entry.type:10s} {shown}{cond}")
+    first = study.base.train.seed
+    seeds = f", each training seeds {first}..{first + study.search.seeds - 1}" if study.search.seeds > 1 else ""
     print(
-        f"\ntrials: {num_trials(study)} ({study.search.algorithm})"
-        + (
-            f", each training seeds {study.base.train.seed}..{study.base.train.seed + seeds - 1}"
-            if (seeds := study.search.seeds) > 1
-            else ""
-        )
-        + f", at most {study.search.max_concurrent} at once; "
+        f"\ntrials: {num_trials(study)} ({study.search.algorithm}){seeds}, "
+        f"at most {study.search.max_concurrent} at once; "
         f"scheduler: {study.scheduler.type}, {study.epochs} epochs max"
     )
     print(f"resources per trial: {study.resources.cpu:g} CPU, {study.resources.gpu:g} GPU")

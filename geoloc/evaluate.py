@@ -37,7 +37,7 @@ def curve_thresholds(thresholds_km) -> np.ndarray:
 
 def accuracy_curve(errors_km: np.ndarray, km: np.ndarray) -> np.ndarray:
     """The share of errors <= each distance (the empirical distribution of the errors at ``km``)."""
-    return (np.sort(errors_km)[None, :] <= np.asarray(km)[:, None]).mean(axis=1)
+    return np.searchsorted(np.sort(errors_km), km, side="right") / len(errors_km)
 
 
 @dataclass(frozen=True)

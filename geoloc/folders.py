@@ -150,15 +150,17 @@ class TrialFolder:
 
     def read_trial(self) -> dict | None:
         """``trial.json``, or None when it is missing or not a JSON object."""
-        doc = read_json(self.path / self.TRIAL)
-        return doc if isinstance(doc, dict) else None
+        return self._read_object(self.TRIAL)
 
     def write_config(self, config: dict) -> None:
         write_json(self.path / self.CONFIG, config)
 
     def read_config(self) -> dict | None:
         """``config.json``, or None when it is missing or not a JSON object."""
-        doc = read_json(self.path / self.CONFIG)
+        return self._read_object(self.CONFIG)
+
+    def _read_object(self, name: str) -> dict | None:
+        doc = read_json(self.path / name)
         return doc if isinstance(doc, dict) else None
 
     # -- the .jsonl logs: metrics, seeds, curves -------------------------------------------------
