@@ -175,6 +175,7 @@ def dry_run(study: StudyConfig, study_dir: Path) -> None:
         f"at most {study.search.max_concurrent} at once; "
         f"scheduler: {study.scheduler.type}, {study.epochs} epochs max"
     )
+    print("objective: " + ", ".join(f"{how} {key}" for key, how in study.objectives().items()))
     print(f"resources per trial: {study.resources.cpu:g} CPU, {study.resources.gpu:g} GPU")
     print(f"results would go to: {study_dir}")
 
@@ -205,19 +206,35 @@ def sampled(row, params: list[str]) -> dict:
     return {k: row[k] for k in params if row[k] is not None and not (isinstance(row[k], float) and math.isnan(row[k]))}
 
 
+def params_text(row, params: list[str]) -> str:
+    """A trial's own hyperparameters in one short line: ``batch_sigma=1, lr=0.0003``."""
+    return ", ".join(
+        f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+        for k, v in sampled(row, params).items()
+    )
+
+
 def summarize(study_dir: Path) -> None:
-    """Best trial and top table, read from the trial folders (the study's own record, which also
-    holds trials that ended after Ray's last snapshot before a crash)."""
+    """Best trial and top table (a pareto study: its Pareto set), read from the trial folders (the
+    study's own record, which also holds trials that ended after Ray's last snapshot before a crash)."""
     from analysis.load import AnalysisError, read_study
+    from analysis.pareto import front
 
     try:
         study = read_study(study_dir)
-        trials = study.trials.dropna(subset=["final_score"]).sort_values("final_score", ascending=False, kind="stable")
+        trials = study.trials.iloc[:0]  # no trial reported a metric: no final_score column
+        if "final_score" in study.trials:
+            trials = study.trials.dropna(subset=["final_score"]).sort_values(
+                "final_score", ascending=False, kind="stable"
+            )
+        found, _ = front(study)  # None for a score study
     except AnalysisError:
-        study, trials = None, []
+        study, trials, found = None, [], None
     print()
     if not len(trials):
         print("no trial reported a result")
+    elif found is not None:
+        print_pareto_set(found, study.params)
     else:
         accs = study.registry.accuracies()
         fine, coarse = accs[0], accs[-1]
@@ -232,10 +249,7 @@ def summarize(study_dir: Path) -> None:
         )
         print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {fine:>10s} {coarse:>10s} {'epochs':>6s}  params")
         for _, row in trials.head(10).iterrows():
-            shown = ", ".join(
-                f"{k.split('.')[-1]}={v:.4g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
-                for k, v in sampled(row, study.params).items()
-            )
+            shown = params_text(row, study.params)
             print(
                 f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {row['final_' + fine]:10.3f} "
                 f"{row['final_' + coarse]:10.3f} {row['epochs']:6d}  {shown}"
@@ -244,6 +258,21 @@ def summarize(study_dir: Path) -> None:
     print(f"optuna:       optuna-dashboard {StudyFolder(study_dir).optuna_url}")
     print(f"tensorboard:  tensorboard --logdir {study_dir}")
     print(f"analysis:     python -m analysis {study_dir}")
+
+
+def print_pareto_set(found, params: list[str]) -> None:
+    """The Pareto set found (``analysis.pareto``): the trials that ran every epoch and that no other
+    such trial beats on every objective, with their values there."""
+    metrics = found.objective.metrics
+    members = found.pareto_set()
+    print(
+        f"Pareto set of {found.objective.describe()}: {len(members)} of the {len(found.trials)} trials that ran "
+        f"all {found.epochs} epochs; hypervolume {found.hypervolume:.4g} after {found.epochs_spent} epochs spent"
+    )
+    print("  " + f"{'trial':22s} " + " ".join(f"{m:>12s}" for m in metrics) + "  params")
+    for _, row in members.iterrows():
+        shown = params_text(row, [p for p in params if p in row])
+        print("  " + f"{'trial_' + row['trial_id']:22s} " + " ".join(f"{row[m]:12.4g}" for m in metrics) + f"  {shown}")
 
 
 def stop_gracefully_on_sigterm() -> None:
@@ -268,7 +297,7 @@ def unfinished(study: StudyConfig, study_dir: Path) -> str | None:
     if not cut_short and not not_started:
         return None
     return (
-        f"{ended[Status.FINISHED]} finished, {ended[Status.STOPPED]} stopped by ASHA, "
+        f"{ended[Status.FINISHED]} finished, {ended[Status.STOPPED]} stopped early, "
         f"{ended[Status.ERRORED]} errored, {cut_short} cut short (they go on from their last checkpoint), "
         f"{not_started} not started, of {num_trials(study)} trials"
     )

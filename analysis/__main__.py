@@ -33,9 +33,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--epoch",
         metavar="N|final|best",
-        help="compare trials at epoch N (those that reached it, with their values there), or each trial's "
+        help="compare trials at epoch N >= 1 (those that reached it, with their values there), or each trial's "
         "final or best epoch (which mixes budgets when trials ran different numbers of epochs). Default: the "
-        "epoch every finished or stopped trial ran, else the highest epoch at least half of them reached",
+        "epoch every finished or stopped trial ran, else the highest epoch at least half of them reached. "
+        "Epoch 0, the evaluation before training (eval.at_start), is no budget: it is each ablation table's "
+        "first row",
     )
     # Earlier names of --epoch final|best, so that existing commands still work.
     for old in ("--which", "--values"):

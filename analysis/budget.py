@@ -15,6 +15,12 @@ a later one would compare ASHA's survivors only, and say little about the search
 (When all trials ran the same number of epochs, the rule gives that number too.)
 
 ``--epoch final`` or ``best`` remain possible; the report then warns when they mix budgets.
+
+Epoch 0, the evaluation before training (``eval.at_start``), is never a budget: ``load.py`` keeps
+it out of the epochs every rule here reads, and ``--epoch 0`` is refused. With a warm start every
+trial holds the same model there, and without one, untrained weights: comparing trials at epoch 0
+would compare nothing the search varied. It is shown instead as the first row of every ablation
+table (`start_units`) and as the first point of the learning curves.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from pydantic import ValidationError
 from geoloc.folders import Status
 from geoloc.study import SchedulerConfig
 
-from .load import AnalysisError, Study, values_at
+from .load import START, AnalysisError, Study, values_at
 
 WHOLE = ("final", "best")  # an epoch per trial rather than one for all
 
@@ -46,6 +52,11 @@ def parse_epoch(value) -> int | str | None:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
+    if value == START and not isinstance(value, bool):
+        raise AnalysisError(
+            f"--epoch {START}: epoch {START} is the evaluation before training (eval.at_start), not a budget to "
+            "compare trials at; it is the first row of every ablation table and the first point of the learning curves"
+        )
     raise AnalysisError(f"--epoch: expected a positive epoch number, final or best, got {value!r}")
 
 
@@ -144,6 +155,22 @@ class Budget:
         )
 
 
+def full_epochs(study: Study) -> int:
+    """The epochs a trial runs when no scheduler stops it: study.yaml's base.train.epochs, else (a
+    hand-made folder) the most epochs a finished or stopped trial ran, else 0 (none has ended)."""
+    base_epochs = ((study.spec.get("base") or {}).get("train") or {}).get("epochs")
+    if isinstance(base_epochs, int):
+        return base_epochs
+    ran = pd.to_numeric(study.counted()["epochs"], errors="coerce").dropna()
+    return int(ran.max()) if len(ran) else 0
+
+
+def start_units(study: Study) -> pd.DataFrame:
+    """The finished or stopped trials' runs evaluated before training (epoch 0): one row per trial
+    and seed, as ``Budget.units`` (runs with several seeds, else trials); empty without eval.at_start."""
+    return study.start_seeds[study.start_seeds["trial_id"].isin(study.counted()["trial_id"])]
+
+
 def trials_at(study: Study, epoch: int | str) -> pd.DataFrame:
     """The counted trials that reached ``epoch``: info and params (as in trials.csv), each metric at it."""
     counted = study.counted()
@@ -203,8 +230,7 @@ def rungs(study: Study, budget: Budget) -> list:
         scheduler = None
     if budget.epoch is None or scheduler is None or scheduler.type != "asha":
         return [budget.epoch]
-    base_epochs = ((study.spec.get("base") or {}).get("train") or {}).get("epochs")
-    max_t = base_epochs if isinstance(base_epochs, int) else budget.final_epochs[1]
+    max_t = full_epochs(study)
     reached = set(_reached(study).index)
     out, milestone = [], float(scheduler.grace_period)
     while milestone <= max_t:

@@ -6,6 +6,13 @@ statuses) and ``geoloc.metrics`` (the study's metric registry), so a finished st
 one, or a copy on a laptop all read the same, without Ray or torch. A study that is still
 running is being written while we read it: a half-written last line or status file is skipped
 with a warning rather than treated as a user's mistake.
+
+A run with ``eval.at_start: true`` evaluates before training and logs that as epoch 0 (no
+train_loss, lr or train_s). Epoch 0 is no training budget, so it is kept apart here, once:
+``Study.epochs`` and ``Study.seeds`` (and the final and best values built from them) hold the
+trained epochs only, and ``Study.start`` and ``Study.start_seeds`` the epoch-0 rows. Everything
+that compares trials at an epoch reads the former and so never sees epoch 0; the ablation tables'
+first row and the learning curves read the latter.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
 from geoloc.metrics import MetricRegistry, eval_set_name
 
 NOISE_PARAM = "train.noise.batch_sigma"
+START = 0  # the epoch of the evaluation before training (eval.at_start)
 _TRIAL_COLUMNS = (
     "number",
     "trial_id",
@@ -50,7 +58,12 @@ class Study:
     # metrics.jsonl row with its seed (config.json's train.seed, else its train.seed parameter).
     seeds: pd.DataFrame
     # The fine error curves, long: trial_id, seed, epoch, set, km, acc (one row per distance).
+    # Every epoch logged, epoch 0 included: they are only ever picked by the compared epoch.
     curves: pd.DataFrame
+    # The evaluations before training (epoch 0, eval.at_start), apart from ``epochs`` and ``seeds``
+    # (module docstring): per trial, and per trial and seed; with the columns of those, empty without.
+    start: pd.DataFrame
+    start_seeds: pd.DataFrame
     params: list[str]  # every hyperparameter, in first-seen order
     param_kinds: dict[str, str]  # "int" | "float" | "categorical"
     varied: list[str]  # hyperparameters with more than one value across the trials
@@ -77,6 +90,18 @@ class Study:
     def counted(self) -> pd.DataFrame:
         """Trials that finished or were stopped by ASHA: the ones tables and statistics use."""
         return self.trials[self.trials["status"].isin([s.value for s in Status if s.counted])]
+
+    def every_epoch(self) -> pd.DataFrame:
+        """``epochs`` with the epoch-0 rows in place (epochs.csv and the learning curves); ``epochs``
+        itself when there are none."""
+        if not len(self.start):
+            return self.epochs
+        columns = list(dict.fromkeys([*self.epochs.columns, *self.start.columns]))
+        parts = [part for part in (self.start, self.epochs) if len(part)]  # concat warns on an empty part
+        every = pd.concat(parts, ignore_index=True).reindex(columns=columns)
+        return every.sort_values(["number", "trial_id", "epoch"], na_position="last", kind="stable").reset_index(
+            drop=True
+        )
 
 
 def read_study(study_dir: str | Path) -> Study:
@@ -130,8 +155,9 @@ def read_study(study_dir: str | Path) -> Study:
     kinds = {k: _kind([p[k] for p in raw_params if k in p]) for k in params}
     varied = [k for k in params if len({_hashable(p[k]) for p in raw_params if k in p}) > 1]
 
-    epochs = pd.DataFrame(epoch_rows)
-    metric_keys = _numeric_metric_keys(epochs)
+    epochs = _log_frame(epoch_rows)
+    metric_keys = _numeric_metric_keys(epochs)  # epoch 0 included: a study may have no trained epoch yet
+    start, epochs = _split_start(epochs)
     trials = pd.DataFrame(rows)
     for col in ("number", "max_epochs"):
         trials[col] = pd.to_numeric(trials[col], errors="coerce").astype("Int64")
@@ -142,7 +168,10 @@ def read_study(study_dir: str | Path) -> Study:
 
     by_trial = {t: p for t, p in zip([r["trial_id"] for r in rows], raw_params, strict=True)}
     epochs = _per_epoch(epochs, ["epoch"], params, by_trial)
-    seeds = _per_epoch(pd.DataFrame(seed_rows), ["seed", "epoch"], params, by_trial)
+    start = _per_epoch(start, ["epoch"], params, by_trial)
+    start_seeds, seeds = _split_start(_log_frame(seed_rows))
+    seeds = _per_epoch(seeds, ["seed", "epoch"], params, by_trial)
+    start_seeds = _per_epoch(start_seeds, ["seed", "epoch"], params, by_trial)
     curves = _curve_table(curve_rows)
 
     name = study_doc.get("name")
@@ -153,6 +182,8 @@ def read_study(study_dir: str | Path) -> Study:
         epochs=epochs,
         seeds=seeds,
         curves=curves,
+        start=start,
+        start_seeds=start_seeds,
         params=params,
         param_kinds=kinds,
         varied=varied,
@@ -161,6 +192,20 @@ def read_study(study_dir: str | Path) -> Study:
         spec=study_doc,
         warnings=warnings,
     )
+
+
+def _log_frame(rows: list[dict]) -> pd.DataFrame:
+    """Log rows as a frame, epoch-0 rows last: columns come in the order first seen, and an epoch-0
+    row (first in its log) lacks train_loss, which must keep its place among the metrics."""
+    return pd.DataFrame(sorted(rows, key=lambda row: row["epoch"] == START))  # stable: else in log order
+
+
+def _split_start(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the epoch-0 rows, the trained epochs' rows) of a frame of log rows."""
+    if not len(frame):
+        return frame.copy(), frame
+    before = frame["epoch"] == START
+    return frame[before].reset_index(drop=True), frame[~before].reset_index(drop=True)
 
 
 def _per_epoch(frame: pd.DataFrame, keys: list[str], params: list[str], by_trial: dict) -> pd.DataFrame:

@@ -45,7 +45,7 @@ def analyse(
     budget = budgets.at(study, budgets.choose(study, epoch), asked=epoch is not None)
     # scipy, matplotlib and optuna take seconds to import: only once there is a study to analyse,
     # so that a wrong path or epoch is answered at once.
-    from . import arms, compare, tradeoff
+    from . import arms, compare, pareto, tradeoff
     from .importance import importances
     from .plots import all_plots
 
@@ -63,7 +63,7 @@ def analyse(
     files["trials"] = out / "trials.csv"
     study.trials.to_csv(files["trials"], index=False)
     files["epochs"] = out / "epochs.csv"
-    study.epochs.to_csv(files["epochs"], index=False)
+    study.every_epoch().to_csv(files["epochs"], index=False)
 
     comparison = arms.comparison(study, every_arm)
     crossovers = arms.crossovers(every_arm)
@@ -84,6 +84,8 @@ def analyse(
     fronts = tradeoff.pareto(study, budget.trials)
     ceiling = tradeoff.ceiling(study, budget.trials)
     importance = importances(study, budget.trials)
+    front, notes = pareto.front(study)  # None for a score study
+    warnings += notes
 
     caption_used = budget.describe()
     fractions = [m for m in study.metrics if study.registry.fraction(m)]
@@ -148,6 +150,19 @@ def analyse(
         table_paths[name] = tables.write_table(numeric, display, out, name, caption, formats)
     files["divergence"] = out / "divergence.csv"
     per_trial.to_csv(files["divergence"], index=False)
+    objective_section = None
+    if front is not None:
+        files["hypervolume"] = out / "hypervolume.csv"
+        front.history.to_csv(files["hypervolume"], index=False)
+        members = front.pareto_set()
+        caption = (
+            f"The Pareto set of the study's objective ({front.objective.describe()}): the trials no other trial "
+            f"beats on every objective, among the {len(front.trials)} trials that ran the full {front.epochs} "
+            "epochs, with their values there (accuracies and score in %); trials stopped earlier are not compared."
+        )
+        display = _fractions_display(members, study)
+        table_paths["pareto_set"] = tables.write_table(members, display, out, "pareto_set", caption, formats)
+        objective_section = (caption, display)
     if len(importance.table):
         table_paths["importance"] = tables.write_table(
             importance.table,
@@ -160,7 +175,7 @@ def analyse(
 
     plot_paths = {}
     if plots:
-        plot_paths = all_plots(study, budget, importance, out)
+        plot_paths = all_plots(study, budget, importance, out, front)
         for a in every_arm:
             if a.baseline in set(a.curves["arm"]):
                 name = f"error_curve_{tables.slug(a.param)}"
@@ -177,6 +192,7 @@ def analyse(
         comparison,
         crossovers,
         [note for a in every_arm for note in a.notes],
+        front,
     )
     lines = summary(study, budget, found)
     files["report"] = write_report(
@@ -189,6 +205,7 @@ def analyse(
         {title: (caption, display) for _, title, caption, _, display in compared},
         {title: (caption, display) for _, title, caption, _, display in sections},
         plot_paths,
+        objective_section,
     )
     if echo_warnings:
         for w in warnings:
@@ -305,6 +322,21 @@ def _native(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def _objective(front) -> dict:
+    """The study's objective in the result: its type; for a Pareto study its front and hypervolume."""
+    if front is None:
+        return {"type": "score"}
+    return {
+        "type": "pareto",
+        "metrics": list(front.objective.metrics),
+        "epochs": front.epochs,
+        "front": list(front.pareto_set()["trial_id"]),
+        "hypervolume": front.hypervolume,
+        "reference": None if front.reference is None else [float(v) for v in front.reference],
+        "epochs_spent": front.epochs_spent,
+    }
+
+
 def _result(study, budget, out, files, table_paths, plot_paths, found, warnings) -> dict:
     counts = study.trials["status"].value_counts()
     used = budget.trials
@@ -348,6 +380,7 @@ def _result(study, budget, out, files, table_paths, plot_paths, found, warnings)
             for t, g in importance.table.groupby("target", sort=False)
         },
         "importance_evaluator": importance.evaluator,
+        "objective": _objective(found.objective),
         "notes": list(importance.notes) + list(found.arm_notes),
         "warnings": list(warnings),
     }

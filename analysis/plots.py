@@ -23,7 +23,8 @@ from geoloc.folders import Status
 
 from .budget import Budget
 from .importance import Importance
-from .load import NOISE_PARAM, Study
+from .load import NOISE_PARAM, START, Study
+from .pareto import Front
 from .tables import MAX_LEVELS, fmt_value, levels, slug
 from .tradeoff import pareto_mask
 
@@ -140,9 +141,12 @@ def accuracy_vs_threshold(study: Study, budget: Budget, out: Path, top: int = 5)
 
 def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Path | None:
     """Losses and acc_1km per epoch for every trial; an x where ASHA stopped a trial, a grey line
-    at the epoch the tables compare (the trials that stopped before it are seen only here)."""
+    at the epoch the tables compare (the trials that stopped before it are seen only here). Curves
+    of runs evaluated before training start at epoch 0, marked by a hollow square (no train_loss
+    there: that panel starts at epoch 1)."""
     panels = [m for m in ("train_loss", "val_loss") if m in study.metrics] + study.accuracies[:1]
-    if not panels or not len(study.epochs):
+    epochs = study.every_epoch()
+    if not panels or not len(epochs):
         return None
     key, colour = _colour_key(study)
     norm = _norm(colour)
@@ -150,11 +154,14 @@ def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Pa
     fig, axes = _figure(1, len(panels), (5 * len(panels), 4.2))
     status = study.trials.set_index("trial_id")["status"]
     for ax, metric in zip(axes[0], panels, strict=True):
-        for trial_id, curve in study.epochs.groupby("trial_id", sort=False):
+        for trial_id, curve in epochs.groupby("trial_id", sort=False):
             c = cmap(norm(colour.get(trial_id, 0.0)))
             style = ":" if status[trial_id] == Status.RUNNING.value else "-"
             y = pd.to_numeric(curve[metric], errors="coerce")
             ax.plot(curve["epoch"], y, style, color=c, lw=1.2, alpha=0.85)
+            start = (curve["epoch"] == START).to_numpy()
+            if start.any():
+                ax.plot(curve["epoch"][start], y[start], "s", mfc="white", color=c, ms=5)
             if status[trial_id] == Status.STOPPED.value:
                 ax.plot(curve["epoch"].iloc[-1], y.iloc[-1], "x", color="k", ms=7, mew=1.5)
             elif status[trial_id] == Status.ERRORED.value:
@@ -172,6 +179,12 @@ def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Pa
     ]
     if budget is not None and isinstance(budget.epoch, int):
         handles.append(Line2D([], [], ls="--", color="grey", lw=1, label=f"compared: {budget.label}"))
+    if len(study.start):
+        handles.append(Line2D([], [], ls="", marker="s", mfc="white", color="grey", label="before training"))
+        # The train_loss panel has no point at epoch 0: every panel on the same epochs, 0 included.
+        lo, hi = min(ax.get_xlim()[0] for ax in axes[0]), max(ax.get_xlim()[1] for ax in axes[0])
+        for ax in axes[0]:
+            ax.set_xlim(lo, hi)
     axes[0][-1].legend(handles=handles, fontsize=8)
     if key:
         fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=key)
@@ -280,7 +293,54 @@ def importance_bars(result: Importance, out: Path) -> Path | None:
     return _save(fig, out / "importance.png")
 
 
-def all_plots(study: Study, budget: Budget, importance: Importance, out: Path) -> dict[str, Path]:
+def pareto_front(front: Front, out: Path) -> Path | None:
+    """The full-budget trials of a two-objective Pareto study, the Pareto set highlighted and joined
+    by the edge of the region it dominates (with three or more objectives: the table only)."""
+    if len(front.objective.metrics) != 2 or not len(front.trials):
+        return None
+    (x, y), (x_up, y_up) = front.objective.metrics, front.objective.maximise
+    on = front.trials[front.trials["on_front"]].sort_values(x)
+    rest = front.trials[~front.trials["on_front"]]
+    fig, axes = _figure(1, 1, (6.5, 5))
+    ax = axes[0, 0]
+    ax.scatter(rest[x], rest[y], s=40, color="lightgrey", edgecolors="k", linewidths=0.4, label="dominated")
+    # Between two members, the best value reachable is the next member's when x is maximised, the last one's if not.
+    ax.step(on[x], on[y], where="pre" if x_up else "post", color="crimson", lw=1.2)
+    ax.scatter(on[x], on[y], s=55, color="crimson", edgecolors="k", linewidths=0.5, zorder=3, label="Pareto set")
+    for xi, yi, number in zip(on[x], on[y], on["number"], strict=True):
+        ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(f"{x} ({'max' if x_up else 'min'}), epoch {front.epochs}")
+    ax.set_ylabel(f"{y} ({'max' if y_up else 'min'}), epoch {front.epochs}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"Pareto set: {len(on)} of the {len(front.trials)} trials that ran {front.epochs} epochs")
+    return _save(fig, out / "pareto_front.png")
+
+
+def hypervolume_plot(front: Front, out: Path) -> Path | None:
+    """The hypervolume of the front found against the epochs spent, a dot where the front grew."""
+    history = front.history
+    if front.reference is None:
+        return None
+    fig, axes = _figure(1, 1, (6.5, 4.2))
+    ax = axes[0, 0]
+    ax.step(history["epochs_spent"], history["hypervolume"], where="post", color="steelblue", lw=1.5)
+    grew = history[history["hypervolume"].diff().fillna(history["hypervolume"]) > 0]
+    ax.plot(grew["epochs_spent"], grew["hypervolume"], "o", color="steelblue", ms=4, label="the front grew")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("epochs spent (every trial's epochs, those stopped early included)")
+    ax.set_ylabel("hypervolume of the front found")
+    corner = ", ".join(f"{v:g}" for v in front.reference)
+    ax.set_title(f"{front.objective.describe()}; reference point ({corner})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, out / "hypervolume.png")
+
+
+def all_plots(
+    study: Study, budget: Budget, importance: Importance, out: Path, front: Front | None = None
+) -> dict[str, Path]:
+    """Every figure, by name; ``front``: a Pareto study's front (``pareto.front``)."""
     made = {
         "loss_vs_acc": loss_vs_fine(study, budget, out),
         "accuracy_vs_threshold": accuracy_vs_threshold(study, budget, out),
@@ -289,4 +349,6 @@ def all_plots(study: Study, budget: Budget, importance: Importance, out: Path) -
         "parallel_coordinates": parallel_coordinates(study, budget, out),
         "importance": importance_bars(importance, out),
     }
+    if front is not None:
+        made.update(pareto_front=pareto_front(front, out), hypervolume=hypervolume_plot(front, out))
     return {name: path for name, path in made.items() if path is not None}

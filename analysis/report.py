@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -21,7 +22,10 @@ from geoloc.metrics import RESOLUTION, MetricRegistry
 from .budget import WHOLE, Budget, epoch_label
 from .importance import Importance
 from .load import Study
-from .tables import MIN_RUNS, Ablation, fmt_value, markdown, slug, to_markdown
+from .tables import MIN_RUNS, START_LABEL, Ablation, before_training, fmt_value, markdown, slug, to_markdown
+
+if TYPE_CHECKING:  # pareto.py loads moocore, which `import analysis` need not
+    from .pareto import Front
 
 # How the summary names each status, in the order it lists them.
 STATUS_WORDS = {
@@ -66,6 +70,7 @@ class Findings:
     comparison: pd.DataFrame  # arms.comparison: param, then compare.COLUMNS
     crossovers: pd.DataFrame  # arms.crossovers
     arm_notes: list[str]  # how baselines were chosen, which parameters are compared unpaired
+    objective: Front | None = None  # a Pareto study's front found (pareto.front); None for a score study
 
 
 def summary(study: Study, budget: Budget, found: Findings) -> list[str]:
@@ -77,6 +82,8 @@ def summary(study: Study, budget: Budget, found: Findings) -> list[str]:
         lines.append("No trial has finished or been stopped yet: nothing to compare. Run the analysis again later.")
         return lines
     lines.append(_budget_line(budget))
+    if found.objective is not None:
+        lines.append(_front_line(found.objective))
     fine = study.accuracies[0] if study.accuracies else None
     coarse = study.accuracies[1:]
 
@@ -87,6 +94,15 @@ def summary(study: Study, budget: Budget, found: Findings) -> list[str]:
         lines.append(
             f"**Best trial by score at {budget.label}:** #{best['number']} (`{best['trial_id']}`, "
             f"{best['status_detail']}): score {pct(best['score'])}; {accs}; {params}."
+        )
+    shown = study.accuracies + (["score"] if "score" in study.metrics else [])
+    start = before_training(study, shown)
+    if start is not None:
+        values = ", ".join(f"{m} {pct(start[f'{m}_mean'])}" for m in shown)
+        lines.append(
+            f"**{START_LABEL[0].upper()}{START_LABEL[1:]}:** {values} (mean over the {start['n']} finished or "
+            f"stopped {budget.unit_word} evaluated before the first epoch; with a warm start, the published "
+            "model; the first row of each ablation table)."
         )
 
     if fine:
@@ -127,6 +143,20 @@ def summary(study: Study, budget: Budget, found: Findings) -> list[str]:
 
     lines.append(_evidence(budget, found))
     return lines
+
+
+def _front_line(front: Front) -> str:
+    """The Pareto study's result: the front found, its hypervolume and the epochs it cost."""
+    head = f"**Pareto objective ({front.objective.describe()}):** "
+    spent = f"{front.epochs_spent} epochs spent by {len(front.history)} trials"
+    if front.reference is None:
+        return head + f"no trial ran the full {front.epochs} epochs yet, so no front; {spent}."
+    members = ", ".join(f"#{n}" for n in front.pareto_set()["number"])
+    corner = ", ".join(f"{v:g}" for v in front.reference)
+    return head + (
+        f"{len(front.pareto_set())} of the {len(front.trials)} trials that ran the full {front.epochs} epochs are "
+        f"on the front ({members}); hypervolume {front.hypervolume:.4g} (reference point {corner}) after {spent}."
+    )
 
 
 def _budget_line(budget: Budget) -> str:
@@ -321,9 +351,10 @@ def write_report(
     comparisons: dict[str, Section],
     sections: dict[str, Section],
     plots: dict[str, Path],
+    objective: Section | None = None,
 ) -> Path:
     """comparisons: {title: section} of the paired comparisons and crossovers; sections: {title:
-    section} of the loss-versus-accuracy part, each in order."""
+    section} of the loss-versus-accuracy part, each in order; objective: a Pareto study's Pareto set."""
     out = [f"# Study analysis: {study.name}", "", f"Study directory: `{study.path}`", "", "## Summary", ""]
     out += [f"- {line}" for line in summary_lines] + [""]
     if warnings:
@@ -340,6 +371,13 @@ def write_report(
     if fixed:
         values = study.trials.iloc[0]
         out += ["Fixed hyperparameters: " + ", ".join(f"{p} = {fmt_value(values[p])}" for p in fixed) + ".", ""]
+
+    if objective is not None:
+        caption, table = objective
+        out += ["## Pareto objective", "", f"*{caption}*", "", markdown(table), ""]
+        for name, alt in (("pareto_front", "Pareto front"), ("hypervolume", "hypervolume against epochs spent")):
+            if name in plots:
+                out += [_image(plots[name], path.parent, alt), ""]
 
     out += ["## Ablation tables", ""]
     if not found.ablations:

@@ -3,6 +3,11 @@
 One set of numbers, three renderings: CSV keeps raw fractions for machines; Markdown and LaTeX
 show accuracies and score in percent (how GeoCLIP results are published) with the best cell of
 each column in bold, so a table can go straight into a thesis.
+
+When the runs evaluated before training (``eval.at_start``), each table opens with that row,
+``before training (epoch 0)``: the mean over the finished or stopped runs that have one (with a
+warm start, the published model on this validation set), the point every arm started from. It is
+no arm: it takes no part in the best cell, the baseline or the significance marks.
 """
 
 from __future__ import annotations
@@ -17,12 +22,13 @@ import pandas as pd
 
 from geoloc.metrics import RESOLUTION
 
-from .budget import Budget
+from .budget import Budget, start_units
 from .load import Study
 
 MAX_LEVELS = 6  # a numeric parameter with more distinct values than this is binned
 MIN_RUNS = 3  # cells with fewer runs get a warning: their std means little
 SIGNIFICANT = "†"  # marks a cell that differs significantly from the baseline row (compare.py's rule)
+START_LABEL = "before training (epoch 0)"  # the first row of a study whose runs evaluated before training
 
 
 @dataclass
@@ -36,6 +42,13 @@ class Ablation:
     percent: list[str]  # the columns that are fractions, shown in %
     caption: str
     warnings: list[str] = field(default_factory=list)
+    # The row before training (module docstring), with the columns of ``cells`` (best, baseline and
+    # significance all False); None when no run evaluated before training.
+    start: pd.DataFrame | None = None
+
+    def rows(self) -> pd.DataFrame:
+        """The rows as written: the one before training, if any, then ``cells``."""
+        return self.cells if self.start is None else pd.concat([self.start, self.cells], ignore_index=True)
 
 
 def slug(name: str) -> str:
@@ -115,15 +128,8 @@ def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablatio
     rows = []
     for label in level.cat.categories:
         members = units[(unit_level == label).to_numpy()]
-        if not len(members):
-            continue
-        row = {"value": label, "n": len(members)}
-        for m in columns:
-            values = pd.to_numeric(members[m], errors="coerce").dropna()
-            row[f"{m}_mean"] = values.mean() if len(values) else math.nan
-            row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
-            row[f"{m}_n"] = len(values)
-        rows.append(row)
+        if len(members):
+            rows.append(_summary(label, members, columns))
     cells = pd.DataFrame(rows, columns=["value", "n"] + [f"{m}_{s}" for m in columns for s in ("mean", "std", "n")])
     for m in columns:
         means, how = cells[f"{m}_mean"], study.registry.direction(m)
@@ -146,7 +152,33 @@ def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablatio
     thin = [f"{r.value} (n={r.n})" for r in cells.itertuples() if r.n < MIN_RUNS]
     warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} {word} in {', '.join(thin)}"] if thin else []
     percent = [m for m in columns if study.registry.fraction(m)]
-    return Ablation(param, binned, columns, cells, percent, caption, warnings)
+    start = before_training(study, columns)
+    if start is not None:
+        caption += (
+            f" First row: {START_LABEL}, the evaluation before the first epoch (eval.at_start; with a warm start, "
+            f"the published model), over the {start['n']} finished or stopped {word} that have one; it is not an "
+            "arm and takes no part in the best values or the comparisons."
+        )
+        start = pd.DataFrame([start]).reindex(columns=cells.columns, fill_value=False)
+    return Ablation(param, binned, columns, cells, percent, caption, warnings, start)
+
+
+def before_training(study: Study, columns: list[str]) -> dict | None:
+    """The row before training: value, n, <m>_mean/_std/_n over `budget.start_units`; None without one."""
+    units = start_units(study)
+    return _summary(START_LABEL, units, columns) if len(units) else None
+
+
+def _summary(label: str, members: pd.DataFrame, columns: list[str]) -> dict:
+    """One row of a table: mean, std and n of each metric over ``members`` (NaN left out)."""
+    row = {"value": label, "n": len(members)}
+    for m in columns:
+        # A column the rows before training lack (an older run's log) is a cell with n = 0, not an error.
+        values = pd.to_numeric(members[m], errors="coerce").dropna() if m in members else pd.Series(dtype=float)
+        row[f"{m}_mean"] = values.mean() if len(values) else math.nan
+        row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        row[f"{m}_n"] = len(values)
+    return row
 
 
 def mark(ab: Ablation, comparison: pd.DataFrame, baseline: str, how: str) -> None:
@@ -175,13 +207,12 @@ def cell_text(mean: float, std: float, fraction: bool) -> str:
 
 
 def _display(ab: Ablation, bold, escape) -> pd.DataFrame:
-    values = [
-        f"{v} (baseline)" if base else str(v) for v, base in zip(ab.cells["value"], ab.cells["baseline"], strict=True)
-    ]
-    out = pd.DataFrame({escape(ab.param): [escape(v) for v in values], "n": ab.cells["n"].astype(str)})
+    rows = ab.rows()
+    values = [f"{v} (baseline)" if base else str(v) for v, base in zip(rows["value"], rows["baseline"], strict=True)]
+    out = pd.DataFrame({escape(ab.param): [escape(v) for v in values], "n": rows["n"].astype(str)})
     for m in ab.columns:
         texts = []
-        for _, r in ab.cells.iterrows():
+        for _, r in rows.iterrows():
             text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m in ab.percent)
             if r[f"{m}_n"] != r["n"]:
                 text += f" (n={r[f'{m}_n']})"
@@ -252,7 +283,8 @@ def dataframe_to_latex(table: pd.DataFrame, caption: str, label: str, comments=(
 
 
 def to_csv(ab: Ablation) -> pd.DataFrame:
-    return ab.cells.assign(param=ab.param)[["param"] + list(ab.cells.columns)]
+    rows = ab.rows()
+    return rows.assign(param=ab.param)[["param"] + list(rows.columns)]
 
 
 def write(ab: Ablation, out_dir: Path, formats) -> dict[str, Path]:

@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from geoloc import pareto as pareto_helpers
+
 from .budget import Budget, rungs, trials_at
 from .load import NOISE_PARAM, Study
 from .tables import MIN_RUNS, levels
@@ -231,14 +233,11 @@ def fronts(study: Study) -> dict[str, dict[str, str]]:
 
 
 def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
-    """True for rows no other row dominates (at least as good in every objective, better in one)."""
-    signed = np.column_stack([values[m].to_numpy(float) * (1 if how == "max" else -1) for m, how in objectives.items()])
-    keep = np.ones(len(signed), dtype=bool)
-    for i in range(len(signed)):
-        others = np.delete(signed, i, axis=0)
-        dominated = np.all(others >= signed[i], axis=1) & np.any(others > signed[i], axis=1)
-        keep[i] = not dominated.any()
-    return keep
+    """True for rows no other row dominates (at least as good in every objective, better in one):
+    ``geoloc.pareto.pareto_mask`` on the ``objectives`` columns, {metric: "max"|"min"}."""
+    return pareto_helpers.pareto_mask(
+        values[list(objectives)].to_numpy(float), [how == "max" for how in objectives.values()]
+    )
 
 
 def pareto(study: Study, trials: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ BENCHMARKS = [
     "bench_memory",
     "bench_sweep",
     "bench_packing",
+    "bench_pareto",
 ]
 HERE = Path(__file__).resolve().parent
 

@@ -87,15 +87,24 @@ class DataConfig(Section):
         return val
 
 
-WARM_START_ARCHITECTURE = ("rff_scales", "rff_features", "hidden_dim", "depth", "embed_dim", "image_hidden_dim")
-"""ModelConfig fields that must keep their published defaults for ``model.warm_start``."""
+PUBLISHED_RFF_SCALES = (2.0**0, 2.0**4, 2.0**8)
+"""The published location encoder's scales; its branches ``LocEnc0/1/2`` belong to them in this order."""
+
+WARM_START_ARCHITECTURE = ("rff_features", "hidden_dim", "depth", "embed_dim", "image_hidden_dim")
+"""ModelConfig fields that must keep their published defaults for ``model.warm_start`` (``rff_scales``
+only has to contain the published scales)."""
+
+Frozen = Literal["published_branches", "image_head", "temperature"]
+"""A part of the model that ``model.freeze`` can keep as it starts."""
 
 
 class ModelConfig(Section):
     """GeoCLIP's trainable parts; the defaults are the published architecture."""
 
-    rff_scales: tuple[Annotated[Float, Field(gt=0)], ...] = (2.0**0, 2.0**4, 2.0**8)
-    """Random-Fourier-feature sigma of each location-encoder branch; branch outputs are summed."""
+    rff_scales: tuple[Annotated[Float, Field(gt=0)], ...] = PUBLISHED_RFF_SCALES
+    """Random-Fourier-feature sigma of each location-encoder branch; branch outputs are summed.
+    With ``warm_start`` it must contain the published 1, 16 and 256 and may add others, in any
+    order (``[1, 16, 256, 4096]`` adds a finer branch)."""
     rff_features: StrictInt = Field(256, ge=1)
     """Frequencies per branch (cos and sin give twice as many inputs)."""
     hidden_dim: StrictInt = Field(1024, ge=1)
@@ -109,12 +118,21 @@ class ModelConfig(Section):
     init_temperature: Float = Field(0.07, ge=0.01, le=10)
     """Initial softmax temperature; logit scale = log(1 / temperature)."""
     learn_temperature: StrictBool = True
-    """Learn the logit scale (clamped to at most 100 like CLIP) or keep it fixed."""
+    """Learn the logit scale (clamped to at most 100 like CLIP) or keep it fixed; false is the
+    same as listing ``temperature`` in ``freeze``."""
     warm_start: StrictBool = False
     """Start the image head, location encoder and logit scale from the published GeoCLIP weights
     (the installed ``geoclip`` package) instead of a random initialisation; ``init_temperature``
     is then ignored. Needs the published architecture (the defaults above) and 768-d features
-    (CLIP ViT-L/14)."""
+    (CLIP ViT-L/14). The branch of each published scale in ``rff_scales`` (the first, if one is
+    listed twice) takes that scale's published weights; every other branch starts with a zero
+    head (weight and bias), so before training the model scores exactly as the published one
+    while its random Fourier features and hidden layers are seeded by ``train.seed``."""
+    freeze: tuple[Frozen, ...] = ()
+    """Parts kept exactly as they start (left out of the optimiser, so weight decay does not move
+    them either): ``published_branches`` (the location-encoder branches of the published scales;
+    needs ``warm_start``), ``image_head``, ``temperature`` (the logit scale, as
+    ``learn_temperature: false``). Empty trains everything."""
 
     @field_validator("rff_scales")
     @classmethod
@@ -134,6 +152,28 @@ class ModelConfig(Section):
             ]
             if changed:
                 raise FieldError("warm_start", f"needs the published architecture; this model has {', '.join(changed)}")
+            missing = [f"{s:g}" for s in PUBLISHED_RFF_SCALES if s not in self.rff_scales]
+            if missing:
+                listed = ", ".join(f"{s:g}" for s in self.rff_scales)
+                raise FieldError(
+                    "rff_scales",
+                    f"warm_start needs the published scales 1, 16 and 256 (others may be added); "
+                    f"{' and '.join(missing)} missing from [{listed}]",
+                )
+        if "published_branches" in self.freeze and not self.warm_start:
+            raise FieldError("freeze", "published_branches needs warm_start: true (no branch is published without it)")
+        return self
+
+    @model_validator(mode="after")
+    def _something_trains(self) -> ModelConfig:
+        new_branches = len(self.rff_scales) > len(PUBLISHED_RFF_SCALES)  # duplicates count as new branches
+        temperature_frozen = "temperature" in self.freeze or not self.learn_temperature
+        if {"published_branches", "image_head"} <= set(self.freeze) and temperature_frozen and not new_branches:
+            fixed = " with learn_temperature false" if not self.learn_temperature else ""
+            raise FieldError(
+                "freeze",
+                f"{list(self.freeze)}{fixed} leaves nothing to train; add a scale to rff_scales or unfreeze a part",
+            )
         return self
 
 
@@ -193,6 +233,11 @@ class EvalConfig(Section):
     resolution_points: StrictInt = Field(64, ge=0)
     """Gallery points (seeded sample) of the location-encoder sharpness probe that gives
     ``encoder_resolution_km`` each evaluation (``geoloc.resolution``); 0 switches it off."""
+    at_start: StrictBool = False
+    """Also evaluate before the first epoch and record it as epoch 0 (metrics.jsonl, TensorBoard step
+    0): the baseline row, e.g. the published model's accuracies under ``model.warm_start``. It has
+    no training keys, is not reported to the scheduler or the sampler, and draws from no training
+    random stream, so the trained epochs are the same with it or without."""
 
     @field_validator("thresholds_km")
     @classmethod

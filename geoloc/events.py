@@ -36,7 +36,10 @@ class EventLogger:
         self.registry = registry
         # flush_secs: a running trial shows up in TensorBoard within seconds, not minutes.
         self.writer = SummaryWriter(str(logdir), flush_secs=5)
-        experiment, session_start, self._session_end = hparams_summaries(hparams, dict.fromkeys(registry.hparam_tags()))
+        # flatten: a sampled value may be a list (model.rff_scales), which HParams shows as text.
+        experiment, session_start, self._session_end = hparams_summaries(
+            flatten(hparams), dict.fromkeys(registry.hparam_tags())
+        )
         self.writer.file_writer.add_summary(experiment)
         self.writer.file_writer.add_summary(session_start)
         self.writer.flush()

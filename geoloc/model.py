@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
+from .config import PUBLISHED_RFF_SCALES, ModelConfig
 from .geo import equal_earth_projection
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
@@ -77,6 +77,7 @@ class LocationEncoder(nn.Module):
         super().__init__()
         cfg = cfg or ModelConfig()
         self.embed_dim = cfg.embed_dim
+        self.scales = tuple(cfg.rff_scales)
         for i, sigma in enumerate(cfg.rff_scales):
             self.add_module(
                 f"LocEnc{i}", LocationBranch(sigma, cfg.rff_features, cfg.hidden_dim, cfg.depth, cfg.embed_dim)
@@ -88,6 +89,35 @@ class LocationEncoder(nn.Module):
         encoder = cls(ModelConfig())
         encoder.load_state_dict(load_geoclip_weights("location_encoder"), strict=True)
         return encoder
+
+    def published_branches(self) -> list[LocationBranch]:
+        """The branches of the published scales 1, 16, 256, in that order (the first branch of each
+        scale); ValueError when a published scale is not among this encoder's scales."""
+        missing = [s for s in PUBLISHED_RFF_SCALES if s not in self.scales]
+        if missing:
+            raise ValueError(f"the published scales {missing} are not among this encoder's {list(self.scales)}")
+        return [getattr(self, f"LocEnc{self.scales.index(s)}") for s in PUBLISHED_RFF_SCALES]
+
+    def load_published(self, state: dict[str, torch.Tensor]) -> None:
+        """Warm start from the published state dict: its branch ``LocEnc<j>`` (the j-th published scale)
+        loads strictly into this encoder's branch of that scale, wherever ``rff_scales`` lists it; every
+        other branch gets a zero head (weight and bias), so it adds exactly 0 and the encoder's output
+        is the published one until training moves that head. The branch's Fourier features and hidden
+        layers keep their seeded random start (a branch zeroed throughout would get no gradient)."""
+        published = self.published_branches()
+        prefixes = [f"LocEnc{j}." for j in range(len(published))]
+        unknown = [k for k in state if not k.startswith(tuple(prefixes))]
+        if unknown:
+            raise RuntimeError(f"unexpected keys in the published location encoder: {unknown}")
+        for prefix, branch in zip(prefixes, published, strict=True):
+            branch.load_state_dict(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}, strict=True
+            )
+        with torch.no_grad():
+            for branch in self.children():
+                if not any(branch is p for p in published):
+                    branch.head[0].weight.zero_()
+                    branch.head[0].bias.zero_()
 
     def forward(self, latlon: torch.Tensor) -> torch.Tensor:
         projected = equal_earth_projection(latlon)
@@ -138,9 +168,19 @@ class GeoCLIP(nn.Module):
         self.image_head = ImageHead(feature_dim, cfg.image_hidden_dim, cfg.embed_dim)
         self.location_encoder = LocationEncoder(cfg)
         self.logit_scale = nn.Parameter(
-            torch.tensor(math.log(1 / cfg.init_temperature)), requires_grad=cfg.learn_temperature
+            torch.tensor(math.log(1 / cfg.init_temperature)),
+            requires_grad=cfg.learn_temperature and "temperature" not in cfg.freeze,
         )
         self.queue = GPSQueue(queue_size)
+        # Frozen parts take no gradient, and the trainer's optimiser takes only parameters that
+        # do: they stay bitwise as they start (warm-started values are copied in later, in place).
+        frozen: list[nn.Module] = []
+        if "image_head" in cfg.freeze:
+            frozen.append(self.image_head)
+        if "published_branches" in cfg.freeze:
+            frozen += self.location_encoder.published_branches()
+        for part in frozen:
+            part.requires_grad_(False)
 
     def encode_images(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.image_head(features), dim=-1)
@@ -153,15 +193,17 @@ class GeoCLIP(nn.Module):
 
     @torch.no_grad()
     def clamp_logit_scale(self) -> None:
-        self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if self.logit_scale.requires_grad:  # a fixed scale stays as configured, even outside the clamp
+            self.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
 
     @property
     def temperature(self) -> float:
         return float(torch.exp(-self.logit_scale.detach()))
 
     def load_geoclip_weights(self) -> None:
-        """Warm start from the published image head, location encoder and logit scale."""
-        self.location_encoder.load_state_dict(load_geoclip_weights("location_encoder"), strict=True)
+        """Warm start from the published image head, location encoder and logit scale; branches of
+        scales beyond the published ones start at zero output (``LocationEncoder.load_published``)."""
+        self.location_encoder.load_published(load_geoclip_weights("location_encoder"))
         self.image_head.load_state_dict(load_geoclip_weights("image_encoder_mlp"), strict=True)
         with torch.no_grad():
             self.logit_scale.copy_(load_geoclip_weights("logit_scale").reshape(()))

@@ -12,21 +12,22 @@ through Optuna. Any failure raises ``StorageDamaged`` with SQLite's reason, in o
 
 ``rebuild_optuna_storage`` writes a fresh file beside the damaged one, then keeps the damaged one
 as ``optuna.db.damaged-YYYYmmdd-HHMMSS`` (with its journal, if any; nothing is deleted) and puts
-the fresh one in its place. The study is created as the searcher creates it (same name,
-maximize), and one trial is added per number, in order, since Optuna numbers trials as they are
+the fresh one in its place. The study is created as the searcher creates it (same name and
+directions), and one trial is added per number, in order, since Optuna numbers trials as they are
 added:
 
 | trial folder ``trial_<ray id>/`` | rebuilt Optuna trial |
 | --- | --- |
-| ``status.json`` finished | COMPLETE, value = the last epoch's ``score`` |
-| stopped (by ASHA) | PRUNED, value = the last epoch's ``score`` (as ``Study.tell`` records a pruned trial) |
+| ``status.json`` finished | COMPLETE, value = the last epoch's ``score`` (a pareto study: its objective values) |
+| stopped (by ASHA) | PRUNED, value = the last epoch's ``score`` as ``Study.tell`` records it (a pareto study: none) |
 | errored | FAIL, user attribute ``fail_reason`` = the status's reason |
 | running, missing or unreadable | RUNNING: cut short by the crash; the searcher's resume handles it |
 
 Every rebuilt trial from a folder has ``params`` from ``trial.json``, their distributions as
 ``searcher.sample`` creates them (it is run on an ``optuna.trial.FixedTrial`` of those params, so
-the two cannot disagree), ``intermediate_values`` = the ``score`` of every epoch in
-``metrics.jsonl``, the user attribute ``ray_trial_id``, and the start and end times of its
+the two cannot disagree), ``intermediate_values`` = the ``score`` of every trained epoch in
+``metrics.jsonl`` (a pareto study: the user attribute ``epoch_values`` instead), the user
+attribute ``ray_trial_id``, and the start and end times of its
 ``trial.json`` and ``status.json``. Trials enqueued at the study's creation (``searcher.enqueued``:
 the base configuration, the grid cells) keep their ``fixed_params`` system attribute, as
 ``Study.enqueue_trial`` stores it. Folders under ``STUDY_DIR/.orphaned/`` (set-aside reruns) are
@@ -165,7 +166,7 @@ def rebuild_optuna_storage(study: StudyConfig, study_dir: str | Path) -> Rebuilt
     fresh = folder.path / f"{folder.OPTUNA_DB}.rebuilding"
     _remove(fresh)  # left by an interrupted rebuild
     try:
-        _write(study.name, trials, fresh)
+        _write(study, trials, fresh)
     except BaseException:
         _remove(fresh)
         raise
@@ -176,11 +177,13 @@ def rebuild_optuna_storage(study: StudyConfig, study_dir: str | Path) -> Rebuilt
     return Rebuilt(study.name, len(folders), {s: states[s] for s in order if states[s]}, damaged)
 
 
-def _write(study_name: str, trials: list[optuna.trial.FrozenTrial], db: Path) -> None:
+def _write(study: StudyConfig, trials: list[optuna.trial.FrozenTrial], db: Path) -> None:
     """A new storage holding the study as the searcher creates it, with ``trials`` added in order."""
+    from .searcher import optuna_directions
+
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     try:
-        record = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+        record = optuna.create_study(study_name=study.name, storage=storage, directions=optuna_directions(study))
         for trial in trials:
             record.add_trial(trial)  # numbered as added
     finally:
@@ -240,7 +243,7 @@ def _rebuilt_trials(study: StudyConfig, folders: list[TrialFolder]) -> list[optu
 
 def _from_folder(study: StudyConfig, trial: TrialFolder, doc: dict, system_attrs: dict) -> optuna.trial.FrozenTrial:
     """The Optuna trial that a trial folder records (the table in the module docstring)."""
-    from .searcher import WORKER_FAILED, sample
+    from .searcher import EPOCH_VALUES, WORKER_FAILED, objective_values, sample
 
     params = doc.get("params") or {}
     probe = optuna.trial.FixedTrial(params)  # records the distribution of every value sample() suggests
@@ -252,28 +255,36 @@ def _from_folder(study: StudyConfig, trial: TrialFolder, doc: dict, system_attrs
         fits = False
     if not fits:
         raise RebuildError(f"{trial.path / trial.TRIAL}: its params {params} do not fit the study's search space")
-    scores = {row["epoch"]: float(row["score"]) for row in trial.read_metrics().rows if "score" in row}
-    last = scores[max(scores)] if scores else None
+    # Epoch 0 (eval.at_start) is the untrained model: the searcher reports trained epochs only.
+    by_epoch = {row["epoch"]: values for row in trial.read_metrics().rows if (values := objective_values(study, row))}
+    by_epoch.pop(0, None)
+    last = by_epoch[max(by_epoch)] if by_epoch else None
+    pareto = study.objective.type == "pareto"
     status = trial.recorded_status()  # missing or unreadable: as if cut short
     outcome = status.status if status else Status.RUNNING
     user_attrs = {"ray_trial_id": doc.get("trial_id", trial.name[len(trial.PREFIX) :])}
-    state, value = TrialState.RUNNING, None  # also for a finished trial without a score: the resume reruns it
+    if pareto and by_epoch:  # as the searcher sets it: at the first reported epoch
+        user_attrs[EPOCH_VALUES] = {str(epoch): values for epoch, values in by_epoch.items()}
+    state, values = TrialState.RUNNING, None  # also for a finished trial without a score: the resume reruns it
     if outcome is Status.FINISHED and last is not None:
         # Study.tell records a NaN value as FAIL
-        state, value = (TrialState.FAIL, None) if math.isnan(last) else (TrialState.COMPLETE, last)
-    elif outcome is Status.STOPPED:  # Study.tell gives a pruned trial its last intermediate value, but not a NaN
-        state, value = TrialState.PRUNED, None if last is None or math.isnan(last) else last
+        state, values = (TrialState.FAIL, None) if any(map(math.isnan, last)) else (TrialState.COMPLETE, last)
+    elif outcome is Status.STOPPED and not pareto:
+        # Study.tell gives a pruned trial its last intermediate value, but not a NaN (and none in a pareto study)
+        state, values = TrialState.PRUNED, None if last is None or math.isnan(last[0]) else last
+    elif outcome is Status.STOPPED:
+        state = TrialState.PRUNED
     elif outcome is Status.ERRORED:
         state, user_attrs["fail_reason"] = TrialState.FAIL, status.reason or WORKER_FAILED
     try:
         frozen = optuna.trial.create_trial(
             state=state,
-            value=value,
+            values=values,
             params=params,
             distributions=probe.distributions,
             user_attrs=user_attrs,
             system_attrs=system_attrs,
-            intermediate_values=scores,
+            intermediate_values={} if pareto else {epoch: values[0] for epoch, values in by_epoch.items()},
         )
     except ValueError as e:  # a value outside its range: the study file changed, or the base lies outside it
         raise RebuildError(f"{trial.path / trial.TRIAL}: {e}") from None

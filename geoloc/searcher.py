@@ -5,6 +5,9 @@ written there the moment the trial ends, so a driver killed at any time loses no
 finished. Ray's ``OptunaSearch`` is not used because it reports an ASHA-stopped trial to Optuna
 as COMPLETE with its partial value, which misleads TPE; here such a trial is PRUNED with its
 per-epoch intermediate values, and an errored one FAIL with the reason in ``fail_reason``.
+A pareto study (``objective.type: pareto``) is a multi-objective Optuna study: a finished trial
+is told its objective values, and the per-epoch values, which Optuna keeps only for one
+objective, go to the user attribute ``epoch_values``.
 The searcher also writes each trial's outcome to its ``status.json`` (the driver's half of the
 protocol in ``geoloc.folders``). Only Optuna's public API is used: trials are addressed by
 number through the storage (``optuna.storages.BaseStorage``) and ``Study.tell``.
@@ -26,6 +29,9 @@ from .study import ChoiceEntry, FloatEntry, IntEntry, StudyConfig, base_values, 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
 TrialState = optuna.trial.TrialState
 STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+EPOCH_VALUES = "epoch_values"
+"""User attribute of a pareto study's trial: {epoch: its objective values}, since Optuna keeps
+intermediate values (``Trial.report``) for single-objective studies only."""
 WORKER_FAILED = "the trial's worker failed; see error.txt in the trial folder"
 
 
@@ -35,9 +41,24 @@ def make_sampler(study: StudyConfig, trials_so_far: int = 0) -> optuna.samplers.
     algo, seed = study.search.algorithm, study.seed + trials_so_far
     if algo == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=study.search.n_startup_trials)
+    if algo == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     # grid: the cells are enqueued in order (see OptunaStudySearcher); Optuna's GridSampler is not
     # used because it calls Study.stop() when the grid is exhausted, which fails outside optimize().
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def optuna_directions(study: StudyConfig) -> list[str]:
+    """The Optuna study's directions, one per objective (``StudyConfig.objectives``)."""
+    return ["maximize" if how == "max" else "minimize" for how in study.objectives().values()]
+
+
+def objective_values(study: StudyConfig, row: dict | None) -> list[float] | None:
+    """A metrics row's values of the study's objectives, in order; None when it lacks one."""
+    keys = list(study.objectives())
+    if not row or any(key not in row for key in keys):
+        return None
+    return [float(row[key]) for key in keys]
 
 
 def sample(trial: optuna.Trial, study: StudyConfig) -> dict:
@@ -79,7 +100,7 @@ class OptunaStudySearcher(Searcher):
         self.optuna = optuna.create_study(
             study_name=study.name,
             storage=self.storage,
-            direction="maximize",
+            directions=optuna_directions(study),
             sampler=make_sampler(study),
             load_if_exists=True,
         )
@@ -131,13 +152,34 @@ class OptunaStudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.live:
-            self._report(self.live[trial_id], result)
+            self._report(self.live[trial_id], self._through(trial_id, result))
 
-    def _report(self, number: int, result: dict | None) -> None:
-        if not result or "score" not in result or not self._is_running(number):
+    def _through(self, trial_id: str, result: dict | None) -> list[dict]:
+        """The trial's epoch rows up to ``result``: an epoch whose result a killed driver never got
+        (the trial resumed from its checkpoint past it) is in the trial folder's ``metrics.jsonl``."""
+        if not result or "epoch" not in result:
+            return []
+        rows = self.folder.trial(trial_id).read_metrics().rows
+        return [row for row in rows if row["epoch"] < result["epoch"]] + [result]
+
+    def _report(self, number: int, rows: list[dict]) -> None:
+        """Record in Optuna the objective values of the epochs among ``rows`` that it lacks."""
+        frozen = self.storage.get_trial(self._trial_id(number))
+        if frozen.state != TrialState.RUNNING:
             return
-        if int(result["epoch"]) not in self.storage.get_trial(self._trial_id(number)).intermediate_values:
-            self._trial(number).report(result["score"], step=int(result["epoch"]))
+        multi = len(self.study.objectives()) > 1
+        recorded = frozen.user_attrs.get(EPOCH_VALUES, {}) if multi else frozen.intermediate_values
+        new = {}
+        for row in rows:
+            values, epoch = objective_values(self.study, row), int(row["epoch"])
+            # Epoch 0 (eval.at_start) is the untrained model, not a step of training.
+            if values is not None and epoch >= 1 and (str(epoch) if multi else epoch) not in recorded:
+                new[epoch] = values
+        if multi and new:  # JSON keys: the epoch as a string
+            self._trial(number).set_user_attr(EPOCH_VALUES, recorded | {str(e): v for e, v in new.items()})
+        elif new:
+            for epoch, values in new.items():
+                self._trial(number).report(values[0], step=epoch)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.live.pop(trial_id, None)
@@ -155,7 +197,7 @@ class OptunaStudySearcher(Searcher):
             folder.write_status(outcome)
         if number is None or not self._is_running(number):
             return  # already told (a trial that finished before a driver crash)
-        self._report(number, result)  # Ray hands the last epoch's result only to on_trial_complete
+        self._report(number, self._through(trial_id, result))  # Ray hands the last result only to on_trial_complete
         self._tell(number, outcome, result)
 
     def _tell(self, number: int, outcome: StatusRecord, result: dict | None) -> None:
@@ -166,7 +208,8 @@ class OptunaStudySearcher(Searcher):
         elif outcome.status is Status.STOPPED:
             self.optuna.tell(number, state=TrialState.PRUNED)
         else:
-            self.optuna.tell(number, result["score"])
+            values = objective_values(self.study, result)
+            self.optuna.tell(number, values[0] if len(values) == 1 else values)
 
     # -- resume: Ray restores this searcher from its pickled state, with the Optuna study re-opened --
 
@@ -194,8 +237,7 @@ class OptunaStudySearcher(Searcher):
                 continue
             stale = self.folder.trial(str(frozen.user_attrs.get("ray_trial_id")))
             if stale.ended() and (rows := stale.read_metrics().rows):
-                for row in rows:
-                    self._report(frozen.number, row)
+                self._report(frozen.number, rows)
                 self._tell(frozen.number, stale.read_status(), rows[-1])
                 continue
             if stale.exists():

@@ -24,6 +24,7 @@ The search space is parsed once, at load, into typed entries (``study.space``, i
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,7 +40,12 @@ from pydantic import (
 )
 
 from .config import JobConfig, parse_job
+from .metrics import MetricRegistry
 from .validation import ConfigError, FieldError, Float, Section, config_error, get_path, load_yaml, set_path
+
+# Optuna warns at every read of a choice among lists that it cannot vouch for such values in a
+# storage; they are plain JSON and round-trip exactly (tests/test_recovery.py, the pareto case).
+warnings.filterwarnings("ignore", message="Choices for a categorical distribution should be a tuple of None")
 
 # -- search-space entries ----------------------------------------------------------------------
 
@@ -90,7 +96,8 @@ class FixedEntry(_Entry):
 
 
 class ChoiceEntry(_Entry):
-    """One of a list of values (the only kind a grid search takes)."""
+    """One of a list of values (the only kind a grid search takes). A value may be a list
+    (``model.rff_scales``, ``model.freeze``): Optuna stores it as JSON and reads it back equal."""
 
     type: Literal["choice"]
     """Always "choice"."""
@@ -166,8 +173,11 @@ Entry = Annotated[FixedEntry | ChoiceEntry | FloatEntry | IntEntry, Field(discri
 class SearchConfig(Section):
     """How trials are proposed."""
 
-    algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    """Optuna TPE (multivariate, seeded), random, or grid (every combination of the choices)."""
+    algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    """Optuna TPE (multivariate, seeded), random, grid (every combination of the choices) or
+    NSGA-II (Optuna's genetic multi-objective sampler, for ``objective.type: pareto``; its first
+    generation, 50 trials, is random, so a smaller study is random search; TPE samples
+    multi-objective studies too)."""
     num_samples: StrictInt = Field(8, ge=1)
     """Trials to run (tpe, random). For grid it is the grid size times ``repeats`` and may be left out."""
     repeats: StrictInt = Field(1, ge=1)
@@ -194,21 +204,38 @@ class SearchConfig(Section):
 
 
 class SchedulerConfig(Section):
-    """Early stopping of weak trials, judged by ``score`` after each epoch."""
+    """Early stopping of weak trials after each epoch, judged by ``score`` (asha) or by the pareto
+    objective's metrics (moasha)."""
 
-    type: Literal["asha", "none"] = "asha"
-    """ASHA (asynchronous successive halving) or none (every trial runs all epochs)."""
+    type: Literal["asha", "moasha", "none"] = "asha"
+    """ASHA (asynchronous successive halving on ``score``), MOASHA (the same rungs, promoting by
+    non-dominated rank on ``objective.metrics``, ``geoloc.moasha``; for a pareto objective) or
+    none (every trial runs all epochs)."""
     grace_period: StrictInt = Field(1, ge=1)
     """Epochs every trial runs before it can be stopped."""
     reduction_factor: Float = Field(2.0, gt=1)
     """Keep the top 1/reduction_factor at each rung."""
     brackets: StrictInt = Field(1, ge=1)
-    """ASHA brackets."""
+    """ASHA brackets (MOASHA runs one)."""
+
+    @model_validator(mode="after")
+    def _one_moasha_bracket(self) -> SchedulerConfig:
+        if self.type == "moasha" and self.brackets != 1:
+            raise FieldError("brackets", f"moasha runs one bracket, got {self.brackets}")
+        return self
 
 
 class ObjectiveConfig(Section):
-    """The study's objective: it maximises ``score``, the weighted mean of the accuracies at
-    ``base.eval.thresholds_km`` with the weights ``base.eval.score_weights``."""
+    """What the study optimises: one number, or the Pareto set of several."""
+
+    type: Literal["score", "pareto"] = "score"
+    """"score": maximise ``score``, the weighted mean of the accuracies at ``base.eval.thresholds_km``
+    with the weights ``base.eval.score_weights``. "pareto": search for the Pareto set of ``metrics``
+    (a multi-objective Optuna study; early stopping by ``scheduler.type: moasha`` or none)."""
+    metrics: tuple[StrictStr, ...] = ()
+    """pareto: two or more metric keys of the run's registry that have a direction (``acc_1km``,
+    ``acc_2500km``, ``val_loss``, ``median_km``, ...); each is maximised or minimised as the
+    registry says."""
 
     @model_validator(mode="before")
     @classmethod
@@ -308,11 +335,48 @@ class StudyConfig(Section):
             raise FieldError(
                 "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
             )
+        self._check_objective()
         if self.search.algorithm == "grid":
             bad = [e.name for e in self.space if not isinstance(e, (ChoiceEntry, FixedEntry))]
             if bad:
                 raise FieldError(f"search_space.{bad[0]}", "grid search needs 'choice' entries")
         return self
+
+    def _check_objective(self) -> None:
+        """Pareto metrics are registry metrics with a direction, and the scheduler ranks what the study optimises."""
+        objective, scheduler = self.objective, self.scheduler.type
+        if objective.type == "score":
+            if objective.metrics:
+                raise FieldError("objective.metrics", "only for objective.type pareto (score is one metric)")
+            if scheduler == "moasha":
+                raise FieldError(
+                    "scheduler.type", "moasha ranks several objectives; set objective.type: pareto or use asha"
+                )
+            return
+        registry = MetricRegistry.for_run(self.base)
+        if len(set(objective.metrics)) < 2:
+            raise FieldError(
+                "objective.metrics", f"pareto needs two or more different metrics, got {list(objective.metrics)}"
+            )
+        for key in objective.metrics:
+            if key not in registry:
+                known = [m.key for m in registry if m.direction]
+                raise FieldError(
+                    "objective.metrics", f"unknown metric {key!r}; metrics with a direction: {', '.join(known)}"
+                )
+            if registry.direction(key) is None:
+                raise FieldError("objective.metrics", f"{key} has no better direction; it cannot be optimised")
+        if scheduler == "asha":
+            raise FieldError(
+                "scheduler.type", "asha stops trials on the single score; a pareto objective needs moasha or none"
+            )
+
+    def objectives(self) -> dict[str, str]:
+        """What the study optimises: metric key -> "max" or "min" (``{"score": "max"}`` for a score study)."""
+        if self.objective.type == "score":
+            return {"score": "max"}
+        registry = MetricRegistry.for_run(self.base)
+        return {key: registry.direction(key) for key in self.objective.metrics}
 
     @property
     def space(self) -> list[Entry]:

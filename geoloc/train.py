@@ -221,6 +221,12 @@ class Trainer(Resumable):
         metrics.update(self.evaluate())
         return {"epoch": self.epoch, **metrics}
 
+    def evaluate_at_start(self) -> dict[str, float]:
+        """The row of the model as it starts (``eval.at_start``): epoch 0, the temperature and every
+        evaluation metric, no training keys. Evaluation draws from no training stream (the
+        evaluator's and the probe's samples are fixed), so the epochs after it are unchanged."""
+        return {"epoch": self.epoch, "temperature": self.model.temperature, **self.evaluate()}
+
     # -- resumable state -------------------------------------------------------------------------
 
     def signature(self) -> dict:
@@ -284,9 +290,16 @@ class LockStep(Resumable):
 
     def run_epoch(self, progress: bool = False) -> tuple[dict, list[dict], list[dict]]:
         """One epoch of every seed: (the mean row, each seed's row in ``self.seeds`` order, the curves' rows)."""
+        return self._each(lambda trainer: trainer.run_epoch(progress))
+
+    def evaluate_at_start(self) -> tuple[dict, list[dict], list[dict]]:
+        """Every seed's epoch-0 row (``Trainer.evaluate_at_start``), in the shape of ``run_epoch``."""
+        return self._each(Trainer.evaluate_at_start)
+
+    def _each(self, step: Callable[[Trainer], dict]) -> tuple[dict, list[dict], list[dict]]:
         rows, curves = [], []
         for trainer in self.trainers:
-            rows.append(trainer.run_epoch(progress))
+            rows.append(step(trainer))
             curves += trainer.curve_rows(trainer.epoch)
         mean = {key: self._combine(key, [row[key] for row in rows]) for key in rows[0]}
         return mean, rows, curves
@@ -337,6 +350,7 @@ def train(
     seeds: int = 1,
     resume: bool = False,
     on_epoch: Callable[[dict, Path], None] | None = None,
+    on_start: Callable[[dict], None] | None = None,
     restore: Path | None = None,
     hparams: dict | None = None,
     context: dict | None = None,
@@ -353,6 +367,11 @@ def train(
     the newer of the two wins, so no epoch runs twice. ``hparams`` are what TensorBoard's HParams
     tab shows (default: the whole configuration, flattened); ``context`` is added to every
     metrics row (the trial's node).
+
+    With ``eval.at_start`` a run that starts fresh first evaluates the model as it starts and
+    records that as epoch 0 (every log above, TensorBoard step 0), then calls ``on_start(metrics)``;
+    it is neither checkpointed nor passed to ``on_epoch``, so Ray's scheduler and the sampler see
+    trained epochs only. A resumed run keeps the epoch-0 row it wrote when it started.
     """
     folder = TrialFolder(run_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
@@ -370,22 +389,31 @@ def train(
         if seeds > 1
         else []
     )
+
+    def record(mean: dict, per_seed: list[dict], curves: list[dict]) -> dict:
+        """Log one epoch's rows everywhere (TensorBoard, seeds, curves, metrics); the trial's row."""
+        metrics = {**mean, **(context or {})}
+        # seed_loggers is empty for one seed: its row is the trial's, logged once.
+        for each, row in [(logger, metrics), *zip(seed_loggers, per_seed, strict=False)]:
+            each.log(row, row["epoch"])
+            if row["epoch"] == cfg.train.epochs:
+                each.close(finished=True)  # before on_epoch: Ray may end a trial at its last report
+        if seed_loggers:
+            for seed, row in zip(runs.seeds, per_seed, strict=True):
+                folder.append(folder.SEEDS, {**row, "seed": seed})
+        for row in curves:
+            folder.append(folder.CURVES, row)
+        folder.append_metrics(metrics)
+        return metrics
+
     metrics: dict[str, float] = {}
     try:
+        if cfg.eval.at_start and runs.epoch == 0:  # after clear_metrics above: a restart writes it anew
+            start = record(*runs.evaluate_at_start())
+            if on_start:
+                on_start(start)
         while runs.epoch < cfg.train.epochs:
-            mean, per_seed, curves = runs.run_epoch(progress)
-            metrics = {**mean, **(context or {})}
-            # seed_loggers is empty for one seed: its row is the trial's, logged once.
-            for each, row in [(logger, metrics), *zip(seed_loggers, per_seed, strict=False)]:
-                each.log(row, row["epoch"])
-                if runs.epoch == cfg.train.epochs:
-                    each.close(finished=True)  # before on_epoch: Ray may end a trial at its last report
-            if seed_loggers:
-                for seed, row in zip(runs.seeds, per_seed, strict=True):
-                    folder.append(folder.SEEDS, {**row, "seed": seed})
-            for row in curves:
-                folder.append(folder.CURVES, row)
-            folder.append_metrics(metrics)
+            metrics = record(*runs.run_epoch(progress))
             runs.save(folder.checkpoint)
             if on_epoch:
                 on_epoch(metrics, folder.checkpoint)
@@ -396,10 +424,14 @@ def train(
 
 
 def format_metrics(m: dict, registry: MetricRegistry) -> str:
+    """One epoch's line on the command line; the epoch-0 row (``eval.at_start``) has no training keys."""
     accs = " ".join(f"{k.removeprefix('acc_')}={m[k]:.3f}" for k in registry.accuracies())
+    trained = "train_loss" in m
+    loss = f"train_loss={m['train_loss']:.4f} " if trained else ""
+    took = f"{m['train_s']:.1f}s + {m['eval_s']:.1f}s" if trained else f"before training, {m['eval_s']:.1f}s"
     return (
-        f"epoch {m['epoch']}: train_loss={m['train_loss']:.4f} val_loss={m['val_loss']:.4f} "
-        f"acc {accs} median={m['median_km']:.0f}km score={m['score']:.4f} ({m['train_s']:.1f}s + {m['eval_s']:.1f}s)"
+        f"epoch {m['epoch']}: {loss}val_loss={m['val_loss']:.4f} "
+        f"acc {accs} median={m['median_km']:.0f}km score={m['score']:.4f} ({took})"
     )
 
 
@@ -428,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             progress=True,
             on_epoch=lambda m, _: print(format_metrics(m, registry), flush=True),
+            on_start=lambda m: print(format_metrics(m, registry), flush=True),
         )
     except (ConfigError, DataError, DeviceError, CheckpointMismatch) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -7,7 +7,7 @@ the driver's searcher writes the outcome (the protocol is in ``geoloc/folders.py
 
 from __future__ import annotations
 
-import contextlib
+import json
 import os
 import shutil
 import socket
@@ -22,13 +22,18 @@ from .study import StudyConfig, trial_config
 from .train import DivergenceError, train
 
 REPORT_PREFIX = ".report-"  # a trial's temporary folder handing its checkpoint to Ray
+RAY_MARKER = "epoch.json"  # what a Ray checkpoint of a trial holds (see train_trial)
 
 
 def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
     """One trial: the sampled values (``config["params"]``) on the study's base, trained epoch by epoch.
 
-    Resumes from Ray's checkpoint or from the trial folder's own ``checkpoint.pt``, whichever is
-    newer (the driver may have been killed after the trial went on), so no epoch runs twice.
+    Resumes from the trial folder's own ``checkpoint.pt`` (written before each report, so never
+    behind Ray's record), so no epoch runs twice. Ray's checkpoint of a trial is only a marker of
+    the epoch (``epoch.json``, bytes): the model's state lives once, in ``checkpoint.pt``. Ray keeps
+    every marker, because a driver killed between two of its experiment snapshots (10 s apart at
+    least) restores a trial from the checkpoint its last snapshot named, which Ray would have
+    deleted meanwhile had it kept only the newest few; the trial then failed to restore.
     """
     context = tune.get_context()
     folder = StudyFolder(study_dir).trial(context.get_trial_id())
@@ -50,32 +55,20 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
 
     def report(metrics: dict, checkpoint: Path) -> None:
         with tempfile.TemporaryDirectory(prefix=REPORT_PREFIX, dir=folder.path) as tmp:
-            link_or_copy(checkpoint, Path(tmp) / checkpoint.name)  # Ray copies it into its checkpoint folder
+            (Path(tmp) / RAY_MARKER).write_text(json.dumps({"epoch": metrics["epoch"], "state": checkpoint.name}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
     node = {"node": socket.gethostname(), "node_id": ray.get_runtime_context().get_node_id()[:12]}
-    with contextlib.ExitStack() as stack:
-        restored = tune.get_checkpoint()
-        restore = Path(stack.enter_context(restored.as_directory())) / folder.CHECKPOINT if restored else None
-        try:
-            train(
-                cfg,
-                folder.path,
-                seeds=study.search.seeds,
-                resume=True,
-                restore=restore,
-                on_epoch=report,
-                context=node,
-                hparams={**params, "trial": folder.name},
-            )
-        except DivergenceError as e:
-            folder.write_status(StatusRecord(Status.ERRORED, e.epochs_done, cfg.train.epochs, reason=str(e)))
-            raise
-
-
-def link_or_copy(src: Path, dst: Path) -> None:
-    """A hard link where the file system has them: the checkpoint is then written once, not twice."""
     try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy(src, dst)
+        train(
+            cfg,
+            folder.path,
+            seeds=study.search.seeds,
+            resume=True,
+            on_epoch=report,
+            context=node,
+            hparams={**params, "trial": folder.name},
+        )
+    except DivergenceError as e:
+        folder.write_status(StatusRecord(Status.ERRORED, e.epochs_done, cfg.train.epochs, reason=str(e)))
+        raise

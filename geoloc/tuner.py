@@ -1,4 +1,4 @@
-"""The Ray Tune side of a study: the ASHA scheduler and the Tuner (new, or restored to resume)."""
+"""The Ray Tune side of a study: the scheduler (ASHA, MOASHA or none) and the Tuner (new, or restored to resume)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from .folders import StudyFolder, TrialFolder
+from .moasha import MOASHAScheduler
 from .searcher import OptunaStudySearcher
 from .study import StudyConfig, num_trials
 from .trainable import train_trial
@@ -37,6 +38,14 @@ def make_scheduler(study: StudyConfig):
     s = study.scheduler
     if s.type == "none":
         return FIFOScheduler()
+    if s.type == "moasha":
+        return MOASHAScheduler(
+            metrics=study.objectives(),
+            time_attr="epoch",
+            max_t=study.epochs,
+            grace_period=min(s.grace_period, study.epochs),
+            reduction_factor=s.reduction_factor,
+        )
     return ASHAScheduler(
         time_attr="epoch",
         max_t=study.epochs,
@@ -80,7 +89,7 @@ def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None)
             name=study.name,
             storage_path=str(study_dir.parent),
             failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers of bytes: see trainable.py
             progress_reporter=reporter,
             verbose=1 if reporter else 0,
         ),

@@ -393,6 +393,13 @@ def test_pareto_fronts_list_the_known_members(known):
     assert "**Pareto front acc_1km_vs_acc_2500km at epoch 4:** 6 of 7 trials (#0, #1, #3, #5, #6, #7)" in report
 
 
+def test_a_score_study_writes_nothing_of_a_pareto_objective(known):
+    _, out, result = known
+    assert result["objective"] == {"type": "score"}  # study.yaml has no objective: an older folder
+    assert not [p.name for p in out.iterdir() if p.name.startswith(("pareto_set", "pareto_front", "hypervolume"))]
+    assert "Pareto objective" not in (out / "report.md").read_text()
+
+
 def test_gallery_ceiling_beside_accuracies(known):
     _, out, _ = known
     ceiling = read(out, "ceiling.csv").set_index("metric")

@@ -64,6 +64,40 @@ CASES = [
     ),
     ("empty thresholds", {"base.eval.thresholds_km": []}, [], "base.eval.thresholds_km: needs at least one threshold"),
     (
+        "pareto under asha",
+        {"objective": {"type": "pareto", "metrics": ["acc_1km", "acc_2500km"]}, "scheduler.type": "asha"},
+        [],
+        "scheduler.type: asha stops trials on the single score; a pareto objective needs moasha or none",
+    ),
+    (
+        "pareto unknown metric",
+        {"objective": {"type": "pareto", "metrics": ["acc_1km", "acc_3km"]}, "scheduler.type": "moasha"},
+        [],
+        "objective.metrics: unknown metric 'acc_3km'",
+    ),
+    (
+        "pareto metric without direction",
+        {"objective": {"type": "pareto", "metrics": ["acc_1km", "lr"]}, "scheduler.type": "moasha"},
+        [],
+        "objective.metrics: lr has no better direction",
+    ),
+    (
+        "pareto of one metric",
+        {"objective": {"type": "pareto", "metrics": ["acc_1km", "acc_1km"]}, "scheduler.type": "none"},
+        [],
+        "objective.metrics: pareto needs two or more different metrics",
+    ),
+    ("moasha on the score", {"scheduler.type": "moasha"}, [], "scheduler.type: moasha ranks several objectives"),
+    (
+        "moasha brackets",
+        {
+            "objective": {"type": "pareto", "metrics": ["acc_1km", "acc_2500km"]},
+            "scheduler": {"type": "moasha", "brackets": 2},
+        },
+        [],
+        "scheduler.brackets: moasha runs one bracket, got 2",
+    ),
+    (
         "space key unknown",
         {"search_space": {"train.nope": {"type": "choice", "values": [1]}}},
         [],

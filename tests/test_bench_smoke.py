@@ -18,7 +18,15 @@ import torch
 
 pytest.importorskip("geoclip")
 
-from bench import bench_eval, bench_location_encoder, bench_memory, bench_packing, bench_sweep, bench_train_step  # noqa: E402
+from bench import (  # noqa: E402
+    bench_eval,
+    bench_location_encoder,
+    bench_memory,
+    bench_packing,
+    bench_pareto,
+    bench_sweep,
+    bench_train_step,
+)
 from bench.__main__ import main as bench_main  # noqa: E402
 
 
@@ -118,6 +126,19 @@ def test_packing_runs_every_level_with_the_same_seed0_score(ray_address, monkeyp
     assert result.agreed, result.body
     levels = result.figures["levels"]
     assert [r["trials"] for r in levels] == [r["level"] for r in levels] and len(levels) >= 2
+
+
+@pytest.mark.slow
+def test_pareto_search_runs_three_ways_with_the_same_final_accuracies(ray_address, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
+    result = bench_pareto.main(quick=True)  # MOASHA, random with its epochs, ASHA: 3 studies through tune_main.py
+    assert result.agreed, result.body
+    moasha, random = result.figures["MOASHA"][0], result.figures["random, same epochs"][0]
+    # Which trials MOASHA stops depends on the order they reach a rung; the budgets' relation does not.
+    assert moasha["trials"] == bench_pareto.QUICK_TRIALS and moasha["full_trials"] >= 1
+    assert moasha["epochs"] <= moasha["trials"] * bench_pareto.QUICK_EPOCHS
+    assert random["epochs"] == random["trials"] * bench_pareto.QUICK_EPOCHS <= moasha["epochs"]
+    assert 0 <= moasha["hypervolume"] <= 1
 
 
 @pytest.mark.parametrize("level", bench_packing.GPU_LEVELS)

@@ -53,10 +53,25 @@ GRID = {
     "search": {"algorithm": "grid", "repeats": 2},
     "outcomes": ["finished", "stopped", "diverged", "asked", "running"],
 }
+# A pareto study (NSGA-II, MOASHA) with a choice among lists, which Optuna stores as JSON.
+PARETO = {
+    "space": {
+        "train.lr": {"type": "loguniform", "low": 1e-5, "high": 1e-2},
+        "model.rff_scales": {"type": "choice", "values": [[1, 16, 256], [1, 16, 256, 4096]]},
+    },
+    "search": {"algorithm": "nsga2", "num_samples": 10, "enqueue_base": True},
+    "study": {"objective": {"type": "pareto", "metrics": ["acc_1km", "val_loss"]}, "scheduler": {"type": "moasha"}},
+    "outcomes": ["finished", "stopped", "diverged", "died", "asked", "running", "starting", "finished"],
+}
 
 
 def score(number: int, epoch: int) -> float:
     return 0.1 * number + epoch / 7  # not round in binary: the rebuilt values must be the same floats
+
+
+def metrics_row(number: int, epoch: int) -> dict:
+    """A metrics row with the score and the pareto objectives of ``PARETO``."""
+    return {"epoch": epoch, "score": score(number, epoch), "acc_1km": score(number, epoch) / 3, "val_loss": 5 / epoch}
 
 
 def make_study(tmp_path: Path, kind: dict):
@@ -64,6 +79,7 @@ def make_study(tmp_path: Path, kind: dict):
     proposes and records, the test plays the workers (trial.json, metrics.jsonl, the worker's status)."""
     spec = copy.deepcopy(TINY_STUDY)
     spec["search_space"], spec["search"] = kind["space"], kind["search"]
+    spec.update(kind.get("study", {}))
     study = load_study_file(write_study(tmp_path / "study.yaml", spec, str(tmp_path / "offline")))
     folder = StudyFolder(tmp_path / "results" / study.name)
     folder.path.mkdir(parents=True)
@@ -77,7 +93,7 @@ def make_study(tmp_path: Path, kind: dict):
         trial.path.mkdir()
         trial.write_trial(tid, suggestion["number"], suggestion["params"])
         trial.write_status(StatusRecord(Status.RUNNING, 0, study.epochs, pid=os.getpid()))
-        rows = [{"epoch": e, "score": score(suggestion["number"], e)} for e in range(1, EPOCHS[outcome] + 1)]
+        rows = [metrics_row(suggestion["number"], e) for e in range(1, EPOCHS[outcome] + 1)]
         for row in rows:
             trial.append_metrics(row)
         ends = outcome in ("finished", "stopped")
@@ -108,14 +124,14 @@ def record(folder: StudyFolder, name: str) -> dict:
                 "state": t.state.name,
                 "params": t.params,
                 "distributions": t.distributions,
-                "value": t.value,
+                "values": t.values,
                 "intermediate_values": t.intermediate_values,
                 "user_attrs": t.user_attrs,
                 "fixed_params": t.system_attrs.get("fixed_params"),
             }
             for t in study.get_trials()
         ]
-        return {"name": study.study_name, "direction": study.direction.name, "trials": trials}
+        return {"name": study.study_name, "directions": [d.name for d in study.directions], "trials": trials}
     finally:
         storage.engine.dispose()
 
@@ -195,7 +211,7 @@ def test_an_intact_storage_passes_even_with_the_hot_journal_of_a_killed_writer(t
 # -- rebuilding ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", [TPE, GRID], ids=["tpe", "grid"])
+@pytest.mark.parametrize("kind", [TPE, GRID, PARETO], ids=["tpe", "grid", "pareto"])
 def test_rebuilt_record_equals_the_record_before_the_damage(tmp_path, kind):
     study, folder = make_study(tmp_path, kind)
     before = record(folder, study.name)
@@ -212,7 +228,16 @@ def test_rebuilt_record_equals_the_record_before_the_damage(tmp_path, kind):
     expected = [asked_without_folder(t) if t["number"] == asked else t for t in before["trials"]]
     after = record(folder, study.name)
     assert after == {**before, "trials": expected}
-    assert after["direction"] == "MAXIMIZE" and after["name"] == study.name
+    assert after["directions"] == (["MAXIMIZE", "MINIMIZE"] if kind is PARETO else ["MAXIMIZE"])
+    assert after["name"] == study.name
+    finished = [t for t in after["trials"] if t["state"] == "COMPLETE"]
+    if kind is PARETO:  # both objectives of every finished trial, its epochs' values as a user attribute
+        assert finished and all(t["values"] == [t["values"][0], 5 / 3] for t in finished)
+        assert all(t["user_attrs"]["epoch_values"]["3"] == t["values"] for t in finished)
+        assert {tuple(t["params"]["model.rff_scales"]) for t in after["trials"] if t["params"]} <= {
+            (1, 16, 256),
+            (1, 16, 256, 4096),
+        }
     states = [t["state"] for t in after["trials"]]
     assert states[: len(kind["outcomes"])] == [
         {"finished": "COMPLETE", "stopped": "PRUNED", "diverged": "FAIL", "died": "FAIL"}.get(o, "RUNNING")
@@ -422,4 +447,4 @@ def test_killed_study_with_a_truncated_storage_is_rebuilt_and_completed(tmp_path
         t = by_ray_id[trial.name.removeprefix("trial_")]
         assert t["state"] == OPTUNA_STATE[status.status]
         assert t["intermediate_values"] == {m["epoch"]: m["score"] for m in metrics}
-        assert t["value"] == metrics[-1]["score"]
+        assert t["values"] == [metrics[-1]["score"]]

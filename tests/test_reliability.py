@@ -13,6 +13,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from geoloc.folders import Status, StudyFolder, TrialFolder
@@ -41,8 +42,16 @@ def wait_for(condition, timeout=300, what=""):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offline_root_session):
-    study = copy.deepcopy(TINY_STUDY)
+# A pareto study (issue 15): multi-objective TPE, MOASHA at epochs 1 and 2, both accuracies recorded.
+PARETO = {
+    "objective": {"type": "pareto", "metrics": ["acc_1km", "acc_2500km"]},
+    "scheduler": {"type": "moasha", "grace_period": 1, "reduction_factor": 2},
+}
+
+
+@pytest.mark.parametrize("objective", ["score", "pareto"])
+def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offline_root_session, objective):
+    study = copy.deepcopy(TINY_STUDY) | (PARETO if objective == "pareto" else {})
     study["search"]["num_samples"] = 6
     study["base"]["train"]["epochs"] = 4
     study["base"]["data"]["offline"]["n_train"] = 4000  # epochs long enough to be killed mid-way
@@ -81,10 +90,40 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
             == {Status.FINISHED: "COMPLETE", Status.STOPPED: "PRUNED"}[status.status]
         )
     assert sorted(states) == sorted(t.name.removeprefix("trial_") for t in trials)  # the two records agree
+    if objective == "pareto":
+        check_pareto_record(study_dir, trials, proc.stdout)
     from analysis import analyse
 
     summary = analyse(study_dir, tmp_path / "analysis")
     assert len(__import__("pandas").read_csv(tmp_path / "analysis" / "trials.csv")) == 6, summary
+
+
+def check_pareto_record(study_dir: Path, trials: list[Path], launcher_output: str) -> None:
+    """Optuna holds both directions, every finished trial's two values and every trial's per-epoch
+    values; the launcher printed the Pareto set of the trials that ran every epoch."""
+    import optuna
+
+    from geoloc.pareto import pareto_mask
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    record = optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url)
+    assert [d.name for d in record.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    by_ray_id = {t.user_attrs["ray_trial_id"]: t for t in record.trials}
+    full = {}
+    for trial in trials:
+        rows, frozen = read_metrics(trial), by_ray_id[trial.name.removeprefix("trial_")]
+        values = {str(r["epoch"]): [r["acc_1km"], r["acc_2500km"]] for r in rows}
+        assert frozen.user_attrs["epoch_values"] == values
+        if read_status(trial).status is Status.FINISHED:
+            assert frozen.values == values[str(rows[-1]["epoch"])]
+            full[trial.name] = frozen.values
+    assert full, "no trial ran every epoch"
+    names = list(full)
+    front = [
+        n for n, on in zip(names, pareto_mask(np.array([full[n] for n in names]), [True, True]), strict=True) if on
+    ]
+    listed = launcher_output.split("Pareto set of max acc_1km, max acc_2500km:")[1].split("results:")[0]
+    assert sorted(n for n in names if n in listed) == sorted(front), listed
 
 
 def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, offline_root_session):
@@ -102,12 +141,16 @@ def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, of
     driver = start_study(study_file, tmp_path / "results")
     try:
 
-        def one_epoch_done():
-            trials = trial_dirs(study_dir) if study_dir.exists() else []
-            return trials and len(read_metrics(trials[0])) >= 1
+        def running_after_one_epoch() -> Path | None:
+            """A trial in its second epoch (ASHA may have stopped the other at the first rung)."""
+            for trial in trial_dirs(study_dir) if study_dir.exists() else []:
+                status = read_status(trial)
+                if read_metrics(trial) and status and status.status is Status.RUNNING and status.pid:
+                    return trial
+            return None
 
-        wait_for(one_epoch_done, what="the first epoch")
-        killed = trial_dirs(study_dir)[0]
+        wait_for(running_after_one_epoch, what="a trial past its first epoch")
+        killed = running_after_one_epoch()
         os.kill(read_status(killed).pid, signal.SIGKILL)  # mid-epoch 2
         assert driver.wait(timeout=300) == 0
     finally:
