@@ -256,7 +256,8 @@ def _from_folder(study: StudyConfig, trial: TrialFolder, doc: dict, system_attrs
     if not fits:
         raise RebuildError(f"{trial.path / trial.TRIAL}: its params {params} do not fit the study's search space")
     # Epoch 0 (eval.at_start) is the untrained model: the searcher reports trained epochs only.
-    by_epoch = {row["epoch"]: values for row in trial.read_metrics().rows if (values := objective_values(study, row))}
+    keys = list(study.objectives())
+    by_epoch = {row["epoch"]: values for row in trial.read_metrics().rows if (values := objective_values(keys, row))}
     by_epoch.pop(0, None)
     last = by_epoch[max(by_epoch)] if by_epoch else None
     pareto = study.objective.type == "pareto"

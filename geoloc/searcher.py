@@ -53,9 +53,9 @@ def optuna_directions(study: StudyConfig) -> list[str]:
     return ["maximize" if how == "max" else "minimize" for how in study.objectives().values()]
 
 
-def objective_values(study: StudyConfig, row: dict | None) -> list[float] | None:
-    """A metrics row's values of the study's objectives, in order; None when it lacks one."""
-    keys = list(study.objectives())
+def objective_values(keys: list[str], row: dict | None) -> list[float] | None:
+    """A metrics row's values of the objectives ``keys`` (``StudyConfig.objectives``), in order;
+    None when it lacks one."""
     if not row or any(key not in row for key in keys):
         return None
     return [float(row[key]) for key in keys]
@@ -96,6 +96,7 @@ class OptunaStudySearcher(Searcher):
     def __init__(self, study: StudyConfig, study_dir: Path, storage_url: str):
         super().__init__(metric="score", mode="max")
         self.study, self.folder, self.storage_url = study, StudyFolder(study_dir), storage_url
+        self.objectives = list(study.objectives())  # the metric keys Optuna is told, in order
         self.storage = optuna.storages.RDBStorage(storage_url)
         self.optuna = optuna.create_study(
             study_name=study.name,
@@ -152,34 +153,34 @@ class OptunaStudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self.live:
-            self._report(self.live[trial_id], self._through(trial_id, result))
+            self._report(self.live[trial_id], trial_id, result)
 
-    def _through(self, trial_id: str, result: dict | None) -> list[dict]:
-        """The trial's epoch rows up to ``result``: an epoch whose result a killed driver never got
-        (the trial resumed from its checkpoint past it) is in the trial folder's ``metrics.jsonl``."""
+    def _report(self, number: int, trial_id: str, result: dict | None) -> None:
+        """Record in Optuna the objective values of ``result``'s epoch, and of any earlier epoch Optuna
+        lacks: a killed driver never got that result (the trial resumed past it), so only then are
+        they read from the trial folder's ``metrics.jsonl``."""
         if not result or "epoch" not in result:
-            return []
-        rows = self.folder.trial(trial_id).read_metrics().rows
-        return [row for row in rows if row["epoch"] < result["epoch"]] + [result]
-
-    def _report(self, number: int, rows: list[dict]) -> None:
-        """Record in Optuna the objective values of the epochs among ``rows`` that it lacks."""
+            return
         frozen = self.storage.get_trial(self._trial_id(number))
         if frozen.state != TrialState.RUNNING:
             return
-        multi = len(self.study.objectives()) > 1
+        multi = len(self.objectives) > 1
         recorded = frozen.user_attrs.get(EPOCH_VALUES, {}) if multi else frozen.intermediate_values
+        epoch = int(result["epoch"])
+        rows = [result]
+        if any((str(e) if multi else e) not in recorded for e in range(1, epoch)):
+            rows = [row for row in self.folder.trial(trial_id).read_metrics().rows if row["epoch"] < epoch] + rows
         new = {}
         for row in rows:
-            values, epoch = objective_values(self.study, row), int(row["epoch"])
+            values, at = objective_values(self.objectives, row), int(row["epoch"])
             # Epoch 0 (eval.at_start) is the untrained model, not a step of training.
-            if values is not None and epoch >= 1 and (str(epoch) if multi else epoch) not in recorded:
-                new[epoch] = values
+            if values is not None and at >= 1 and (str(at) if multi else at) not in recorded:
+                new[at] = values
         if multi and new:  # JSON keys: the epoch as a string
             self._trial(number).set_user_attr(EPOCH_VALUES, recorded | {str(e): v for e, v in new.items()})
         elif new:
-            for epoch, values in new.items():
-                self._trial(number).report(values[0], step=epoch)
+            for at, values in new.items():
+                self._trial(number).report(values[0], step=at)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         number = self.live.pop(trial_id, None)
@@ -197,7 +198,7 @@ class OptunaStudySearcher(Searcher):
             folder.write_status(outcome)
         if number is None or not self._is_running(number):
             return  # already told (a trial that finished before a driver crash)
-        self._report(number, self._through(trial_id, result))  # Ray hands the last result only to on_trial_complete
+        self._report(number, trial_id, result)  # Ray hands the last result only to on_trial_complete
         self._tell(number, outcome, result)
 
     def _tell(self, number: int, outcome: StatusRecord, result: dict | None) -> None:
@@ -208,7 +209,7 @@ class OptunaStudySearcher(Searcher):
         elif outcome.status is Status.STOPPED:
             self.optuna.tell(number, state=TrialState.PRUNED)
         else:
-            values = objective_values(self.study, result)
+            values = objective_values(self.objectives, result)
             self.optuna.tell(number, values[0] if len(values) == 1 else values)
 
     # -- resume: Ray restores this searcher from its pickled state, with the Optuna study re-opened --
@@ -235,9 +236,10 @@ class OptunaStudySearcher(Searcher):
         for frozen in self.optuna.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if frozen.number in known:
                 continue
-            stale = self.folder.trial(str(frozen.user_attrs.get("ray_trial_id")))
+            ray_id = str(frozen.user_attrs.get("ray_trial_id"))
+            stale = self.folder.trial(ray_id)
             if stale.ended() and (rows := stale.read_metrics().rows):
-                self._report(frozen.number, rows)
+                self._report(frozen.number, ray_id, rows[-1])
                 self._tell(frozen.number, stale.read_status(), rows[-1])
                 continue
             if stale.exists():
