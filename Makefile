@@ -8,7 +8,7 @@ SHELL := /bin/bash
 # pip on these machines warns about every package the local mirror does not hold; hide that noise.
 QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: run test test-fast lint format bench clean
+.PHONY: run test test-fast lint format bench gpu-check gpu-wheels clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(PY) tune_main.py studies/quickstart.yaml $$(test -f results/quickstart/optuna.db && echo --resume)
 
+# Two workers: the tests that start Ray run one at a time on one of them (tests/conftest.py).
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
@@ -38,6 +39,26 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The GPU readiness check (bench/gpu_check.py). A GPU node needs only Python 3.12 and torch, no .venv:
+# what it lacks installs from bench/wheels/, which `make gpu-wheels` fills here (the versions of .venv,
+# for CPython 3.12 on x86_64 Linux; GPU_TORCHVISION must match the node's torch: 0.26.0 for torch 2.11).
+GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
+GPU_TORCHVISION ?= 0.26.0
+GPU_WHEELS := geoclip open_clip_torch pydantic pydantic-core annotated-types typing-inspection ftfy wcwidth regex \
+	typing-extensions
+
+gpu-check:
+	$(GPU_PYTHON) -m bench.gpu_check
+
+gpu-wheels: $(STAMP)
+	@rm -rf bench/wheels
+	@pins="$$($(PY) -c 'import sys, importlib.metadata as m; print(" ".join(f"{d}=={m.version(d)}" for d in sys.argv[1:]))' \
+		$(GPU_WHEELS)) torchvision==$(GPU_TORCHVISION)" && echo "bench/wheels: $$pins" && set -o pipefail && \
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d bench/wheels $$pins $(QUIET_PIP)
+	@du -sh bench/wheels
 
 clean:
 	rm -rf $(VENV) results

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import tempfile
 from pathlib import Path
@@ -42,6 +43,7 @@ from geoloc.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metr
 from geoloc.geo import displace, haversine_km
 from geoloc.metrics import accuracy_key
 from geoloc.model import GeoCLIP
+from geoloc.precision import precision
 from geoloc.resolution import BEARINGS, PROBE_KM, ResolutionProbe
 
 from .common import (
@@ -62,34 +64,14 @@ BAND = 0.006  # relative: great circle vs WGS84 geodesic
 FEATURE_DIM = 768
 
 
-@contextlib.contextmanager
-def _capture_top1(evaluator: Evaluator):
-    """Record the gallery indices the evaluator predicts (wraps the instance's ``_top1`` meanwhile)."""
-    captured: list[np.ndarray] = []
-    inner = evaluator._top1
-
-    def top1(image_emb, gallery_emb):
-        idx = inner(image_emb, gallery_emb)
-        captured.append(idx.cpu().numpy())
-        return idx
-
-    evaluator._top1 = top1
-    try:
-        yield captured
-    finally:
-        del evaluator._top1  # back to the class's method
-
-
-PRECISIONS = {  # ours' evaluation: name -> autocast, as Trainer.autocast gives it per train.precision
-    "fp32": contextlib.nullcontext,
-    "bf16": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+PRECISIONS = {  # ours' evaluation: name -> its context, as Trainer.precision gives it per train.precision
+    name: functools.partial(precision, name, torch.device("cpu")) for name in ("fp32", "bf16")
 }
 
 
 def _run_ours(evaluator: Evaluator, model: GeoCLIP, precision: str = "fp32") -> tuple[Evaluation, np.ndarray]:
-    with _capture_top1(evaluator) as captured:
-        evaluation = evaluator(model, PRECISIONS[precision])
-    return evaluation, np.concatenate(captured)
+    evaluation = evaluator(model, PRECISIONS[precision])
+    return evaluation, evaluation.predicted
 
 
 @dataclasses.dataclass

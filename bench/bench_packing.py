@@ -5,7 +5,14 @@ Each packing level K runs K identical trials at once through ``tune_main.py`` (a
 1024, batch 512, queue 4096, bf16) on an enlarged offline benchmark. Reported per level:
 trial-epochs per hour end to end (all epochs over the study's wall time, Ray and trial start-up
 included) and in steady state (K x 3600 / median seconds of an epoch after the first), and the
-GPU's utilisation and memory sampled by ``nvidia-smi`` every 0.5 s while the study ran.
+GPU's power draw (W, mean) and memory used (MiB, peak) sampled by ``nvidia-smi`` every 0.5 s
+while the study ran.
+
+The throughput columns are the measure of what packing gains: the work done per hour. Power draw
+says how much of the card that work used (from its idle draw up to its power limit). The GPU's
+``utilization.gpu`` is not reported: it is the share of time in which at least one kernel was
+running, not how busy the card was: it reads 100% while kernels run back to back however few of
+the SMs they occupy, so it says nothing of how much more work packing fits onto the card.
 
 Without a GPU the same code packs trials onto the CPU cores instead (levels 1 and 2 on the
 quickstart's sizes, ``resources.cpu`` = cores / K, so K trials share the same cores): the
@@ -32,6 +39,11 @@ from .common import Result, log, quickstart_base, run_study, table
 
 GPU_LEVELS, CPU_LEVELS = (1, 2, 4), (1, 2)
 EPOCHS = 3
+POWER_NOTE = (
+    "\nThe trial-epochs per hour measure what packing gains; the power draw shows how much of the card the "
+    "trials used. `utilization.gpu` is not shown: it is the share of time in which any kernel ran, not how busy "
+    "the card was (kernels on a few SMs, back to back, read 100%).\n"
+)
 
 
 def study_spec(level: int, gpu: bool, quick: bool) -> dict:
@@ -60,8 +72,19 @@ def study_spec(level: int, gpu: bool, quick: bool) -> dict:
     }
 
 
+QUERY = "power.draw,memory.used"  # not utilization.gpu: see the module docstring
+
+
+def _number(field: str) -> float:
+    """A value of ``nvidia-smi --format=csv,nounits``; NaN for ``[N/A]`` (e.g. no power sensor)."""
+    try:
+        return float(field)
+    except ValueError:
+        return float("nan")
+
+
 class GpuSampler(threading.Thread):
-    """``nvidia-smi`` utilisation (%) and memory (MiB) every 0.5 s until ``stop()``."""
+    """``nvidia-smi`` power draw (W) and memory used (MiB) every 0.5 s until ``stop()``."""
 
     def __init__(self):
         super().__init__(daemon=True)
@@ -70,22 +93,26 @@ class GpuSampler(threading.Thread):
 
     def run(self) -> None:
         self.proc = subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-lms", "500"],
+            ["nvidia-smi", f"--query-gpu={QUERY}", "--format=csv,noheader,nounits", "-lms", "500"],
             stdout=subprocess.PIPE,
             text=True,
         )
         for line in self.proc.stdout:
-            util, mem = (float(x) for x in line.split(",")[:2])
-            self.samples.append((util, mem))
+            fields = line.split(",")
+            if len(fields) >= 2:
+                self.samples.append((_number(fields[0]), _number(fields[1])))
 
     def stop(self) -> dict:
+        """Mean power draw (W) and peak memory used (MiB) over the samples; NaN where none was read."""
         if self.proc:
             self.proc.terminate()
         self.join(timeout=5)
-        if not self.samples:
-            return {"gpu_util": float("nan"), "gpu_mem_mib": float("nan")}
-        util, mem = np.array(self.samples).T
-        return {"gpu_util": float(util.mean()), "gpu_mem_mib": float(mem.max())}
+        figures = {}
+        for key, values, reduce in (("gpu_power_w", 0, np.mean), ("gpu_mem_mib", 1, np.max)):
+            read = np.array([s[values] for s in self.samples], dtype=float)
+            read = read[np.isfinite(read)]
+            figures[key] = float(reduce(read)) if len(read) else float("nan")
+        return figures
 
 
 def measure(level: int, gpu: bool, quick: bool, storage: Path) -> dict:
@@ -135,7 +162,7 @@ def run(quick: bool = False) -> Result:
             f"{r['epoch_s']:.1f}",
             f"{r['steady_per_hour']:.0f}",
             f"**{r['steady_per_hour'] / one['steady_per_hour']:.2f}**",
-            *([f"{r['gpu_util']:.0f}", f"{r['gpu_mem_mib']:.0f}"] if gpu else []),
+            *([f"{r['gpu_power_w']:.0f}", f"{r['gpu_mem_mib']:.0f}"] if gpu else []),
             f"{r['seed0_score']:.4f}",
         ]
         for r in results
@@ -148,7 +175,7 @@ def run(quick: bool = False) -> Result:
         "s per epoch (after the 1st)",
         "steady trial-epochs / h",
         "x of 1",
-        *(["GPU util %", "GPU memory MiB (peak)"] if gpu else []),
+        *(["GPU power draw (W, mean)", "GPU memory MiB (peak)"] if gpu else []),
         "seed-0 score",
     ]
     where = (
@@ -163,7 +190,7 @@ K identical trials at once ({epochs} epochs each, `train.seed` 0..K-1) on {where
 {table(headers, rows)}
 
 The seed-0 trial's final score at every level: {", ".join(f"{s:.4f}" for s in scores)}.
-"""
+{POWER_NOTE if gpu else ""}"""
     return Result("Packing: concurrent trials on one device", body, agreed, {"gpu": gpu, "levels": results})
 
 

@@ -75,7 +75,7 @@ def step_in_parts(trainer: Trainer, features: torch.Tensor, gps: torch.Tensor) -
         seconds[name], last = now - last, now
 
     queue = model.queue.contents()
-    with trainer.autocast():
+    with trainer.precision():
         image_emb = model.encode_images(features)
         lap("image head")
         batch_emb = model.encode_locations(gps)
@@ -97,7 +97,7 @@ def step_in_parts(trainer: Trainer, features: torch.Tensor, gps: torch.Tensor) -
 def _agreement(trainer, features, gps) -> tuple[float, float]:
     """|loss difference| and max weight difference after one step, whole vs in parts, from the same state."""
     state = copy.deepcopy(trainer.state_dict())
-    whole_loss = trainer.train_step(features, gps)
+    whole_loss = float(trainer.train_step(features, gps))
     whole_weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     trainer.load_state_dict(copy.deepcopy(state))
     parts_loss, _ = step_in_parts(trainer, features, gps)

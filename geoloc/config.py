@@ -213,6 +213,10 @@ class TrainConfig(Section):
     """fp32; bf16 autocast (CPU and GPU); tf32 matmuls (GPU only, else fp32)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto takes a GPU when one is visible."""
+    cuda_graphs: StrictBool = True
+    """On a GPU, replay the image head's and the location encoder's forward and backward at the
+    step's full shape as CUDA graphs (``geoloc/graphs.py``): the same arithmetic, launched at once
+    instead of kernel by kernel. No effect on the CPU."""
     threads: StrictInt | None = Field(None, ge=1)
     """Torch CPU threads; null uses the CPUs this process was given (Ray's share in a trial)."""
 

@@ -8,6 +8,8 @@ logit is linear in the image embedding, that is the same as scoring the mean emb
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +21,7 @@ from .data.cache import FeatureCache
 from .geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
 from .metrics import accuracy_key
 from .model import GeoCLIP
+from .precision import exact_fp32
 
 VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_loss compares
 CURVE_RANGE_KM = (0.1, 20_000.0)  # from well below 1 km to half the earth's circumference
@@ -42,9 +45,11 @@ def accuracy_curve(errors_km: np.ndarray, km: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One evaluation set's result: the metrics of every epoch row and each image's error."""
+    """One evaluation set's result: the metrics of every epoch row, each image's top-1 gallery
+    index and its error."""
 
     metrics: dict[str, float]
+    predicted: np.ndarray
     errors_km: np.ndarray
 
 
@@ -80,20 +85,43 @@ def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 10
     return out
 
 
+class Gallery:
+    """The GPS gallery: coordinates on the host (for distances) and on the device (to encode)."""
+
+    def __init__(self, coords: np.ndarray, device: torch.device, chunk: int):
+        self.coords, self.chunk = coords, chunk
+        self.coords_t = torch.from_numpy(coords).float().to(device)
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    @torch.no_grad()
+    def embeddings(self, model: GeoCLIP, precision: Callable[[], ContextManager]) -> Iterator[tuple[int, torch.Tensor]]:
+        """(start, fp32 embeddings) chunk by chunk: one chunk is held at a time, never the whole gallery."""
+        for start in range(0, len(self), self.chunk):
+            with precision():
+                emb = model.encode_locations(self.coords_t[start : start + self.chunk])
+            yield start, emb.float()
+
+
 class Evaluator:
     """Scores one evaluation cache against a gallery. Per-set constants are computed once here."""
 
     def __init__(
-        self, cfg: EvalConfig, cache: FeatureCache, gallery: np.ndarray, negatives: np.ndarray, device: torch.device
+        self,
+        cfg: EvalConfig,
+        cache: FeatureCache,
+        gallery: np.ndarray | Gallery,
+        negatives: np.ndarray,
+        device: torch.device,
     ):
         self.cfg, self.cache, self.device = cfg, cache, device
-        self.gallery = gallery
-        self.gallery_t = torch.from_numpy(gallery).float().to(device)
+        self.gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery, device, cfg.gallery_chunk)
         self.coords_t = torch.from_numpy(cache.coords).float().to(device)
         self.negatives_t = torch.from_numpy(negatives).float().to(device)
         # The gallery ceiling: top-1 retrieval cannot beat the share of images that have any
         # gallery point within the threshold.
-        nearest = nearest_distance_km(cache.coords, gallery)
+        nearest = nearest_distance_km(cache.coords, self.gallery.coords)
         self.ceiling = {f"ceiling_{t:g}km": float(np.mean(nearest <= t)) for t in cfg.thresholds_km}
 
     @staticmethod
@@ -101,52 +129,83 @@ class Evaluator:
         rng = np.random.default_rng(VAL_NEGATIVES_SEED)
         return train_coords[rng.choice(len(train_coords), size=min(n, len(train_coords)), replace=False)]
 
+    def batches(self) -> list[tuple[int, int]]:
+        """The (start, stop) image batches of ``eval.batch_size``."""
+        n, bs = len(self.cache), self.cfg.batch_size
+        return [(start, min(start + bs, n)) for start in range(0, n, bs)]
+
     def image_embeddings(self, model: GeoCLIP, start: int, stop: int) -> torch.Tensor:
         feats = torch.from_numpy(np.asarray(self.cache.features[start:stop], dtype=np.float32)).to(self.device)
         emb = model.encode_images(feats)  # (b, views, d)
         return emb.mean(dim=1)  # mean over views == mean of logits over views
 
     @torch.no_grad()
-    def gallery_embeddings(self, model: GeoCLIP) -> torch.Tensor:
-        chunk = self.cfg.gallery_chunk
-        return torch.cat(
-            [model.encode_locations(self.gallery_t[s : s + chunk]) for s in range(0, len(self.gallery_t), chunk)]
-        )
+    def embed(self, model: GeoCLIP, precision) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every batch's fp32 image embeddings, and the sum of ``val_loss`` over the set."""
+        negatives_emb = None
+        images, losses = [], []
+        scale = model.logit_scale.exp()
+        for start, stop in self.batches():
+            with precision():
+                image_emb = self.image_embeddings(model, start, stop).float()
+                if negatives_emb is None:
+                    negatives_emb = model.encode_locations(self.negatives_t).float()
+                candidates = torch.cat([model.encode_locations(self.coords_t[start:stop]).float(), negatives_emb])
+            with exact_fp32(self.device):
+                logits = scale * image_emb @ candidates.T
+            losses.append(F.cross_entropy(logits, torch.arange(stop - start, device=self.device), reduction="sum"))
+            images.append(image_emb)
+        return images, torch.stack(losses).sum()
 
-    @torch.no_grad()
-    def __call__(self, model: GeoCLIP, autocast) -> Evaluation:
-        was_training = model.training
-        model.eval()
-        with autocast():
-            gallery_emb = self.gallery_embeddings(model)
-            negatives_emb = model.encode_locations(self.negatives_t)
-            scale = model.logit_scale.exp()
-            predictions, losses = [], []
-            for start in range(0, len(self.cache), self.cfg.batch_size):
-                stop = min(start + self.cfg.batch_size, len(self.cache))
-                image_emb = self.image_embeddings(model, start, stop)
-                predictions.append(self._top1(image_emb, gallery_emb))
-                candidates = torch.cat([model.encode_locations(self.coords_t[start:stop]), negatives_emb])
-                logits = scale * image_emb.float() @ candidates.float().T
-                losses.append(F.cross_entropy(logits, torch.arange(stop - start, device=self.device), reduction="sum"))
-        model.train(was_training)
-        predicted = self.gallery[torch.cat(predictions).cpu().numpy()]
-        errors = haversine_km(predicted, self.cache.coords)
-        metrics = {
-            "val_loss": float(torch.stack(losses).sum() / len(self.cache)),
-            **accuracy_metrics(errors, self.cfg),
-            **self.ceiling,
-        }
-        return Evaluation(metrics, errors)
+    def result(self, best_idx: torch.Tensor, loss_sum: torch.Tensor) -> Evaluation:
+        predicted = best_idx.cpu().numpy()
+        errors = haversine_km(self.gallery.coords[predicted], self.cache.coords)
+        metrics = {"val_loss": float(loss_sum / len(self.cache)), **accuracy_metrics(errors, self.cfg), **self.ceiling}
+        return Evaluation(metrics, predicted, errors)
 
-    def _top1(self, image_emb: torch.Tensor, gallery_emb: torch.Tensor) -> torch.Tensor:
-        best_sim = torch.full((len(image_emb),), -torch.inf, device=self.device)
-        best_idx = torch.zeros(len(image_emb), dtype=torch.long, device=self.device)
-        chunk = self.cfg.gallery_chunk
-        for start in range(0, len(gallery_emb), chunk):
-            sim = image_emb.float() @ gallery_emb[start : start + chunk].float().T
-            value, index = sim.max(dim=1)
-            better = value > best_sim
-            best_sim = torch.where(better, value, best_sim)
-            best_idx = torch.where(better, index + start, best_idx)
-        return best_idx
+    def __call__(self, model: GeoCLIP, precision) -> Evaluation:
+        return evaluate_sets(model, [self], precision)[0]
+
+
+@torch.no_grad()
+def evaluate_sets(model: GeoCLIP, evaluators: list[Evaluator], precision) -> list[Evaluation]:
+    """Evaluate every set against their shared gallery, encoding the gallery once, chunk by chunk.
+
+    Embeddings are computed under ``precision`` (the run's autocast), their similarities in exact
+    fp32 (``exact_fp32``): the top-1 search then tells apart gallery points whose similarities
+    differ by far less than bf16's resolution. Memory holds the sets' image embeddings and one
+    gallery chunk's, whatever the gallery's size.
+    """
+    gallery = evaluators[0].gallery
+    if any(e.gallery is not gallery for e in evaluators):
+        raise ValueError("evaluate_sets: the evaluators must share one Gallery")
+    was_training = model.training
+    model.eval()
+    embedded = [e.embed(model, precision) for e in evaluators]
+    best = [
+        [
+            (torch.full((len(x),), -torch.inf, device=x.device), torch.zeros(len(x), dtype=torch.long, device=x.device))
+            for x in images
+        ]
+        for images, _ in embedded
+    ]
+    for start, gallery_emb in gallery.embeddings(model, precision):
+        with exact_fp32(gallery_emb.device):
+            for (images, _), set_best in zip(embedded, best, strict=True):
+                for k, image_emb in enumerate(images):
+                    set_best[k] = _better(set_best[k], image_emb @ gallery_emb.T, start)
+    model.train(was_training)
+    return [
+        e.result(torch.cat([idx for _, idx in set_best]), loss)
+        for e, (_, loss), set_best in zip(evaluators, embedded, best, strict=True)
+    ]
+
+
+def _better(
+    best: tuple[torch.Tensor, torch.Tensor], sim: torch.Tensor, offset: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The running top-1 (similarity, gallery index) after one more chunk; the earlier index wins ties."""
+    best_sim, best_idx = best
+    value, index = sim.max(dim=1)
+    better = value > best_sim
+    return torch.where(better, value, best_sim), torch.where(better, index + offset, best_idx)

@@ -49,7 +49,9 @@ def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
     (embeddings agree to 1e-5, see tests/test_parity.py).
     """
     lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
-    sqrt3 = torch.sqrt(torch.tensor(3.0, dtype=latlon.dtype, device=latlon.device))
+    # A Python float, not a tensor made on the device each call (a host-to-device copy per step):
+    # as a scalar operand it is rounded to the tensor's dtype, which gives the published values bitwise.
+    sqrt3 = math.sqrt(3.0)
     theta = torch.asin(sqrt3 / 2 * torch.sin(lat))
     denominator = 3 * (9 * A4 * theta**8 + 7 * A3 * theta**6 + 3 * A2 * theta**2 + A1)
     x = (2 * sqrt3 * lon * torch.cos(theta)) / denominator
@@ -106,6 +108,8 @@ def gps_noise(latlon: torch.Tensor, sigma_km: float, generator: torch.Generator 
         return latlon
     # Computed in float64: a 150 m step is 1e-6 of the earth's radius, near float32's resolution.
     x = latlon.to(torch.float64)
-    # Drawn on the CPU so that a seed gives the same noise on every device.
-    north, east = (torch.randn((2, *x.shape[:-1]), generator=generator, dtype=torch.float64) * sigma_km).to(x.device)
+    # Drawn on the CPU so that a seed gives the same noise on every device; copied to a GPU from
+    # pinned memory, asynchronously (a pageable copy would wait for the GPU's queue).
+    drawn = torch.randn((2, *x.shape[:-1]), generator=generator, dtype=torch.float64) * sigma_km
+    north, east = (drawn.pin_memory() if x.is_cuda else drawn).to(x.device, non_blocking=True)
     return displace(x, north, east).to(latlon.dtype)

@@ -16,6 +16,7 @@ from torch import nn
 
 from .config import PUBLISHED_RFF_SCALES, ModelConfig
 from .geo import equal_earth_projection
+from .precision import exact_fp32
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
 
@@ -46,9 +47,9 @@ class GaussianFourierFeatures(nn.Module):
         self.b = nn.Parameter(torch.randn(n_features, input_dim) * sigma, requires_grad=False)
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        # Always fp32: under bf16 autocast the phases of the sigma=256 branch (|B v| in the
-        # hundreds) would keep ~2 significant digits, and cos/sin of them would be noise.
-        with torch.autocast(v.device.type, enabled=False):
+        # Always exact fp32: under bf16 autocast or TF32 the phases of the sigma=256 branch (|B v|
+        # in the hundreds) would keep 2-3 significant digits, and cos/sin of them would be noise.
+        with exact_fp32(v.device):
             vp = 2 * math.pi * v.float() @ self.b.T.float()
             return torch.cat((torch.cos(vp), torch.sin(vp)), dim=-1)
 
@@ -136,7 +137,11 @@ class ImageHead(nn.Sequential):
 
 
 class GPSQueue(nn.Module):
-    """FIFO of past batch GPS, used as extra negatives. Any size >= 0; empty until filled."""
+    """FIFO of past batch GPS, used as extra negatives. Any size >= 0; empty until filled.
+
+    The write position and fill level are buffers (so checkpoints hold them) with a copy as Python
+    ints, which is what the step reads: reading a GPU buffer's value waits for the GPU.
+    """
 
     def __init__(self, size: int):
         super().__init__()
@@ -144,20 +149,27 @@ class GPSQueue(nn.Module):
         self.register_buffer("coords", torch.zeros(size, 2))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.long))
+        self._ptr = self._count = 0
 
     def contents(self) -> torch.Tensor:
         """The filled part (order does not matter to the loss)."""
-        return self.coords[: int(self.count)]
+        return self.coords[: self._count]
 
     @torch.no_grad()
     def push(self, gps: torch.Tensor) -> None:
         if self.size == 0:
             return
         gps = gps[-self.size :]
-        idx = (int(self.ptr) + torch.arange(len(gps), device=gps.device)) % self.size
+        idx = (self._ptr + torch.arange(len(gps), device=gps.device)) % self.size
         self.coords[idx] = gps.to(self.coords.dtype)
-        self.ptr.fill_((int(self.ptr) + len(gps)) % self.size)
-        self.count.fill_(min(self.size, int(self.count) + len(gps)))
+        self._ptr = (self._ptr + len(gps)) % self.size
+        self._count = min(self.size, self._count + len(gps))
+        self.ptr.fill_(self._ptr)
+        self.count.fill_(self._count)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._ptr, self._count = int(self.ptr), int(self.count)  # once per load, not per step
 
 
 class GeoCLIP(nn.Module):

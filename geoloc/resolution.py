@@ -39,6 +39,7 @@ import torch
 
 from .geo import displace
 from .model import GeoCLIP
+from .precision import exact_fp32
 
 PROBE_RANGE_KM = (0.01, 5_000.0)  # from well below the 1 km threshold to a continent
 PROBE_POINTS_PER_DECADE = 3  # finds an exponential decay's halfway point within 2.4% (tests)
@@ -129,8 +130,8 @@ class ResolutionProbe:
         was_training = model.training
         model.eval()
         try:
-            # All of it, the similarities too: a caller's autocast would round them to bf16.
-            with torch.autocast(device.type, enabled=False):
+            # All of it, the similarities too: a caller's autocast (or TF32) would round them.
+            with exact_fp32(device):
                 return self._curve(model, device)
         finally:
             model.train(was_training)

@@ -336,6 +336,7 @@ class StudyConfig(Section):
                 "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
             )
         self._check_objective()
+        self._check_devices()
         if self.search.algorithm == "grid":
             bad = [e.name for e in self.space if not isinstance(e, (ChoiceEntry, FixedEntry))]
             if bad:
@@ -369,6 +370,24 @@ class StudyConfig(Section):
         if scheduler == "asha":
             raise FieldError(
                 "scheduler.type", "asha stops trials on the single score; a pareto objective needs moasha or none"
+            )
+
+    def _check_devices(self) -> None:
+        """``train.device`` and ``resources.gpu`` agree: Ray hides every GPU from a trial that asks for
+        none, so ``cuda`` there fails inside every trial; a ``cpu`` trial's GPU reservation sits idle."""
+        entry = self.search_space.get("train.device")
+        devices = set(entry.extremes() if entry else [self.base.train.device])
+        gpu = self.resources.gpu
+        if gpu == 0 and "cuda" in devices:
+            raise FieldError(
+                "resources.gpu",
+                "0, but train.device can be cuda: Ray gives such a trial no GPU; ask for one "
+                "(resources.gpu: 1, or 0.25 to pack four trials on a card) or use train.device: auto",
+            )
+        if gpu > 0 and devices == {"cpu"}:
+            raise FieldError(
+                "resources.gpu",
+                f"{gpu:g}, but train.device is cpu: the card would be reserved and sit idle; set it to 0",
             )
 
     def objectives(self) -> dict[str, str]:

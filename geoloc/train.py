@@ -10,13 +10,12 @@ CONFIG.yaml --out DIR [--resume] [--seeds K]``, which writes the run folder
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
 import pickle
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +26,19 @@ from tqdm import tqdm
 from .config import ConfigError, JobConfig, load_job, parse_job, set_path
 from .data import Data, DataError, load_data
 from .devices import DeviceError, pick_device
-from .evaluate import Evaluator, accuracy_curve, curve_thresholds
+from .evaluate import Evaluator, Gallery, accuracy_curve, curve_thresholds, evaluate_sets
 from .events import EventLogger, flatten
+from .feed import Feed
 from .folders import TrialFolder
 from .geo import gps_noise
+from .graphs import GraphedModules
 from .metrics import RESOLUTION, MetricRegistry
 from .model import GeoCLIP
+from .precision import precision, tf32
 from .resolution import ResolutionProbe
 
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
+DIVERGENCE_CHECK_STEPS = 64  # steps between looks at the losses (each look waits for the GPU)
 
 
 class DivergenceError(RuntimeError):
@@ -89,16 +92,23 @@ class Resumable:
 
 
 class Trainer(Resumable):
-    """Model, optimiser, schedule, queue and random streams of one run; ``state_dict`` resumes it exactly."""
+    """Model, optimiser, schedule, queue and random streams of one run; ``state_dict`` resumes it exactly.
 
-    def __init__(self, cfg: JobConfig, data: Data | None = None):
+    On a GPU a step waits for the GPU nowhere: losses stay on the device (looked at every
+    ``DIVERGENCE_CHECK_STEPS`` steps), the queue's fill level is a host int, batches come from
+    ``geoloc.feed``. ``gpu_share`` is the trial's share of its card (Ray's ``resources.gpu``): the
+    process may allocate that share of the card's memory, and the feed sizes itself to it.
+    """
+
+    def __init__(self, cfg: JobConfig, data: Data | None = None, feed: Feed | None = None, gpu_share: float = 1.0):
         self.cfg = cfg
         self.data = data or load_data(cfg.data)
         self.device = pick_device(cfg.train.device, "train.device")
         torch.set_num_threads(cfg.train.threads or cpu_share())
-        if cfg.train.precision == "tf32":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            # Trials packed onto one card each keep to their share; a reused worker starts from an empty cache.
+            index = torch.cuda.current_device() if self.device.index is None else self.device.index
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_share), index)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
@@ -114,15 +124,30 @@ class Trainer(Resumable):
             [p for p in self.model.parameters() if p.requires_grad],
             lr=cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
+            fused=self.device.type == "cuda" or None,  # one kernel for all parameters; the CPU keeps its default
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=cfg.train.lr_gamma)
-        # One CPU stream for shuffling, view choice and noise: the same seed gives the same run anywhere.
+        # One CPU stream for shuffling, view choice and GPS noise: the same seed gives the same run anywhere.
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        # The embedding noise (a batch+queue x 512 draw per step) is drawn where it is used: on a GPU
+        # a stream of its own, seeded alike and checkpointed; on the CPU the one stream above.
+        self.device_generator = (
+            torch.Generator(self.device).manual_seed(cfg.train.seed) if self.device.type != "cpu" else self.generator
+        )
         self.epoch = 0
-        self.train_coords = torch.from_numpy(self.data.train.coords).float()
+        self.graphs = GraphedModules(
+            {
+                self.model.image_head: (cfg.train.batch_size, self.data.train.feature_dim),
+                self.model.location_encoder: (cfg.train.batch_size + cfg.train.queue_size, 2),
+            },
+            enabled=cfg.train.cuda_graphs,
+        )
+        self.feed = feed or Feed.for_run(self.data.train, self.device, gpu_share)
+        self.train_coords = self.feed.coords
         negatives = Evaluator.fixed_negatives(self.data.train.coords, cfg.eval.val_negatives)
+        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
         self.evaluators = {
-            name: Evaluator(cfg.eval, cache, self.data.gallery, negatives, self.device)
+            name: Evaluator(cfg.eval, cache, self.gallery, negatives, self.device)
             for name, cache in self.data.val.items()
         }
         self.curve_km = curve_thresholds(cfg.eval.thresholds_km)
@@ -132,10 +157,20 @@ class Trainer(Resumable):
 
     # -- one epoch -------------------------------------------------------------------------------
 
-    def autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def precision(self):
+        """The context of every step and evaluation: ``train.precision`` (``geoloc.precision``)."""
+        return precision(self.cfg.train.precision, self.device)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor this trainer holds, by name: model, optimiser state, feed and evaluation."""
+        yield from (("model." + k, v) for k, v in self.model.state_dict().items())
+        for i, state in enumerate(self.optimizer.state.values()):
+            yield from ((f"optimizer.{i}.{k}", v) for k, v in state.items() if isinstance(v, torch.Tensor))
+        yield from self.feed.tensors()
+        yield "gallery.coords", self.gallery.coords_t
+        for name, evaluator in self.evaluators.items():
+            yield f"eval.{name}.coords", evaluator.coords_t
+            yield f"eval.{name}.negatives", evaluator.negatives_t
 
     def batches(self):
         """Seeded shuffle; one cached view per image per epoch; indices sorted within a batch so reads go forward."""
@@ -146,7 +181,8 @@ class Trainer(Resumable):
             idx = order[start : start + bs].sort().values
             yield idx.numpy(), views[idx].numpy()
 
-    def train_step(self, features: torch.Tensor, gps: torch.Tensor) -> float:
+    def train_step(self, features: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch (both on the device); the loss, a 0-d tensor on the device."""
         noise = self.cfg.train.noise
         model = self.model
         queue = model.queue.contents()
@@ -156,45 +192,53 @@ class Trainer(Resumable):
             )
         else:
             locations = torch.cat([gps, queue])
-        with self.autocast():
-            image_emb = model.encode_images(features)
-            location_emb = model.encode_locations(locations)
+        with self.precision():
+            image_emb = F.normalize(self.graphs.run(model.image_head, features), dim=-1)
+            location_emb = F.normalize(self.graphs.run(model.location_encoder, locations), dim=-1)
             if noise.target == "embedding":
                 location_emb = self._noisy_embeddings(location_emb, len(gps))
             logits = model.logits(image_emb, location_emb)
         loss = F.cross_entropy(logits.float(), torch.arange(len(gps), device=self.device))
-        if not torch.isfinite(loss):
-            raise DivergenceError(
-                f"training loss is {loss.item()} at epoch {self.epoch + 1}; the trial diverged", self.epoch
-            )
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with tf32(self.cfg.train.precision == "tf32"):  # the backward's products too (autocast is forward-only)
+            loss.backward()
         self.optimizer.step()
         model.clamp_logit_scale()
         model.queue.push(gps)
-        return loss.item()
+        return loss.detach()
 
     def _noisy_embeddings(self, emb: torch.Tensor, n_batch: int) -> torch.Tensor:
         noise = self.cfg.train.noise
-        sigma = torch.full((len(emb), 1), noise.queue_sigma)
+        sigma = torch.full((len(emb), 1), noise.queue_sigma, device=emb.device)
         sigma[:n_batch] = noise.batch_sigma
-        drawn = torch.randn(emb.shape, generator=self.generator) * sigma
-        return F.normalize(emb + drawn.to(emb.device, emb.dtype), dim=-1)
+        drawn = torch.randn(emb.shape, generator=self.device_generator, device=emb.device) * sigma
+        return F.normalize(emb + drawn.to(emb.dtype), dim=-1)
+
+    def _check_finite(self, losses: list[torch.Tensor]) -> None:
+        """DivergenceError naming the first NaN or infinite loss among ``losses`` (this epoch's)."""
+        stacked = torch.stack(losses)
+        bad = torch.nonzero(~torch.isfinite(stacked))
+        if len(bad):
+            value = stacked[bad[0, 0]].item()
+            raise DivergenceError(f"training loss is {value} at epoch {self.epoch + 1}; the trial diverged", self.epoch)
 
     def train_one_epoch(self, progress: bool = False) -> dict[str, float]:
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         losses, start = [], time.perf_counter()
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
-        bar = tqdm(self.batches(), total=n_steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
-        for idx, views in bar:
-            features = torch.from_numpy(self.data.train.read(idx, views).astype(np.float32)).to(self.device)
-            losses.append(self.train_step(features, self.train_coords[idx].to(self.device)))
-            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        batches = self.feed.epoch(self.batches())
+        bar = tqdm(batches, total=n_steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        for step, (features, gps) in enumerate(bar, start=1):
+            losses.append(self.train_step(features, gps))
+            if step % DIVERGENCE_CHECK_STEPS == 0:
+                self._check_finite(losses[-DIVERGENCE_CHECK_STEPS:])
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}")
+        self._check_finite(losses)
         self.scheduler.step()
         self.epoch += 1
         return {
-            "train_loss": float(np.mean(losses)),
+            "train_loss": float(np.mean(torch.stack(losses).double().cpu().numpy())),
             "lr": lr,
             "temperature": self.model.temperature,
             "train_s": time.perf_counter() - start,
@@ -205,9 +249,9 @@ class Trainer(Resumable):
         name) and the encoder's resolution; each set's fine error curve is kept in ``self.curves``."""
         start = time.perf_counter()
         metrics = {}
-        for i, (name, evaluator) in enumerate(self.evaluators.items()):
+        results = evaluate_sets(self.model, list(self.evaluators.values()), self.precision)
+        for i, (name, result) in enumerate(zip(self.evaluators, results, strict=True)):
             prefix = "" if i == 0 else f"{name}_"
-            result = evaluator(self.model, self.autocast)
             metrics.update({prefix + k: v for k, v in result.metrics.items()})
             self.curves[name] = accuracy_curve(result.errors_km, self.curve_km)
         if self.probe is not None:
@@ -238,7 +282,7 @@ class Trainer(Resumable):
         }
 
     def state_dict(self) -> dict:
-        return {
+        state = {
             "signature": self.signature(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -246,6 +290,9 @@ class Trainer(Resumable):
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
         }
+        if self.device_generator is not self.generator:
+            state["device_generator"] = self.device_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("signature") != self.signature():
@@ -257,6 +304,10 @@ class Trainer(Resumable):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        if self.device_generator is not self.generator and "device_generator" in state:
+            # Only a checkpoint from a GPU has it; resumed on another kind of device, the
+            # embedding noise continues from that device's seeded stream instead.
+            self.device_generator.set_state(state["device_generator"])
         self.epoch = state["epoch"]
 
     def curve_rows(self, epoch: int) -> list[dict]:
@@ -278,10 +329,12 @@ class LockStep(Resumable):
     ``Trainer``'s, so ``seeds=1`` is exactly a single run.
     """
 
-    def __init__(self, cfg: JobConfig, seeds: int = 1):
+    def __init__(self, cfg: JobConfig, seeds: int = 1, gpu_share: float = 1.0):
         data = load_data(cfg.data)
         self.seeds = [cfg.train.seed + i for i in range(seeds)]
-        self.trainers = [Trainer(with_seed(cfg, seed), data) for seed in self.seeds]
+        first = Trainer(with_seed(cfg, self.seeds[0]), data, gpu_share=gpu_share)
+        # The seeds share the first one's feed: a cache resident on the GPU is held once.
+        self.trainers = [first] + [Trainer(with_seed(cfg, s), data, first.feed, gpu_share) for s in self.seeds[1:]]
         self.registry = MetricRegistry.for_run(cfg)
 
     @property
@@ -355,6 +408,7 @@ def train(
     hparams: dict | None = None,
     context: dict | None = None,
     progress: bool = False,
+    gpu_share: float = 1.0,
 ) -> dict[str, float]:
     """Train ``cfg.train.epochs`` epochs into the run folder ``run_dir``; returns the last epoch's metrics.
 
@@ -366,7 +420,7 @@ def train(
     ``resume`` continues from the folder's own checkpoint, ``restore`` from another one (Ray's);
     the newer of the two wins, so no epoch runs twice. ``hparams`` are what TensorBoard's HParams
     tab shows (default: the whole configuration, flattened); ``context`` is added to every
-    metrics row (the trial's node).
+    metrics row (the trial's node). ``gpu_share`` is the trial's share of its GPU (``Trainer``).
 
     With ``eval.at_start`` a run that starts fresh first evaluates the model as it starts and
     records that as epoch 0 (every log above, TensorBoard step 0), then calls ``on_start(metrics)``;
@@ -375,7 +429,7 @@ def train(
     """
     folder = TrialFolder(run_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
-    runs = LockStep(cfg, seeds)
+    runs = LockStep(cfg, seeds, gpu_share)
     runs.restore_newest([restore, folder.checkpoint if resume else None])
     if runs.epoch:
         folder.truncate_after(runs.epoch)
@@ -420,6 +474,10 @@ def train(
     finally:
         for each in [logger, *seed_loggers]:
             each.close(finished=runs.epoch == cfg.train.epochs)
+        if runs.trainers[0].device.type == "cuda":
+            # Ray reuses this process for the next trial: hand the cached blocks back to the card.
+            del runs
+            torch.cuda.empty_cache()
     return metrics
 
 

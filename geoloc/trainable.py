@@ -68,6 +68,7 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
             on_epoch=report,
             context=node,
             hparams={**params, "trial": folder.name},
+            gpu_share=study.resources.gpu or 1.0,  # packed trials keep to their fraction of the card
         )
     except DivergenceError as e:
         folder.write_status(StatusRecord(Status.ERRORED, e.epochs_done, cfg.train.epochs, reason=str(e)))

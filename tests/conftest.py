@@ -1,4 +1,4 @@
-"""Shared fixtures: a small offline benchmark built once per test session."""
+"""Shared fixtures: a small offline benchmark built once per test session; which tests run one at a time."""
 
 from __future__ import annotations
 
@@ -12,6 +12,29 @@ SMALL = {
     "model": {"hidden_dim": 128, "depth": 2, "embed_dim": 64, "image_hidden_dim": 128},
     "train": {"epochs": 4, "batch_size": 128, "queue_size": 256, "lr": 1e-3, "seed": 0},
 }
+
+
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The tests of these files start
+# Ray (local instances, two-node clusters, SLURM allocations) or check that no Ray process is left, so
+# they run one after another on one worker; every other test trains or analyses in its own folders
+# and goes to whichever worker is free, in the time the Ray tests spend waiting.
+ONE_AT_A_TIME = {
+    "test_bad_input.py",
+    "test_bench_smoke.py",
+    "test_cluster.py",
+    "test_figures_unchanged.py",
+    "test_pareto.py",
+    "test_recovery.py",
+    "test_reliability.py",
+    "test_slurm.py",
+    "test_tuning.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in ONE_AT_A_TIME:
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 
 @pytest.fixture(scope="session")

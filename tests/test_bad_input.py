@@ -198,6 +198,7 @@ def test_more_gpus_than_the_cluster_has(tmp_path, offline_root_session):
     from .studyutil import tune_main as run
 
     study = copy.deepcopy(TINY_STUDY)
+    study["base"]["train"]["device"] = "auto"  # a cpu trial asking for a GPU is refused earlier (test_gpu_path.py)
     study["resources"] = {"cpu": 1, "gpu": 1}
     proc = run(
         write_study(tmp_path / "study.yaml", study, offline_root_session),

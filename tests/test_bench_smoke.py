@@ -155,16 +155,62 @@ def test_gpu_packing_studies_are_valid(level, tmp_path):
     assert study.base.train.device == "cuda" and study.base.model.hidden_dim == 1024
 
 
-def test_gpu_sampler_reads_nvidia_smi_lines(tmp_path, monkeypatch):
-    """Parsing only: a stand-in ``nvidia-smi`` prints two samples in the format asked for."""
+def test_gpu_sampler_reads_power_draw_and_memory_not_utilization(tmp_path, monkeypatch):
+    """Parsing only: a stand-in ``nvidia-smi`` records what it was asked and prints three samples in
+    that format, one without a power reading. ``utilization.gpu`` (the share of time any kernel ran)
+    is not asked for: the power draw (mean) and the memory (peak) are reported instead."""
     fake = tmp_path / "nvidia-smi"
-    fake.write_text("#!/bin/sh\necho '30, 1000'\necho '50, 3000'\n")
+    fake.write_text(
+        f"#!/bin/sh\necho \"$@\" > {tmp_path / 'args'}\necho '250.5, 1000'\necho '[N/A], 2000'\necho '349.5, 3000'\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     sampler = bench_packing.GpuSampler()
     sampler.start()
     sampler.join(timeout=10)
-    assert sampler.stop() == {"gpu_util": 40.0, "gpu_mem_mib": 3000.0}
+    assert sampler.stop() == {"gpu_power_w": 300.0, "gpu_mem_mib": 3000.0}
+    asked = (tmp_path / "args").read_text()
+    assert "--query-gpu=power.draw,memory.used " in asked and "utilization" not in asked, asked
+
+
+def test_gpu_sampler_without_samples_reports_nan(tmp_path, monkeypatch):
+    import math
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\necho '[N/A], [N/A]'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    sampler = bench_packing.GpuSampler()
+    sampler.start()
+    sampler.join(timeout=10)
+    assert all(math.isnan(v) for v in sampler.stop().values())
+
+
+def test_gpu_packing_report_shows_throughput_and_power_draw(monkeypatch):
+    """The GPU table (rendered from stand-in measurements): power draw beside the throughput, no utilization."""
+
+    def fake_measure(level, gpu, quick, storage):
+        return {
+            "level": level,
+            "trials": level,
+            "epochs": level * bench_packing.EPOCHS,
+            "wall_s": 100.0,
+            "end_to_end_per_hour": 100.0 * level,
+            "epoch_s": 10.0,
+            "steady_per_hour": 360.0 * level,
+            "seed0_score": 0.5,
+            "gpu_power_w": 150.0 + 100 * level,
+            "gpu_mem_mib": 2000.0 * level,
+        }
+
+    monkeypatch.setattr(bench_packing, "measure", fake_measure)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *_: "Stand-in GPU")
+    result = bench_packing.run()
+    assert result.agreed, result.body
+    assert "| GPU power draw (W, mean) | GPU memory MiB (peak) |" in result.body
+    assert "| 4 | 100 | 400 | 4.00 | 10.0 | 1440 | **4.00** | 550 | 8000 | 0.5000 |" in result.body
+    assert "GPU util" not in result.body and "`utilization.gpu` is not shown" in result.body
 
 
 def test_report_is_written(tmp_path):

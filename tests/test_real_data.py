@@ -233,7 +233,7 @@ def test_tencrop_evaluation_is_the_mean_of_the_per_view_logits(caches):
     cache = evaluator.cache
     assert cache.views == 10
     with torch.no_grad():
-        gallery_emb = evaluator.gallery_embeddings(model)
+        gallery_emb = torch.cat([emb for _, emb in evaluator.gallery.embeddings(model, trainer.precision)])
         scale = model.logit_scale.exp()
         feats = torch.from_numpy(np.asarray(cache.features, dtype=np.float32))
         per_view = torch.stack(
@@ -245,7 +245,7 @@ def test_tencrop_evaluation_is_the_mean_of_the_per_view_logits(caches):
         )
     predicted = trainer.data.gallery[mean_logits.argmax(dim=1).numpy()]
     expected = accuracy_metrics(haversine_km(predicted, cache.coords), trainer.cfg.eval)
-    got = evaluator(model, trainer.autocast).metrics
+    got = evaluator(model, trainer.precision).metrics
     for key, value in expected.items():
         assert got[key] == pytest.approx(value), key
 
@@ -328,6 +328,54 @@ def test_kill_resume_through_the_command_line(tiny_vit, tmp_path):
     assert reference.returncode == 0, reference.stderr
     for name in ("features.npy", "coords.npy", "manifest.json"):
         assert (out / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+
+
+# -- the backbone and the decoding workers -----------------------------------------------------
+
+TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "attn_mask")
+
+
+@pytest.mark.parametrize("custom_text", [False, True], ids=["CLIP", "CustomTextCLIP"])
+def test_only_the_image_tower_is_loaded_and_it_gives_the_same_features(custom_text, tmp_path):
+    """The text tower is dropped before the model goes to its device: nothing but ``visual`` is held
+    (so nothing else can reach the GPU), and ``encode_image`` gives the bytes of the whole model."""
+    import open_clip
+
+    from geoloc.data.backbone import load_backbone
+
+    config = tmp_path / f"geoloc-test-tiny-{'custom' if custom_text else 'clip'}.json"
+    config.write_text(json.dumps({**TINY_VIT, "custom_text": custom_text}))
+    backbone = load_backbone(str(config), pretrained="random", seed=3)
+    model = backbone.model
+    held = {name.split(".")[0] for name, _ in [*model.named_parameters(), *model.named_buffers()]}
+    assert held == {"visual"}, held
+    assert set(model.state_dict()) == {f"visual.{k}" for k in model.visual.state_dict()}
+    for name in (*TEXT_TOWER, "text", "logit_scale"):
+        assert not hasattr(model, name), name
+    assert backbone.feature_dim == 32 and backbone.preprocess["size"] == (64, 64)
+
+    with torch.random.fork_rng():
+        torch.manual_seed(3)  # as load_backbone seeds a random initialisation
+        whole = open_clip.create_model(config.stem).eval()
+    assert any(name.startswith(("transformer.", "text.")) for name in whole.state_dict())  # there was one to drop
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(model.encode_image(x), whole.encode_image(x))
+        assert torch.equal(model.visual(x), whole.visual(x))
+
+
+def test_default_workers_are_every_usable_cpu_but_one_without_a_cap(monkeypatch):
+    import os
+
+    from geoloc.data.request import default_workers
+
+    for cpus, workers in ((32, 31), (128, 127), (2, 1), (1, 0)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=cpus: set(range(n)), raising=False)
+        assert default_workers() == workers, cpus
+        request = ExtractionRequest("a.csv", "images", "out", pretrained="random")
+        assert request.worker_count == workers
+        assert ExtractionRequest("a.csv", "images", "out", pretrained="random", workers=3).worker_count == 3
+        assert ExtractionRequest("a.csv", "images", "out", pretrained="random", workers=0).worker_count == 0
 
 
 # -- malformed inputs --------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 (registered under its file name). The weights are an open_clip pretrained tag (``--pretrained``),
 a local checkpoint (``--checkpoint``, named in the manifest by its SHA-256), or a seeded random
 initialisation (``--pretrained random``). Every mistake raises ``DataError`` naming the option.
+
+Only the image tower is kept: extraction calls ``encode_image``, which runs ``model.visual`` alone,
+so the text tower (123 M of ViT-L/14's 428 M parameters) is dropped after loading, before the
+model is moved to its device; it never takes GPU memory.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ RANDOM_WEIGHTS = "random"
 class Backbone:
     """A loaded backbone and what the manifest records of it."""
 
-    model: torch.nn.Module  # the open_clip model, frozen, eval mode, on its device
+    model: torch.nn.Module  # the open_clip model, image tower only (see drop_text_tower), frozen, eval, on its device
     name: str
     config: dict  # the open_clip model config
     preprocess: dict  # size, mean, std, interpolation, resize_mode
@@ -117,9 +121,28 @@ def load_backbone(
             what = f"--checkpoint {checkpoint}" if checkpoint else f"--pretrained {pretrained}"
             hint = "" if checkpoint else " (no network? download it once, or pass --checkpoint FILE)"
             raise DataError(f"{what}: could not load weights for {name}: {str(e).splitlines()[0]}{hint}") from None
+    drop_text_tower(model)  # before the move: the text tower never reaches the device
     model.requires_grad_(False)
     model.eval().to(device)
     return Backbone(model, name, config, dict(model.visual.preprocess_cfg), quick_gelu, source if checkpoint else None)
+
+
+def drop_text_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """Keep only the image tower ``model.visual`` of an open_clip model (in place; returns it).
+
+    Every other submodule, parameter and buffer of the model itself goes: for ``CLIP`` the text
+    transformer, ``token_embedding``, ``positional_embedding``, ``ln_final``, ``text_projection``
+    and ``attn_mask``; for ``CustomTextCLIP`` and ``CoCa`` ``text`` (and ``text_decoder``); and the
+    ``logit_scale`` / ``logit_bias`` of the contrastive loss. Their memory is freed with them.
+    ``encode_image`` and ``visual`` work as before (they use ``visual`` alone), giving the same
+    bytes; ``encode_text`` no longer does.
+    """
+    if not isinstance(getattr(model, "visual", None), torch.nn.Module):
+        raise TypeError(f"{type(model).__name__}: not an open_clip model with an image tower 'visual'")
+    for name in [*model._modules, *model._parameters, *model._buffers]:
+        if name != "visual":
+            delattr(model, name)
+    return model
 
 
 @contextlib.contextmanager

@@ -46,20 +46,23 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.coords)
 
-    def read(self, idx: np.ndarray, views: np.ndarray) -> np.ndarray:
-        """Rows ``features[idx, views]`` as (len(idx), feature_dim) float16, read with ``os.pread``.
+    def read(self, idx: np.ndarray, views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows ``features[idx, views]`` as (len(idx), feature_dim) float16, read with ``os.pread``
+        (into ``out`` when given: a pinned buffer that the GPU copies from).
 
         Why not index the memory map: every page it touches (and the 64 KiB the kernel maps
         around each fault) stays counted in the process's RSS, so a trial on a 1M-image cache
         looked 1.2 GiB larger than one on a 10K cache (bench/bench_memory.py); pread copies just
         the rows and maps nothing. Where there is no ``os.pread`` (Windows) the memory map is used.
         """
-        if not hasattr(os, "pread"):
-            return np.asarray(self.features[idx, views])
+        if out is None:
+            out = np.empty((len(idx), self.feature_dim), dtype=self.features.dtype)
+        if not hasattr(os, "pread") or getattr(self.features, "filename", None) is None:  # Windows; in memory
+            out[:] = self.features[idx, views]
+            return out
         if self._file is None:
             self._file = open(self.features.filename, "rb", buffering=0)  # noqa: SIM115 (lives as long as the cache)
         fd, row_bytes = self._file.fileno(), self.feature_dim * self.features.dtype.itemsize
-        out = np.empty((len(idx), self.feature_dim), dtype=self.features.dtype)
         rows = out.view(np.uint8).reshape(len(idx), row_bytes)
         for k, row in enumerate(np.asarray(idx, np.int64) * self.views + np.asarray(views, np.int64)):
             rows[k] = np.frombuffer(os.pread(fd, row_bytes, self.features.offset + int(row) * row_bytes), np.uint8)
