@@ -14,10 +14,11 @@ SMALL = {
 }
 
 
-# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The tests of these files start
-# Ray (local instances, two-node clusters, SLURM allocations) or check that no Ray process is left, so
-# they run one after another on one worker; every other test trains or analyses in its own folders
-# and goes to whichever worker is free, in the time the Ray tests spend waiting.
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The tests that start Ray (local
+# instances, two-node clusters, SLURM allocations) or check that no Ray process is left run one after
+# another on one worker; every other test trains or analyses in its own folders and goes to whichever
+# worker is free, in the time the Ray tests spend waiting. They are the tests of these files, except
+# those named below, which start no Ray: dry runs, and in two files every test without a Ray fixture.
 ONE_AT_A_TIME = {
     "test_bad_input.py",
     "test_bench_smoke.py",
@@ -31,9 +32,20 @@ ONE_AT_A_TIME = {
 }
 
 
+RAY_FIXTURES = {"test_bench_smoke.py": {"ray_address"}, "test_pareto.py": {"local_ray"}}
+NO_RAY_TESTS = {"test_dry_run_of_every_shipped_study"}
+
+
+def starts_ray(item: pytest.Item) -> bool:
+    name = item.path.name
+    if name not in ONE_AT_A_TIME or getattr(item, "originalname", item.name) in NO_RAY_TESTS:
+        return False
+    return name not in RAY_FIXTURES or bool(RAY_FIXTURES[name] & set(getattr(item, "fixturenames", ())))
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in ONE_AT_A_TIME:
+        if starts_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
 
 
