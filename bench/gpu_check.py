@@ -81,7 +81,6 @@ import contextlib
 import faulthandler
 import importlib.metadata
 import importlib.util
-import inspect
 import math
 import multiprocessing
 import os
@@ -612,18 +611,7 @@ def job(sizes: Sizes, precision: str, device: str, batch: int | None = None, que
 def new_trainer(cfg, data, gpu_share: float = 1.0):
     from geoloc.train import Trainer
 
-    if "gpu_share" in inspect.signature(Trainer).parameters:
-        return Trainer(cfg, data, gpu_share=gpu_share)
-    gap("Trainer(cfg, data, gpu_share=...)")
-    return Trainer(cfg, data)
-
-
-def precision_of(trainer) -> Callable[[], contextlib.AbstractContextManager]:
-    """The context a step runs under (``Trainer.precision``; the older ``autocast`` where it is missing)."""
-    if callable(getattr(trainer, "precision", None)):
-        return trainer.precision
-    gap("Trainer.precision() (the context a step runs under)")
-    return trainer.autocast
+    return Trainer(cfg, data, gpu_share=gpu_share)
 
 
 def steps_per_epoch(trainer) -> int:
@@ -764,20 +752,15 @@ def check_placement(ctx: Context) -> Row:
     trainer = ctx.trainer("bf16")
     trainer.train_one_epoch()
     trainer.evaluate()
-    if not callable(getattr(trainer, "tensors", None)):
-        gap("Trainer.tensors() (every tensor the trainer holds, by name)")
-        raise AttributeError("Trainer has no tensors(): nothing to check placement against")
     tensors = list(trainer.tensors())
     if not tensors:
         raise AssertionError("Trainer.tensors() yielded nothing")
     wrong = [f"{name} ({t.device})" for name, t in tensors if t.device.type != ctx.device.type]
     nbytes = sum(t.numel() * t.element_size() for _, t in tensors)
     row.add(f"{len(tensors) - len(wrong)}/{len(tensors)} tensors on {ctx.device.type} ({mib(nbytes)})")
-    feed = getattr(trainer, "feed", None)
-    if feed is None:
-        gap("Trainer.feed (with .resident)")
-    else:
-        row.add("training cache resident on the device" if feed.resident else "training cache streamed from the host")
+    row.add(
+        "training cache resident on the device" if trainer.feed.resident else "training cache streamed from the host"
+    )
     if wrong:
         row.fail(f"not on {ctx.device.type}: {', '.join(wrong[:12])}" + (" ..." if len(wrong) > 12 else ""))
     return row
@@ -844,16 +827,13 @@ def location_encoder_figures(ctx: Context, trainer, precision: str) -> tuple[flo
     """(seconds, FLOPs, MFU) of forward + backward of the location encoder on batch + queue points."""
     encoder = trainer.model.location_encoder
     points = torch.cat([ctx.batch()[1], ctx.queue_coords(ctx.sizes.queue).to(ctx.device)])
-    with torch.no_grad(), precision_of(trainer)():
+    with torch.no_grad(), trainer.precision():
         shape = encoder(points[:2]).shape[1:]
     grad = torch.randn(len(points), *shape, device=ctx.device)
-    context = precision_of(trainer)
-
-    graphs = getattr(trainer, "graphs", None)
 
     def once():
-        with context():  # the backward too: TF32 is a global flag, read when each product runs
-            out = graphs.run(encoder, points) if graphs is not None else encoder(points)
+        with trainer.precision():  # the backward too: TF32 is a global flag, read when each product runs
+            out = trainer.graphs.run(encoder, points)
             out.backward(grad.to(out.dtype))
 
     flops = count_flops(lambda: eagerly(trainer, once))
@@ -865,9 +845,7 @@ def location_encoder_figures(ctx: Context, trainer, precision: str) -> tuple[flo
 
 def eagerly(trainer, fn: Callable[[], object]):
     """``fn()`` with the trainer's CUDA graphs off: a replayed graph hides its kernels from the FLOP counter."""
-    graphs = getattr(trainer, "graphs", None)
-    if graphs is None:
-        return fn()
+    graphs = trainer.graphs
     enabled, graphs.enabled = graphs.enabled, False
     try:
         return fn()
@@ -952,7 +930,7 @@ def check_graphs(ctx: Context) -> Row:
         losses = [trainer.train_step(f, g) for f, g in trainer.feed.epoch(trainer.batches())]
         runs[graphs] = (torch.stack(losses).cpu(), trainer)
     (graphed_losses, graphed), (eager_losses, eager) = runs[True], runs[False]
-    used = len(getattr(graphed, "graphs", None).graphed) if hasattr(graphed, "graphs") else 0
+    used = len(graphed.graphs.graphed)
     loss_dev = float((graphed_losses - eager_losses).abs().max())
     weights = eager.model.state_dict()
     weight_dev = max(float((v - weights[k]).abs().max()) for k, v in graphed.model.state_dict().items())

@@ -8,6 +8,7 @@ load strictly into ``LocationEncoder`` and ``ImageHead``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from .geo import equal_earth_projection
 from .precision import exact_fp32
 
 MAX_LOGIT_SCALE = math.log(100.0)  # CLIP's clamp: temperature never below 0.01
+Runner = Callable[[nn.Module, torch.Tensor], torch.Tensor]  # how a module is called on an input
 
 
 def geoclip_package_dir() -> Path:
@@ -194,11 +196,13 @@ class GeoCLIP(nn.Module):
         for part in frozen:
             part.requires_grad_(False)
 
-    def encode_images(self, features: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_head(features), dim=-1)
+    def encode_images(self, features: torch.Tensor, run: Runner = nn.Module.__call__) -> torch.Tensor:
+        """Unit image embeddings; ``run(module, x)`` calls the head (the trainer's replays CUDA graphs)."""
+        return F.normalize(run(self.image_head, features), dim=-1)
 
-    def encode_locations(self, latlon: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.location_encoder(latlon), dim=-1)
+    def encode_locations(self, latlon: torch.Tensor, run: Runner = nn.Module.__call__) -> torch.Tensor:
+        """Unit location embeddings; ``run`` as in ``encode_images``."""
+        return F.normalize(run(self.location_encoder, latlon), dim=-1)
 
     def logits(self, image_emb: torch.Tensor, location_emb: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * image_emb @ location_emb.T

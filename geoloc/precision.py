@@ -18,8 +18,6 @@ from collections.abc import Iterator
 
 import torch
 
-PRECISIONS = ("fp32", "bf16", "tf32")
-
 
 @contextlib.contextmanager
 def tf32(enabled: bool) -> Iterator[None]:

@@ -270,11 +270,11 @@ def _from_folder(study: StudyConfig, trial: TrialFolder, doc: dict, system_attrs
     if outcome is Status.FINISHED and last is not None:
         # Study.tell records a NaN value as FAIL
         state, values = (TrialState.FAIL, None) if any(map(math.isnan, last)) else (TrialState.COMPLETE, last)
-    elif outcome is Status.STOPPED and not pareto:
-        # Study.tell gives a pruned trial its last intermediate value, but not a NaN (and none in a pareto study)
-        state, values = TrialState.PRUNED, None if last is None or math.isnan(last[0]) else last
     elif outcome is Status.STOPPED:
+        # Study.tell gives a pruned trial its last intermediate value, but not a NaN (and none in a pareto study)
         state = TrialState.PRUNED
+        if not pareto and last is not None and not math.isnan(last[0]):
+            values = last
     elif outcome is Status.ERRORED:
         state, user_attrs["fail_reason"] = TrialState.FAIL, status.reason or WORKER_FAILED
     try:

@@ -97,6 +97,7 @@ class OptunaStudySearcher(Searcher):
         super().__init__(metric="score", mode="max")
         self.study, self.folder, self.storage_url = study, StudyFolder(study_dir), storage_url
         self.objectives = list(study.objectives())  # the metric keys Optuna is told, in order
+        self.multi = len(self.objectives) > 1  # a pareto study: per-epoch values go to a user attribute
         self.storage = optuna.storages.RDBStorage(storage_url)
         self.optuna = optuna.create_study(
             study_name=study.name,
@@ -155,28 +156,29 @@ class OptunaStudySearcher(Searcher):
         if trial_id in self.live:
             self._report(self.live[trial_id], trial_id, result)
 
-    def _report(self, number: int, trial_id: str, result: dict | None) -> None:
+    def _report(self, number: int, trial_id: str, result: dict | None, history: list[dict] | None = None) -> None:
         """Record in Optuna the objective values of ``result``'s epoch, and of any earlier epoch Optuna
         lacks: a killed driver never got that result (the trial resumed past it), so only then are
-        they read from the trial folder's ``metrics.jsonl``."""
+        they read from the trial folder's ``metrics.jsonl`` (or taken from ``history``, its rows when the
+        caller has read them)."""
         if not result or "epoch" not in result:
             return
         frozen = self.storage.get_trial(self._trial_id(number))
         if frozen.state != TrialState.RUNNING:
             return
-        multi = len(self.objectives) > 1
-        recorded = frozen.user_attrs.get(EPOCH_VALUES, {}) if multi else frozen.intermediate_values
+        recorded = frozen.user_attrs.get(EPOCH_VALUES, {}) if self.multi else frozen.intermediate_values
         epoch = int(result["epoch"])
         rows = [result]
-        if any((str(e) if multi else e) not in recorded for e in range(1, epoch)):
-            rows = [row for row in self.folder.trial(trial_id).read_metrics().rows if row["epoch"] < epoch] + rows
+        if any((str(e) if self.multi else e) not in recorded for e in range(1, epoch)):
+            history = self.folder.trial(trial_id).read_metrics().rows if history is None else history
+            rows = [row for row in history if row["epoch"] < epoch] + rows
         new = {}
         for row in rows:
             values, at = objective_values(self.objectives, row), int(row["epoch"])
             # Epoch 0 (eval.at_start) is the untrained model, not a step of training.
-            if values is not None and at >= 1 and (str(at) if multi else at) not in recorded:
+            if values is not None and at >= 1 and (str(at) if self.multi else at) not in recorded:
                 new[at] = values
-        if multi and new:  # JSON keys: the epoch as a string
+        if self.multi and new:  # JSON keys: the epoch as a string
             self._trial(number).set_user_attr(EPOCH_VALUES, recorded | {str(e): v for e, v in new.items()})
         elif new:
             for at, values in new.items():
@@ -239,7 +241,7 @@ class OptunaStudySearcher(Searcher):
             ray_id = str(frozen.user_attrs.get("ray_trial_id"))
             stale = self.folder.trial(ray_id)
             if stale.ended() and (rows := stale.read_metrics().rows):
-                self._report(frozen.number, ray_id, rows[-1])
+                self._report(frozen.number, ray_id, rows[-1], rows)
                 self._tell(frozen.number, stale.read_status(), rows[-1])
                 continue
             if stale.exists():

@@ -193,8 +193,8 @@ class Trainer(Resumable):
         else:
             locations = torch.cat([gps, queue])
         with self.precision():
-            image_emb = F.normalize(self.graphs.run(model.image_head, features), dim=-1)
-            location_emb = F.normalize(self.graphs.run(model.location_encoder, locations), dim=-1)
+            image_emb = model.encode_images(features, self.graphs.run)
+            location_emb = model.encode_locations(locations, self.graphs.run)
             if noise.target == "embedding":
                 location_emb = self._noisy_embeddings(location_emb, len(gps))
             logits = model.logits(image_emb, location_emb)
@@ -404,7 +404,6 @@ def train(
     resume: bool = False,
     on_epoch: Callable[[dict, Path], None] | None = None,
     on_start: Callable[[dict], None] | None = None,
-    restore: Path | None = None,
     hparams: dict | None = None,
     context: dict | None = None,
     progress: bool = False,
@@ -417,10 +416,9 @@ def train(
     ``checkpoint.pt``, then calls ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there).
     ``seeds`` > 1 trains that many seeds in lock-step (``LockStep``): the metrics are their mean,
     and each seed's own go to ``seeds.jsonl`` and its TensorBoard folder ``seed_<s>/``.
-    ``resume`` continues from the folder's own checkpoint, ``restore`` from another one (Ray's);
-    the newer of the two wins, so no epoch runs twice. ``hparams`` are what TensorBoard's HParams
-    tab shows (default: the whole configuration, flattened); ``context`` is added to every
-    metrics row (the trial's node). ``gpu_share`` is the trial's share of its GPU (``Trainer``).
+    ``resume`` continues from the folder's own checkpoint, so no epoch runs twice. ``hparams`` are
+    what TensorBoard's HParams tab shows (default: the whole configuration, flattened); ``context``
+    is added to every metrics row (the trial's node). ``gpu_share`` is the trial's share of its GPU (``Trainer``).
 
     With ``eval.at_start`` a run that starts fresh first evaluates the model as it starts and
     records that as epoch 0 (every log above, TensorBoard step 0), then calls ``on_start(metrics)``;
@@ -430,7 +428,7 @@ def train(
     folder = TrialFolder(run_dir)
     folder.path.mkdir(parents=True, exist_ok=True)
     runs = LockStep(cfg, seeds, gpu_share)
-    runs.restore_newest([restore, folder.checkpoint if resume else None])
+    runs.restore_newest([folder.checkpoint if resume else None])
     if runs.epoch:
         folder.truncate_after(runs.epoch)
     else:

@@ -75,7 +75,7 @@ def test_fp32_steps_run_without_tf32_whatever_an_earlier_trial_left(small_config
     assert torch.backends.cuda.matmul.allow_tf32  # and the process's own setting is back afterwards
 
 
-def test_fourier_features_are_exact_fp32_under_tf32_and_bf16(small_config):
+def test_fourier_features_are_exact_fp32_under_tf32_and_bf16():
     for name in ("tf32", "bf16"):
         features = GaussianFourierFeatures(sigma=256.0, n_features=8)
         v = torch.randn(5, 2)
