@@ -45,6 +45,7 @@ from geoloc.study import (  # noqa: E402
     resolved_study,
     trial_config,
 )
+from geoloc.train import prepare_sampling  # noqa: E402
 
 INTERRUPTED = 130  # exit status of an interrupted study (128 + SIGINT, as a shell reports Ctrl-C)
 
@@ -123,10 +124,14 @@ def check_study_folder(study_dir: Path, resume: bool) -> None:
 def check_data(study: StudyConfig) -> None:
     """Open every cache and gallery once in the driver (building the offline benchmark if named)."""
     try:
-        load_data(study.base.data)
+        data = load_data(study.base.data)
         trial_config(study, {})
     except (DataError, ConfigError) as e:
         raise UsageError(f"data: {e}") from None
+    try:  # the sampler's and miner's files, built once for every trial; a combination the data refuses
+        prepare_sampling(study.base, data)
+    except (DataError, ConfigError) as e:
+        raise UsageError(f"base.{e}") from None
 
 
 def check_optuna(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: list[str]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoloc.metrics import RESOLUTION
+from geoloc.metrics import RESOLUTION, SAMPLER_DISTANCES
 
 from .budget import Budget, start_units
 from .load import Study
@@ -105,10 +105,11 @@ def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool
 
 def table_metrics(study: Study) -> list[str]:
     """The columns of every ablation table: accuracies finest first, the encoder's resolution beside
-    the finest one (when the trials report it), then median_km and score."""
+    the finest one (when the trials report it), then median_km and score, then what the batch
+    sampler did to the negatives (when the trials report it)."""
     accs = study.accuracies
     resolution = [RESOLUTION] if RESOLUTION in study.metrics else []
-    tail = [m for m in ("median_km", "score") if m in study.metrics]
+    tail = [m for m in ("median_km", "score", *SAMPLER_DISTANCES) if m in study.metrics]
     return accs[:1] + resolution + accs[1:] + tail
 
 
@@ -143,7 +144,8 @@ def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablatio
 
     word = budget.unit_word
     what = "runs (trial × seed)" if budget.per_seed else "trials"
-    distances = " and ".join(m for m in ("median_km", RESOLUTION) if m in columns) or "distances"
+    kms = [m for m in ("median_km", RESOLUTION, *SAMPLER_DISTANCES) if m in columns]
+    distances = ", ".join(kms[:-1]) + " and " + kms[-1] if len(kms) > 1 else (kms or ["distances"])[0]
     caption = (
         f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over {what}, "
         f"{budget.describe()}. Accuracies and score in %, {distances} in km; "

@@ -33,6 +33,8 @@ BENCHMARKS = [
     "bench_sweep",
     "bench_packing",
     "bench_pareto",
+    "bench_neighbours",
+    "bench_sampling",
 ]
 HERE = Path(__file__).resolve().parent
 

@@ -12,12 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to a hidden temporary beside ``path``, then rename it over ``path``."""
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a hidden temporary beside ``path``, then rename it over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """``write_bytes`` of the UTF-8 text."""
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str | Path, data: Any) -> None:

@@ -39,7 +39,7 @@ class Feed:
         self.cache, self.device = cache, device
         self.pinned = device.type == "cuda"
         self.coords = torch.from_numpy(cache.coords).float()
-        self.resident = self.pinned and cache.features.nbytes <= budget_bytes if resident is None else resident
+        self.resident = self.pinned and cache.nbytes <= budget_bytes if resident is None else resident
         self.coords_t = self.coords.to(device) if self.resident else None
         self.features_t = self._upload() if self.resident else None
 
@@ -53,11 +53,11 @@ class Feed:
         return cls(cache, device, budget)
 
     def _upload(self) -> torch.Tensor:
-        features = self.cache.features
-        out = torch.empty(features.shape, dtype=torch.float16, device=self.device)
-        step = max(1, UPLOAD_ROWS_BYTES // max(1, features[:1].nbytes))
-        for start in range(0, len(features), step):
-            out[start : start + step].copy_(torch.from_numpy(np.array(features[start : start + step])))
+        cache = self.cache
+        out = torch.empty((len(cache), cache.views, cache.feature_dim), dtype=torch.float16, device=self.device)
+        step = max(1, UPLOAD_ROWS_BYTES // max(1, cache.nbytes // max(1, len(cache))))
+        for start in range(0, len(cache), step):
+            out[start : start + step].copy_(torch.from_numpy(cache.block(start, start + step)))
         return out
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:

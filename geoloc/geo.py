@@ -36,10 +36,22 @@ def haversine_km(a, b):
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(h, 0, 1)))
 
 
-def unit_vectors(latlon) -> np.ndarray:
-    """(N, 3) float64 points on the unit sphere for (N, 2) (lat, lon) degrees."""
+def unit_vectors(latlon):
+    """(N, 3) points on the unit sphere for (N, 2) (lat, lon) degrees: float64 numpy, or a tensor in
+    the input's dtype and device."""
+    if isinstance(latlon, torch.Tensor):
+        lat, lon = torch.deg2rad(latlon).unbind(-1)
+        return torch.stack([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], dim=-1)
     lat, lon = np.radians(np.asarray(latlon, dtype=np.float64)).T
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+
+
+def chord_km(squared_chord):
+    """Great-circle km of the squared chord between two unit vectors (numpy or torch): the chord is
+    monotonic in the distance, so a median or minimum of chords is that of the distances."""
+    if isinstance(squared_chord, torch.Tensor):
+        return 2 * EARTH_RADIUS_KM * torch.asin(squared_chord.clamp(0, 4).sqrt() / 2)
+    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(squared_chord, 0, 4)) / 2)
 
 
 def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,8 @@ the analysis. The launcher stores it in the study folder (``metrics.json``) and 
 reads it from there, so no reader parses metric names back.
 
 Keys of one epoch (DESIGN.md): ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``,
-``eval_s``, ``encoder_resolution_km``, and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``,
+``eval_s``, ``encoder_resolution_km``, ``batch_median_km``, ``negative_median_km``,
+``negative_min_km``, and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``,
 ``score`` and ``ceiling_<t>km``. The first evaluation set's keys are plain; each further set's
 are prefixed with its name (``yfcc4k-vitl14_acc_1km``).
 """
@@ -26,6 +27,7 @@ Kind = Literal["loss", "accuracy", "score", "distance", "ceiling", "train", "tim
 
 OFFLINE_VAL_SET = "val"  # the name of the offline benchmark's validation split
 RESOLUTION = "encoder_resolution_km"  # the location encoder's sharpness (geoloc.resolution)
+SAMPLER_DISTANCES = ("batch_median_km", "negative_median_km", "negative_min_km")  # per epoch, in km
 
 
 def accuracy_key(threshold_km: float) -> str:
@@ -72,6 +74,8 @@ class MetricRegistry:
             # How finely the location encoder separates places (geoloc.resolution); neither
             # direction is "better" in itself: it is the mechanism, set beside acc_1km.
             Metric(RESOLUTION, "distance", None, False, "encoder/resolution_km", hparam=True),
+            # What the batch sampler and the mined negatives did (geoloc.negatives.NegativeDistances).
+            *[Metric(key, "distance", None, False, f"sampler/{key}") for key in SAMPLER_DISTANCES],
         ]
         thresholds = sorted(thresholds_km)
         for i, name in enumerate(eval_sets):

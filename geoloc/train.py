@@ -15,6 +15,7 @@ import os
 import pickle
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -32,10 +33,13 @@ from .feed import Feed
 from .folders import TrialFolder
 from .geo import gps_noise
 from .graphs import GraphedModules
+from .losses import training_loss
 from .metrics import RESOLUTION, MetricRegistry
 from .model import GeoCLIP
+from .negatives import NegativeDistances, NegativeMiner
 from .precision import precision, tf32
 from .resolution import ResolutionProbe
+from .sampler import BatchSampler, embed_training_set
 
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
 DIVERGENCE_CHECK_STEPS = 64  # steps between looks at the losses (each look waits for the GPU)
@@ -135,16 +139,20 @@ class Trainer(Resumable):
             torch.Generator(self.device).manual_seed(cfg.train.seed) if self.device.type != "cpu" else self.generator
         )
         self.epoch = 0
+        batch, mined = cfg.train.batch_size, cfg.train.negatives.mined
         self.graphs = GraphedModules(
             {
-                self.model.image_head: (cfg.train.batch_size, self.data.train.feature_dim),
-                self.model.location_encoder: (cfg.train.batch_size + cfg.train.queue_size, 2),
+                self.model.image_head: (batch, self.data.train.feature_dim),
+                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined, 2),
             },
             enabled=cfg.train.cuda_graphs,
         )
         self.feed = feed or Feed.for_run(self.data.train, self.device, gpu_share)
         self.train_coords = self.feed.coords
-        negatives = Evaluator.fixed_negatives(self.data.train.coords, cfg.eval.val_negatives)
+        self.sampler = BatchSampler(cfg.train.batches, batch, self.data.train, self.generator)
+        self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
+        self.distances = NegativeDistances()
+        negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
         self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
         self.evaluators = {
             name: Evaluator(cfg.eval, cache, self.gallery, negatives, self.device)
@@ -173,32 +181,40 @@ class Trainer(Resumable):
             yield f"eval.{name}.negatives", evaluator.negatives_t
 
     def batches(self):
-        """Seeded shuffle; one cached view per image per epoch; indices sorted within a batch so reads go forward."""
-        n, bs = len(self.data.train), self.cfg.train.batch_size
-        order = torch.randperm(n, generator=self.generator)
-        views = torch.randint(self.data.train.views, (n,), generator=self.generator)
-        for start in range(0, n, bs):
-            idx = order[start : start + bs].sort().values
-            yield idx.numpy(), views[idx].numpy()
+        """(indices, views) of the next epoch's batches (``geoloc.sampler``): one cached view per image,
+        indices sorted within a batch so reads go forward."""
+        embed = embed_training_set(self.model, self.data.train, self.device, self.precision)
+        return self.sampler.epoch(self.epoch + 1, embed)
 
-    def train_step(self, features: torch.Tensor, gps: torch.Tensor) -> torch.Tensor:
-        """One optimiser step on a batch (both on the device); the loss, a 0-d tensor on the device."""
+    def train_step(self, features: torch.Tensor, gps: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
+        """One optimiser step on a batch (both on the device) of the training rows ``idx`` (needed to mine
+        negatives); the loss, a 0-d tensor on the device."""
         noise = self.cfg.train.noise
         model = self.model
         queue = model.queue.contents()
+        mined = None
+        if self.miner is not None:
+            if idx is None:
+                raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
+            mined = self.miner.coords(self.miner.draw(idx, self.generator), self.device)
+        self.distances.add(gps, torch.cat([gps, queue]), mined)
         if noise.target == "gps":
             locations = torch.cat(
                 [gps_noise(gps, noise.batch_sigma, self.generator), gps_noise(queue, noise.queue_sigma, self.generator)]
             )
         else:
             locations = torch.cat([gps, queue])
+        n_shared = len(locations)
+        if mined is not None:
+            locations = torch.cat([locations, mined.flatten(0, 1)])
         with self.precision():
             image_emb = model.encode_images(features, self.graphs.run)
             location_emb = model.encode_locations(locations, self.graphs.run)
+            mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2]) if mined is not None else None
+            location_emb = location_emb[:n_shared]
             if noise.target == "embedding":
                 location_emb = self._noisy_embeddings(location_emb, len(gps))
-            logits = model.logits(image_emb, location_emb)
-        loss = F.cross_entropy(logits.float(), torch.arange(len(gps), device=self.device))
+            loss = training_loss(self.cfg.train.loss, image_emb, location_emb, model.logit_scale, mined_emb)
         self.optimizer.zero_grad(set_to_none=True)
         with tf32(self.cfg.train.precision == "tf32"):  # the backward's products too (autocast is forward-only)
             loss.backward()
@@ -227,10 +243,17 @@ class Trainer(Resumable):
         lr = self.optimizer.param_groups[0]["lr"]
         losses, start = [], time.perf_counter()
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
-        batches = self.feed.epoch(self.batches())
+        rows: deque[np.ndarray] = deque()  # the feed yields batches in the order it takes them: a FIFO pairs them
+
+        def noted():
+            for idx, views in self.batches():
+                rows.append(idx)
+                yield idx, views
+
+        batches = self.feed.epoch(noted())
         bar = tqdm(batches, total=n_steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
         for step, (features, gps) in enumerate(bar, start=1):
-            losses.append(self.train_step(features, gps))
+            losses.append(self.train_step(features, gps, rows.popleft()))
             if step % DIVERGENCE_CHECK_STEPS == 0:
                 self._check_finite(losses[-DIVERGENCE_CHECK_STEPS:])
                 bar.set_postfix(loss=f"{losses[-1].item():.3f}")
@@ -241,6 +264,7 @@ class Trainer(Resumable):
             "train_loss": float(np.mean(torch.stack(losses).double().cpu().numpy())),
             "lr": lr,
             "temperature": self.model.temperature,
+            **self.distances.result(),
             "train_s": time.perf_counter() - start,
         }
 
@@ -290,6 +314,8 @@ class Trainer(Resumable):
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
         }
+        if sampler := self.sampler.state_dict():
+            state["sampler"] = sampler
         if self.device_generator is not self.generator:
             state["device_generator"] = self.device_generator.get_state()
         return state
@@ -304,6 +330,10 @@ class Trainer(Resumable):
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
+        try:
+            self.sampler.load_state_dict(state.get("sampler", {}))
+        except ValueError as e:
+            raise CheckpointMismatch(f"refusing to load the checkpoint: {e}") from None
         if self.device_generator is not self.generator and "device_generator" in state:
             # Only a checkpoint from a GPU has it; resumed on another kind of device, the
             # embedding noise continues from that device's seeded stream instead.
@@ -381,6 +411,16 @@ class LockStep(Resumable):
             )
         for trainer, seed_state in zip(self.trainers, saved, strict=True):
             trainer.load_state_dict(seed_state)
+
+
+def prepare_sampling(cfg: JobConfig, data: Data) -> None:
+    """Build what the run's sampler and miner keep beside the training cache (neighbour lists, near
+    lists, the semivariogram's range) and check them against the data: the launcher calls it once
+    before trials start, so they share the files and a bad combination is refused up front
+    (ConfigError naming the key)."""
+    BatchSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator())
+    if cfg.train.negatives.mined:
+        NegativeMiner.for_run(cfg.train.negatives, data)
 
 
 def with_seed(cfg: JobConfig, seed: int) -> JobConfig:

@@ -6,11 +6,13 @@ import pytest
 
 from geoloc.config import JobConfig, parse_job
 
-# Small enough for a few seconds per epoch on 2 cores, big enough that learning shows.
+# Small enough for a few seconds per epoch on 2 cores, big enough that learning shows. One torch thread:
+# two threads wait on each other for seconds while the tests that start Ray hold the cores, and these
+# tests compare runs, not speeds.
 SMALL = {
     "data": {"offline": {"n_train": 3000, "n_val": 300, "n_gallery": 3000, "feature_dim": 256, "views": 2}},
     "model": {"hidden_dim": 128, "depth": 2, "embed_dim": 64, "image_hidden_dim": 128},
-    "train": {"epochs": 4, "batch_size": 128, "queue_size": 256, "lr": 1e-3, "seed": 0},
+    "train": {"epochs": 4, "batch_size": 128, "queue_size": 256, "lr": 1e-3, "seed": 0, "threads": 1},
 }
 
 

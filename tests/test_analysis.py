@@ -745,3 +745,14 @@ def test_analyse_rejects_user_mistakes(tmp_path):
         analyse(tmp_path)
     with pytest.raises(AnalysisError, match="format"):
         analyse(tmp_path, formats=("pdf",))
+
+
+def test_ablation_columns_add_what_the_sampler_did_when_the_trials_report_it():
+    from types import SimpleNamespace
+
+    from analysis.tables import table_metrics
+
+    before = SimpleNamespace(accuracies=ACCS, metrics=[*ACCS, "median_km", "score", "encoder_resolution_km"])
+    assert table_metrics(before) == ["acc_1km", "encoder_resolution_km", *ACCS[1:], "median_km", "score"]
+    sampled = SimpleNamespace(accuracies=ACCS, metrics=[*before.metrics, "negative_min_km", "batch_median_km"])
+    assert table_metrics(sampled)[-2:] == ["batch_median_km", "negative_min_km"]  # the registry's order

@@ -147,6 +147,18 @@ CASES = [
         [],
         "feature_dim 16 differs from the training cache's 8",
     ),
+    (
+        "sampler lists longer than the data",
+        {"base.train.batches": {"type": "gps_neighbours", "range": 2000}},
+        [],
+        "base.train.batches.range: lists of 2000 neighbours need more training images than that",
+    ),
+    (
+        "mined negatives beyond the earth",
+        {"base.train.negatives": {"mined": 4, "near_k": 8, "min_km": 25000}},
+        [],
+        "base.train.negatives.min_km: 25000 km with near_k 8",
+    ),
     ("resume nothing", {}, ["--resume"], "--resume:"),
     ("missing study file", None, [], "nope.yaml: file not found"),
 ]

@@ -50,6 +50,7 @@ def _published_model_on_features(queue_size):
 def test_one_training_step_gives_the_published_loss():
     from geoloc.config import JobConfig, TrainConfig
     from geoloc.graphs import GraphedModules
+    from geoloc.negatives import NegativeDistances
     from geoloc.train import Trainer
 
     batch, queue_size = 16, 32
@@ -80,6 +81,7 @@ def test_one_training_step_gives_the_published_loss():
     trainer.cfg = JobConfig(train=TrainConfig(queue_size=queue_size))
     trainer.model, trainer.device, trainer.generator = ours, torch.device("cpu"), torch.Generator()
     trainer.graphs = GraphedModules({}, enabled=False)
+    trainer.miner, trainer.distances = None, NegativeDistances()  # nothing mined: the published step
     trainer.optimizer = torch.optim.Adam(ours.parameters(), lr=3e-5, weight_decay=1e-6)
     our_loss = float(trainer.train_step(feats, gps))
 

@@ -13,7 +13,7 @@ from geoloc.config import ConfigError, ModelConfig, parse_job
 from geoloc.data import load_data
 from geoloc.folders import TrialFolder
 from geoloc.geo import haversine_km
-from geoloc.metrics import RESOLUTION, MetricRegistry
+from geoloc.metrics import RESOLUTION, SAMPLER_DISTANCES, MetricRegistry
 from geoloc.model import GeoCLIP, LocationEncoder, load_geoclip_weights
 from geoloc.train import Trainer, train
 
@@ -21,7 +21,7 @@ from .conftest import build
 
 PARITY = 1e-5  # tests/test_parity.py: our published encoder against the geoclip package's
 TIMES = ("train_s", "eval_s")  # wall times differ by run
-TRAINING_KEYS = ("train_loss", "lr", "train_s")
+TRAINING_KEYS = ("train_loss", "lr", "train_s", *SAMPLER_DISTANCES)  # of a trained epoch: not in the epoch-0 row
 
 # The published architecture (warm start needs it) on a small offline benchmark of 768-d features.
 WARM = {
@@ -37,14 +37,6 @@ def warm_config(offline_root) -> dict:
     cfg = copy.deepcopy(WARM)
     cfg["data"]["offline"]["root"] = offline_root
     return cfg
-
-
-@pytest.fixture
-def small_config(small_config) -> dict:
-    """conftest's small run on one thread: two threads wait on each other for seconds when other
-    processes hold the cores, and these tests compare runs, not speeds."""
-    small_config["train"]["threads"] = 1
-    return small_config
 
 
 def without_times(row: dict) -> dict:

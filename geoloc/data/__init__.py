@@ -15,6 +15,7 @@ from .cache import DataError, FeatureCache, open_cache
 from .synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
 
 GALLERY_THINNING_SEED = 0  # the same thinned gallery for every trial, so scores compare
+TRAIN_SUBSET_SEED = 0  # the same training subset (data.train_fraction) for every trial of every study
 
 
 @dataclass
@@ -33,7 +34,7 @@ def prepare_offline(cfg: DataConfig) -> Path | None:
 def load_data(cfg: DataConfig) -> Data:
     """Open (memory-map) every cache the configuration names and load its gallery."""
     benchmark = prepare_offline(cfg)
-    train = open_cache(benchmark / "train" if cfg.train == OFFLINE else cfg.train)
+    train = training_subset(open_cache(benchmark / "train" if cfg.train == OFFLINE else cfg.train), cfg.train_fraction)
     val = {}
     for spec in cfg.val:
         cache = open_cache(benchmark / OFFLINE_VAL_SET if spec == OFFLINE else spec)
@@ -48,6 +49,15 @@ def load_data(cfg: DataConfig) -> Data:
             )
         val[name] = cache
     return Data(train, val, load_gallery(cfg, train, benchmark))
+
+
+def training_subset(cache: FeatureCache, fraction: float) -> FeatureCache:
+    """The seeded ``data.train_fraction`` of the training cache (at least one image); the cache itself at 1.0."""
+    if fraction >= 1.0:
+        return cache
+    n = max(1, round(fraction * len(cache)))
+    rows = np.random.default_rng(TRAIN_SUBSET_SEED).choice(len(cache), n, replace=False)
+    return cache.subset(np.sort(rows))
 
 
 def load_gallery(cfg: DataConfig, train: FeatureCache, benchmark: Path | None) -> np.ndarray:

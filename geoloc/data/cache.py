@@ -41,10 +41,36 @@ class FeatureCache:
     features: np.ndarray  # (n, views, feature_dim) float16 memmap
     coords: np.ndarray  # (n, 2) float64
     manifest: dict
+    rows: np.ndarray | None = None  # a subset's rows of ``features`` (``subset``); None: every row, in order
+    source: FeatureCache | None = field(default=None, repr=False, compare=False)  # the whole cache of a subset
     _file: io.RawIOBase | None = field(default=None, init=False, repr=False)  # opened by the first read
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            self.source = self
 
     def __len__(self) -> int:
         return len(self.coords)
+
+    def subset(self, rows: np.ndarray) -> FeatureCache:
+        """The cache of these rows only (sorted row numbers of this cache); nothing is copied from disk."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return FeatureCache(self.path, self.features, self.coords[rows], self.manifest, self._rows(rows), self.source)
+
+    def _rows(self, idx: np.ndarray) -> np.ndarray:
+        """Row numbers of ``features`` for this cache's rows ``idx``."""
+        return np.asarray(idx, dtype=np.int64) if self.rows is None else self.rows[idx]
+
+    def block(self, start: int, stop: int) -> np.ndarray:
+        """Every view of this cache's rows ``start:stop``, (stop - start, views, feature_dim) float16, in memory."""
+        if self.rows is None:
+            return np.array(self.features[start:stop])
+        return self.features[self.rows[start:stop]]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of this cache's features (of its rows only, for a subset)."""
+        return len(self) * self.views * self.feature_dim * self.features.dtype.itemsize
 
     def read(self, idx: np.ndarray, views: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Rows ``features[idx, views]`` as (len(idx), feature_dim) float16, read with ``os.pread``
@@ -57,6 +83,7 @@ class FeatureCache:
         """
         if out is None:
             out = np.empty((len(idx), self.feature_dim), dtype=self.features.dtype)
+        idx = self._rows(idx)
         if not hasattr(os, "pread") or getattr(self.features, "filename", None) is None:  # Windows; in memory
             out[:] = self.features[idx, views]
             return out
