@@ -51,7 +51,7 @@ class NegativeMiner:
         self.pool = np.asarray(pool, dtype=np.float64)
         self.queries = train.coords
         self.pool_t = torch.from_numpy(self.pool).float()  # what the location encoder sees, as the feed's coords
-        self.near_lists = torch.from_numpy(self._near_lists(train).astype(np.int64)) if cfg.near else None
+        self.near_lists = self._near_lists(train) if cfg.near else None  # memory-mapped: shared by seeds and trials
 
     @classmethod
     def for_run(cls, cfg: NegativesConfig, data) -> NegativeMiner:
@@ -75,7 +75,7 @@ class NegativeMiner:
         parts = []
         if n_near:
             ranks = torch.rand(len(idx), self.cfg.near_k, generator=generator).argsort(dim=1)[:, :n_near]
-            parts.append(self.near_lists[torch.from_numpy(idx)].gather(1, ranks))
+            parts.append(torch.from_numpy(self.near_lists[idx].astype(np.int64)).gather(1, ranks))
         if n_far:
             parts.append(self._far(idx, n_far, generator))
         return torch.cat(parts, dim=1)

@@ -30,17 +30,17 @@ from dataclasses import dataclass, field
 import gstools
 import numpy as np
 import pandas as pd
-from scipy.spatial import cKDTree
 from tqdm import tqdm
 
 from .data.cache import FeatureCache
 from .data.derived import cached_json, fingerprint
-from .geo import haversine_km, unit_vectors
+from .geo import haversine_km
+from .neighbours import nearest
 
 SEED = 0  # one sample of pairs for every call: a cache has one semivariogram
 ANCHORS = 4_000  # images sampled as pair ends (all of them in a smaller cache)
 RANDOM_PAIRS = 200_000  # uniform pairs among the anchors (repeats and self-pairs dropped): the long distances
-NEIGHBOURS = 8  # nearest images of each anchor (KD-tree on unit vectors): the short distances
+NEIGHBOURS = 8  # nearest images of each anchor (geoloc.neighbours.nearest): the short distances
 VIEW = 0  # the cached view compared (others are augmentations of the same image)
 
 MIN_KM, MAX_KM = 0.1, 20_000.0  # outer bin edges; pairs closer or farther (antipodes: 20,015 km) are left out
@@ -117,7 +117,7 @@ def sample_pairs(coords: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarr
     n = len(coords)
     anchors = np.sort(rng.choice(n, size=min(n, ANCHORS), replace=False))
     random = anchors[rng.integers(len(anchors), size=(2, RANDOM_PAIRS))]
-    _, near = cKDTree(unit_vectors(coords)).query(unit_vectors(coords[anchors]), k=min(n, NEIGHBOURS + 1))
+    near = nearest(coords[anchors], coords, min(n, NEIGHBOURS + 1))  # each anchor itself among them: dropped below
     near = np.stack(np.broadcast_arrays(anchors[:, None], near)).reshape(2, -1)
     i, j = np.concatenate([random, near], axis=1)
     keep = i != j  # self-pairs (random draws, and each anchor among its own neighbours)
