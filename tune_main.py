@@ -5,7 +5,7 @@
 
 Everything a user can get wrong (study file, data, storage path, resources) is checked before
 any trial starts: exit status 2 and one line naming the key, file or row; nothing is written.
-One launcher runs a study at a time (``geoloc.lock``): a second one exits 2 naming the first.
+One launcher runs a study at a time (``geoloc.tuning.lock``): a second one exits 2 naming the first.
 Interrupted (Ctrl-C, or SIGTERM from ``ray job stop`` or a scheduler), it says how far the study
 got and the command that resumes it, and exits 130.
 """
@@ -30,22 +30,13 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the classic trial table (CLI
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
-from geoloc.config import ConfigError  # noqa: E402
-from geoloc.data import DataError, load_data  # noqa: E402
-from geoloc.folders import Status, StudyFolder, TrialFolder  # noqa: E402
-from geoloc.lock import StudyLock, StudyLocked  # noqa: E402
-from geoloc.metrics import MetricRegistry  # noqa: E402
-from geoloc.study import (  # noqa: E402
-    ChoiceEntry,
-    FixedEntry,
-    IntEntry,
-    StudyConfig,
-    load_study_file,
-    num_trials,
-    resolved_study,
-    trial_config,
-)
-from geoloc.train import prepare_sampling  # noqa: E402
+from geoloc.common.validation import ConfigError  # noqa: E402
+from geoloc.data import DataError  # noqa: E402
+from geoloc.study.folders import Status, StudyFolder, TrialFolder  # noqa: E402
+from geoloc.study.space import ChoiceEntry, FixedEntry, IntEntry
+from geoloc.study.studyfile import StudyConfig, load_study_file, num_trials, resolved_study, trial_config
+from geoloc.tasks import task_of  # noqa: E402
+from geoloc.tuning.lock import StudyLock, StudyLocked  # noqa: E402
 
 INTERRUPTED = 130  # exit status of an interrupted study (128 + SIGINT, as a shell reports Ctrl-C)
 
@@ -122,23 +113,22 @@ def check_study_folder(study_dir: Path, resume: bool) -> None:
 
 
 def check_data(study: StudyConfig) -> None:
-    """Open every cache and gallery once in the driver (building the offline benchmark if named)."""
+    """The task's data built and checked once in the driver, before any trial (``Task.prepare``): the
+    offline benchmark, the caches and the gallery, and what every trial reads beside them."""
     try:
-        data = load_data(study.base.data)
         trial_config(study, {})
-    except (DataError, ConfigError) as e:
+        task_of(study.base).prepare(study.base)
+    except DataError as e:
         raise UsageError(f"data: {e}") from None
-    try:  # the sampler's and miner's files, built once for every trial; a combination the data refuses
-        prepare_sampling(study.base, data)
-    except (DataError, ConfigError) as e:
+    except ConfigError as e:  # a combination of keys that the data refuses (the sampler's lists, say)
         raise UsageError(f"base.{e}") from None
 
 
 def check_optuna(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: list[str]) -> None:
     """--resume: a damaged Optuna storage is named in one line, or rebuilt from the trial folders with
-    --rebuild-optuna (geoloc.recovery). An intact one is not rebuilt: that would only lose what the
+    --rebuild-optuna (geoloc.tuning.recovery). An intact one is not rebuilt: that would only lose what the
     folders lack (the params of a trial asked just before a crash, the samplers' caches)."""
-    from geoloc.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
+    from geoloc.tuning.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
 
     if not args.resume:
         return
@@ -311,13 +301,13 @@ def unfinished(study: StudyConfig, study_dir: Path) -> str | None:
 def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: list[str]) -> int:
     from ray import tune
 
-    from geoloc.tuner import make_tuner
+    from geoloc.tuning.tuner import make_tuner
 
     ray = start_ray(study, args.address)
     folder = StudyFolder(study_dir)
     created = not (study_dir / folder.STUDY).exists()
     folder.write_study(yaml.safe_dump(resolved_study(study), sort_keys=False))
-    registry = MetricRegistry.for_run(study.base)
+    registry = study.registry
     registry.save(folder.path / folder.REGISTRY)
     reporter = tune.CLIReporter(
         metric_columns=registry.progress_columns(), max_report_frequency=10, max_progress_rows=20

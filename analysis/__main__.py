@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from geoloc.folders import Status, TrialFolder
+from geoloc.study.folders import Status, TrialFolder
 
 from .budget import epoch_label
 from .load import AnalysisError

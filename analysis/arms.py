@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import yaml
 
-from geoloc.metrics import RESOLUTION
-from geoloc.validation import get_path
+from geoloc.common.validation import get_path
+from geoloc.tasks.geoclip.metrics import RESOLUTION
 
 from . import compare
 from .budget import Budget

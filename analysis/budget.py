@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import pandas as pd
 from pydantic import ValidationError
 
-from geoloc.folders import Status
-from geoloc.study import SchedulerConfig
+from geoloc.study.folders import Status
+from geoloc.study.studyfile import SchedulerConfig
 
 from .load import START, AnalysisError, Study, values_at
 

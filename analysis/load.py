@@ -1,7 +1,7 @@
 """Read a study directory into DataFrames: one row per trial; per trial and epoch; per trial, seed and
 epoch; and the fine error curves (per trial, seed, epoch, evaluation set and distance).
 
-Only the files the launcher writes are read, through ``geoloc.folders`` (trial records, metrics,
+Only the files the launcher writes are read, through ``geoloc.study.folders`` (trial records, metrics,
 statuses) and ``geoloc.metrics`` (the study's metric registry), so a finished study, a running
 one, or a copy on a laptop all read the same, without Ray or torch. A study that is still
 running is being written while we read it: a half-written last line or status file is skipped
@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoloc.config import DataConfig, EvalConfig
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.metrics import MetricRegistry, eval_set_name
+from geoloc.common.metrics import MetricRegistry
+from geoloc.data.config import DataConfig, eval_set_name
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.tasks.geoclip.config import EvalConfig
 
 NOISE_PARAM = "train.noise.batch_sigma"
 START = 0  # the epoch of the evaluation before training (eval.at_start)

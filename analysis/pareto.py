@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
-from geoloc import pareto as pareto_helpers
-from geoloc.metrics import MetricRegistry
+from geoloc.common.metrics import MetricRegistry
+from geoloc.tuning import pareto as pareto_helpers
 
 from .budget import full_epochs, trials_at
 from .load import Study

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from geoloc.folders import Status, StudyFolder
+from geoloc.study.folders import Status, StudyFolder
 
 from . import budget as budgets
 from . import tables

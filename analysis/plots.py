@@ -19,7 +19,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from geoloc.folders import Status
+from geoloc.study.folders import Status
 
 from .budget import Budget
 from .importance import Importance

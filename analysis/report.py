@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from geoloc.folders import Status
-from geoloc.metrics import RESOLUTION, MetricRegistry
+from geoloc.common.metrics import MetricRegistry
+from geoloc.study.folders import Status
+from geoloc.tasks.geoclip.metrics import RESOLUTION
 
 from .budget import WHOLE, Budget, epoch_label
 from .importance import Importance

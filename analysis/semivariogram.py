@@ -1,6 +1,6 @@
 """``python -m analysis.semivariogram CACHE|offline [--out DIR]``: a feature cache's semivariogram as a CSV and a plot.
 
-The estimate and the fit are ``geoloc.semivariogram``'s (the same numbers a study derives from
+The estimate and the fit are ``geoloc.parts.semivariogram``'s (the same numbers a study derives from
 the cache); this module only draws and writes them. Everything is computed and the figure
 rendered in memory before the first file is written, and each file is written under a temporary
 name and renamed, so bad input or a crash leaves no half-written output.
@@ -17,11 +17,11 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from geoloc.atomic import write_bytes, write_text
-from geoloc.config import OFFLINE, OfflineBenchmarkConfig
+from geoloc.common.atomic import write_bytes, write_text
 from geoloc.data.cache import DataError, FeatureCache, open_cache
+from geoloc.data.config import OFFLINE, OfflineBenchmarkConfig
 from geoloc.data.synthetic import benchmark_dir, build_offline_benchmark
-from geoloc.semivariogram import PRACTICAL_RANGE, Semivariogram, SemivariogramError, estimate_semivariogram
+from geoloc.parts.semivariogram import PRACTICAL_RANGE, Semivariogram, SemivariogramError, estimate_semivariogram
 
 CSV, PNG = "semivariogram.csv", "semivariogram.png"
 DPI = 110

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoloc.metrics import RESOLUTION, SAMPLER_DISTANCES
+from geoloc.parts.config import SAMPLER_DISTANCES
+from geoloc.tasks.geoclip.metrics import RESOLUTION
 
 from .budget import Budget, start_units
 from .load import Study

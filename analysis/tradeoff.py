@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from geoloc import pareto as pareto_helpers
+from geoloc.tuning import pareto as pareto_helpers
 
 from .budget import Budget, rungs, trials_at
 from .load import NOISE_PARAM, Study
@@ -234,7 +234,7 @@ def fronts(study: Study) -> dict[str, dict[str, str]]:
 
 def pareto_mask(values: pd.DataFrame, objectives: dict[str, str]) -> np.ndarray:
     """True for rows no other row dominates (at least as good in every objective, better in one):
-    ``geoloc.pareto.pareto_mask`` on the ``objectives`` columns, {metric: "max"|"min"}."""
+    ``geoloc.tuning.pareto.pareto_mask`` on the ``objectives`` columns, {metric: "max"|"min"}."""
     return pareto_helpers.pareto_mask(
         values[list(objectives)].to_numpy(float), [how == "max" for how in objectives.values()]
     )

@@ -1,4 +1,4 @@
-"""Evaluation: ``geoloc.evaluate.Evaluator`` versus the published ``geoclip.train.eval.eval_images``.
+"""Evaluation: ``geoloc.tasks.geoclip.evaluate.Evaluator`` versus the published ``geoclip.train.eval.eval_images``.
 
 Same model (published weights), same validation features, same gallery, batch 128 for both.
 The published evaluation re-encodes the whole gallery for every batch and measures errors with
@@ -16,7 +16,7 @@ each accuracy may differ only by samples whose error lies within 0.6% of the thr
 sphere differs from the WGS84 geodesic by at most ~0.56%) or whose prediction differs.
 
 Also measured: what the Trainer adds to each evaluation, the fine error curve
-(``accuracy_curve``) and the location-encoder sharpness probe (``geoloc.resolution``), against
+(``accuracy_curve``) and the location-encoder sharpness probe (``geoloc.tasks.geoclip.resolution``), against
 the evaluation alone, at the sizes of ``studies/quickstart.yaml`` on the offline benchmark and
 at the published sizes above. There, agreement means that the evaluation is the same with and
 without the additions, the curve equals ``acc_<t>km`` at the thresholds, and the probe gives
@@ -36,15 +36,17 @@ from unittest import mock
 import numpy as np
 import torch
 
-from geoloc.config import EvalConfig, JobConfig, ModelConfig, deep_merge, parse_job
+from geoloc.common.metrics import accuracy_key
+from geoloc.common.validation import deep_merge
 from geoloc.data.cache import CacheWriter, FeatureCache, open_cache
 from geoloc.data.synthetic import geoclip_gallery_coords
-from geoloc.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metrics, curve_thresholds
 from geoloc.geo import displace, haversine_km
-from geoloc.metrics import accuracy_key
-from geoloc.model import GeoCLIP
-from geoloc.precision import precision
-from geoloc.resolution import BEARINGS, PROBE_KM, ResolutionProbe
+from geoloc.parts.precision import precision
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.config import EvalConfig, JobConfig, ModelConfig
+from geoloc.tasks.geoclip.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metrics, curve_thresholds
+from geoloc.tasks.geoclip.model import GeoCLIP
+from geoloc.tasks.geoclip.resolution import BEARINGS, PROBE_KM, ResolutionProbe
 
 from .common import (
     Result,

@@ -134,13 +134,13 @@ def epoch_comparison(
     import geoclip
     from geoclip.train.dataloader import GeoDataLoader, img_train_transform
 
-    from geoloc.config import parse_job
     from geoloc.data import Data
     from geoloc.data.backbone import load_backbone
     from geoloc.data.cache import open_cache
     from geoloc.data.features import extract
     from geoloc.data.request import ExtractionRequest
-    from geoloc.train import Trainer
+    from geoloc.study.config import parse_job
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     log(f"epoch comparison: extracting the cache once ({model}, {views} + 1 views)")
     stats: dict = {}

@@ -1,12 +1,12 @@
 """Location encoder: ours versus the published one, and bf16 autocast versus fp32.
 
 1. Forward + backward of batch + queue coordinates at the published sizes (512 + 4096 = 4608
-   coordinates, drawn from the published 100K gallery) through ``geoloc.model.LocationEncoder``
+   coordinates, drawn from the published 100K gallery) through ``geoloc.tasks.geoclip.model.LocationEncoder``
    and ``geoclip.LocationEncoder``, both with the published weights. In fp32 the outputs must
    agree to 1e-5 (and the weight gradients closely).
 2. The same for ours under ``torch.autocast("cpu", dtype=torch.bfloat16)``, as the trainer runs
    it with ``train.precision: bf16`` (the random Fourier features stay in fp32), and, to show
-   what that rule buys, with the Fourier features in bf16 as ``geoloc.model`` computed them
+   what that rule buys, with the Fourier features in bf16 as ``geoloc.tasks.geoclip.model`` computed them
    before (patched in by ``common.bf16_fourier_features``).
 3. (Full mode only.) The accuracy cost: the quickstart-size model trained on the offline
    benchmark for 3 seeds per precision.
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.config import parse_job
 from geoloc.data.synthetic import geoclip_gallery_coords
-from geoloc.model import LocationEncoder
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.model import LocationEncoder
 
 from .common import Result, bf16_fourier_features, interleave, log, median, paired_speedup, spread, table
 
@@ -142,7 +142,7 @@ ours fp32. Output scale: max |output| = {reference.abs().max():.3f}.
 fp32, ours vs published: max abs output difference {out_dev:.1e} (limit 1e-5), largest relative
 weight-gradient difference {grad_dev:.1e}. {summary}.
 
-Under bf16 autocast `geoloc.model` keeps the Fourier features (`v @ b.T`, cos, sin) in fp32. The
+Under bf16 autocast `geoloc.tasks.geoclip.model` keeps the Fourier features (`v @ b.T`, cos, sin) in fp32. The
 last row of each group shows why: computed in bf16, the sigma=256 branch's phases (|b| up to
 ~1000, so ~2*pi*1000 rad) lose whole radians to bf16's 8-bit mantissa and its cos/sin become noise
 (the large deviation and low cosine). Keeping them in fp32 costs one {n_coords} x 2 x 256 product per branch.
@@ -168,8 +168,8 @@ QUICKSTART = {
 
 def accuracy_cost(seeds: int = 3, epochs: int = 3, overrides: dict | None = None) -> tuple[str, dict]:
     """Train the quickstart-size model per precision and seed (interleaved by seed); final-epoch metrics."""
-    from geoloc.config import deep_merge
-    from geoloc.train import Trainer
+    from geoloc.common.validation import deep_merge
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     runs: dict[str, list[dict]] = {name: [] for name in PRECISIONS}
     for seed in range(seeds):

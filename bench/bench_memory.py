@@ -102,8 +102,8 @@ class PeakSampler(threading.Thread):
 def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> dict:
     import torch
 
-    from geoloc.config import parse_job
-    from geoloc.train import Trainer
+    from geoloc.study.config import parse_job
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     sampler = PeakSampler()
     baseline_kb = _status_kb("VmRSS")

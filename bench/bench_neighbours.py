@@ -1,4 +1,4 @@
-"""Neighbour lists and batches for Sample4Geo-style hard negatives (``geoloc.neighbours``).
+"""Neighbour lists and batches for Sample4Geo-style hard negatives (``geoloc.parts.neighbours``).
 
 (a) GPS lists: ``nearest(coords, coords, 128, exclude_self=True)`` for 1M training coordinates
     (the published 100K MP-16 gallery repeated ten times, each copy moved by 1 km GPS noise, so
@@ -28,7 +28,7 @@ import torch
 
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.geo import gps_noise, haversine_km
-from geoloc.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
 
 from .common import Result, interleave, log, median, paired_speedup, spread, table, timed, timed_cpu
 

@@ -4,7 +4,7 @@ One search space, three ways to spend epochs on it, each run through ``tune_main
 real Optuna storage) on the offline benchmark at the quickstart's sizes, once per study seed:
 
 - MOASHA: ``objective: {type: pareto, metrics: [acc_1km, acc_2500km]}`` with
-  ``scheduler.type: moasha`` (promotion by non-dominated rank, ``geoloc.moasha``);
+  ``scheduler.type: moasha`` (promotion by non-dominated rank, ``geoloc.tuning.moasha``);
 - random search with the same epoch budget: as many full-length trials as the MOASHA run of that
   seed spent epochs on, no early stopping;
 - ASHA on the weighted score (the single-objective study of today), as many trials as MOASHA.

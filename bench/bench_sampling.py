@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoloc.config import parse_job
 from geoloc.data import Data
 from geoloc.data.cache import FeatureCache
 from geoloc.data.synthetic import geoclip_gallery_coords
-from geoloc.model import GeoCLIP
-from geoloc.negatives import NegativeDistances
-from geoloc.neighbours import nearest, neighbour_batches, similarity_lists
-from geoloc.train import Trainer
+from geoloc.parts.negatives import NegativeDistances
+from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.model import GeoCLIP
+from geoloc.tasks.geoclip.trainer import Trainer
 
 from .common import Result, interleave, log, median, paired_speedup, spread, table, timed
 

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.config import parse_job
 from geoloc.data import Data
 from geoloc.data.cache import FeatureCache
 from geoloc.data.synthetic import geoclip_gallery_coords
-from geoloc.train import Trainer
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.trainer import Trainer
 
 from .common import Result, interleave, log, median, paired_speedup, spread, table
 

@@ -39,7 +39,7 @@ class Result:
 
 def set_threads() -> int:
     """Torch threads as a trial gets them (``OMP_NUM_THREADS``, else every CPU it may run on)."""
-    from geoloc.train import cpu_share
+    from geoloc.common.devices import cpu_share
 
     n = cpu_share()
     torch.set_num_threads(n)
@@ -198,7 +198,7 @@ def run_study(spec: dict, storage: Path):
 
 @contextlib.contextmanager
 def bf16_fourier_features():
-    """The location encoder's random Fourier features as ``geoloc.model`` computed them before it
+    """The location encoder's random Fourier features as ``geoloc.tasks.geoclip.model`` computed them before it
     kept them in fp32: under bf16 autocast, ``v @ b.T`` then runs in bf16.
 
     With the sigma=256 branch the phases reach about 2*pi*1000 radians, where bf16 (8
@@ -207,7 +207,7 @@ def bf16_fourier_features():
     """
     import math
 
-    from geoloc.model import GaussianFourierFeatures
+    from geoloc.tasks.geoclip.model import GaussianFourierFeatures
 
     def forward(self, v):
         vp = 2 * math.pi * v @ self.b.T

@@ -105,7 +105,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from geoloc.precision import tf32  # torch alone: importable before the wheels are installed
+from geoloc.parts.precision import tf32  # torch alone: importable before the wheels are installed
 
 from .common import interleave, median, paired_speedup, table
 
@@ -271,8 +271,8 @@ def product_modules() -> None:
     import geoloc.data.backbone  # noqa: F401
     import geoloc.data.cache  # noqa: F401
     import geoloc.data.synthetic  # noqa: F401
-    import geoloc.evaluate  # noqa: F401
     import geoloc.geo  # noqa: F401
+    import geoloc.tasks.geoclip.evaluate  # noqa: F401
     import geoloc.train  # noqa: F401
 
 
@@ -595,7 +595,7 @@ class Context:
 
 
 def job(sizes: Sizes, precision: str, device: str, batch: int | None = None, queue: int | None = None, **train):
-    from geoloc.config import parse_job
+    from geoloc.study.config import parse_job
 
     train = {
         "batch_size": batch or sizes.batch,
@@ -609,7 +609,7 @@ def job(sizes: Sizes, precision: str, device: str, batch: int | None = None, que
 
 
 def new_trainer(cfg, data, gpu_share: float = 1.0):
-    from geoloc.train import Trainer
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     return Trainer(cfg, data, gpu_share=gpu_share)
 
@@ -1016,9 +1016,9 @@ def check_eval_1m(ctx: Context) -> Row:
 def _trial_process(rank: int, spec: dict, barrier, results) -> None:
     """One training process of the memory and packing checks (spawned): warm-up epoch, barrier, timed epochs."""
     try:
-        from geoloc.config import parse_job
         from geoloc.data import Data
         from geoloc.data.cache import open_cache
+        from geoloc.study.config import parse_job
 
         device = torch.device(spec["device"])
         data = Data(
@@ -1049,7 +1049,7 @@ def _trial_process(rank: int, spec: dict, barrier, results) -> None:
 
 def run_processes(ctx: Context, k: int, batch: int, queue: int, epochs: int, timeout: float) -> list[dict]:
     """``k`` training processes at once on the device; each one's report (start, end, steps, memory)."""
-    from geoloc.train import cpu_share
+    from geoloc.common.devices import cpu_share
 
     ctx.data()
     threads = max(1, cpu_share() // k)

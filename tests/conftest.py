@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from geoloc.config import JobConfig, parse_job
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.config import GeoCLIPConfig
 
 # Small enough for a few seconds per epoch on 2 cores, big enough that learning shows. One torch thread:
 # two threads wait on each other for seconds while the tests that start Ray hold the cores, and these
@@ -58,7 +59,7 @@ def offline_root(tmp_path_factory):
 
 @pytest.fixture
 def small_config(offline_root) -> dict:
-    """The small run as plain data (tests change it before building a JobConfig)."""
+    """The small run as plain data (tests change it before building a GeoCLIPConfig)."""
     import copy
 
     cfg = copy.deepcopy(SMALL)
@@ -66,7 +67,7 @@ def small_config(offline_root) -> dict:
     return cfg
 
 
-def build(data: dict) -> JobConfig:
+def build(data: dict) -> GeoCLIPConfig:
     return parse_job(data)
 
 

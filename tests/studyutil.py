@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from geoloc.folders import StatusRecord, StudyFolder, TrialFolder
+from geoloc.study.folders import StatusRecord, StudyFolder, TrialFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 

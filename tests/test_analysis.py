@@ -36,8 +36,8 @@ import pytest
 import yaml
 
 from analysis import AnalysisError, analyse, read_study
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.metrics import MetricRegistry
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 SIGMAS = [0.0, 0.15, 0.3]
 SEEDS = [0, 1, 2]
@@ -126,7 +126,7 @@ def build_known(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     study = StudyFolder(root)
     study.write_study("name: known-answer\n")
-    MetricRegistry.build(THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
+    geoclip_registry(THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
     study.optuna_db.write_bytes(b"not a database: must not be needed")
     (root / "basic-variant-state-2025.json").write_text("{}")
     (root / "not_a_trial").mkdir()
@@ -604,7 +604,7 @@ def build_other(root: Path, with_registry: bool) -> Path:
     base = {"eval": {"thresholds_km": OTHER_THRESHOLDS}, "data": {"val": ["offline", "/data/caches/im2gps3k"]}}
     StudyFolder(root).write_study(yaml.safe_dump({"name": "other-thresholds", "base": base}))
     if with_registry:
-        MetricRegistry.build(OTHER_THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
+        geoclip_registry(OTHER_THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
     for k in range(4):
         write_trial(
             root,

@@ -26,8 +26,8 @@ from scipy import stats
 from analysis import analyse, read_study
 from analysis import budget as budgets
 from analysis.__main__ import main
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.metrics import MetricRegistry
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 SIGMA = "train.noise.batch_sigma"
 LR = "train.lr"
@@ -55,11 +55,11 @@ def row(epoch: int, acc1: float, acc25: float, loss: float, resolution: float = 
 def write_study(root, spec: dict, eval_sets=("val",)):
     root.mkdir(parents=True)
     StudyFolder(root).write_study(yaml.safe_dump(spec))
-    MetricRegistry.build(THRESHOLDS, list(eval_sets)).save(root / StudyFolder.REGISTRY)
+    geoclip_registry(THRESHOLDS, list(eval_sets)).save(root / StudyFolder.REGISTRY)
 
 
 def write_trial(root, number: int, params: dict, status: StatusRecord, rows, seeds=None, curves=(), seed=None):
-    """A trial folder through geoloc.folders: metrics.jsonl rows, optionally seeds.jsonl rows and
+    """A trial folder through geoloc.study.folders: metrics.jsonl rows, optionally seeds.jsonl rows and
     curves.jsonl rows, and config.json naming the trial's train.seed."""
     trial = TrialFolder(root / f"trial_{number:03d}")
     trial.path.mkdir()

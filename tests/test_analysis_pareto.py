@@ -38,8 +38,8 @@ import yaml
 
 from analysis import analyse, read_study
 from analysis.pareto import front, reference_point
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.metrics import MetricRegistry
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 LR = "train.lr"
@@ -77,7 +77,7 @@ def build(root, objective: dict | None) -> StudyFolder:
     root.mkdir(parents=True)
     spec = {"name": "front", "base": {"train": {"epochs": EPOCHS}}, "scheduler": {"type": "asha"}}
     StudyFolder(root).write_study(yaml.safe_dump({**spec, **({"objective": objective} if objective else {})}))
-    MetricRegistry.build([1, 2500], ["val"]).save(root / StudyFolder.REGISTRY)
+    geoclip_registry([1, 2500], ["val"]).save(root / StudyFolder.REGISTRY)
     for number, (status, ran, last, val_loss) in TRIALS.items():
         trial = TrialFolder(root / f"trial_{number}")
         trial.path.mkdir()
@@ -158,7 +158,7 @@ def test_a_score_study_gains_no_pareto_output(tmp_path, objective):
 
 
 def test_reference_point_rule():
-    registry = MetricRegistry.build([1, 2500], ["val"])
+    registry = geoclip_registry([1, 2500], ["val"])
     values = np.array([[0.1, 3.0, 500.0], [0.2, 2.5, np.nan], [0.3, np.nan, 700.0]])
     # acc_1km: a fraction, maximised: 0; val_loss and median_km: minimised, the worst (largest) observed.
     assert reference_point(registry, ["acc_1km", "val_loss", "median_km"], values).tolist() == [0.0, 3.0, 700.0]

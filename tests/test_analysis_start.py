@@ -27,7 +27,7 @@ import pytest
 
 from analysis import AnalysisError, analyse, read_study
 from analysis.tables import START_LABEL
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
 
 from .test_analysis_budget import SIGMA, build_asha, build_seeded, row, write_trial
 

@@ -10,7 +10,7 @@ import pytest
 
 import tune_main
 from geoloc.data.cache import CacheWriter
-from geoloc.folders import StudyFolder
+from geoloc.study.folders import StudyFolder
 
 from .studyutil import TINY_STUDY, write_study
 

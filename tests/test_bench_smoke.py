@@ -146,7 +146,7 @@ def test_gpu_packing_studies_are_valid(level, tmp_path):
     """The GPU side cannot run on a machine without one; its study files must still validate."""
     import yaml
 
-    from geoloc.study import load_study_file
+    from geoloc.study.studyfile import load_study_file
 
     path = tmp_path / "packing.yaml"
     path.write_text(yaml.safe_dump(bench_packing.study_spec(level, gpu=True, quick=False)))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from geoloc.folders import Status, StudyFolder, TrialFolder
+from geoloc.study.folders import Status, StudyFolder, TrialFolder
 
 from .studyutil import ROOT, TINY_STUDY, ended, optuna_trials, read_metrics, read_status, trial_dirs, write_study
 from .test_figures_unchanged import FIGURES, NOT_FIGURES, as_recorded, studies

@@ -6,8 +6,9 @@ import pydantic
 import pytest
 import yaml
 
-from geoloc.config import ConfigError, parse_job
-from geoloc.study import load_study_file, resolved_study
+from geoloc.common.validation import ConfigError
+from geoloc.study.config import parse_job
+from geoloc.study.studyfile import load_study_file, resolved_study
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.yaml"))
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from geoloc.folders import StudyFolder
+from geoloc.study.folders import StudyFolder
 
 from .studyutil import TINY_STUDY, tune_main, write_study
 

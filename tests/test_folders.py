@@ -1,4 +1,4 @@
-"""The study and trial folder contract (geoloc/folders.py) and the metric registry (geoloc/metrics.py)."""
+"""The study and trial folder contract (geoloc/study/folders.py) and the metric registry (geoloc/metrics.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from geoloc.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.metrics import MetricRegistry
+from geoloc.common.metrics import MetricRegistry
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 
 def test_metrics_log_tolerates_a_torn_line_and_the_later_line_of_an_epoch_wins(tmp_path):
@@ -74,7 +75,7 @@ def test_study_folder_lists_trials_by_their_trial_json(tmp_path):
 
 
 def test_registry_follows_the_thresholds_and_evaluation_sets(tmp_path):
-    registry = MetricRegistry.build([100, 0.5, 10], ["val", "yfcc4k"])
+    registry = geoclip_registry([100, 0.5, 10], ["val", "yfcc4k"])
     assert registry.accuracies() == ["acc_0.5km", "acc_10km", "acc_100km"]
     assert registry.accuracies("yfcc4k") == ["yfcc4k_acc_0.5km", "yfcc4k_acc_10km", "yfcc4k_acc_100km"]
     assert registry.ceilings() == ["ceiling_0.5km", "ceiling_10km", "ceiling_100km"]

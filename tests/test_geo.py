@@ -72,7 +72,7 @@ def test_check_coordinates_names_the_row(bad):
 
 
 def test_nearest_gallery_distance_equals_the_brute_force_minimum():
-    from geoloc.evaluate import nearest_distance_km
+    from geoloc.tasks.geoclip.evaluate import nearest_distance_km
 
     rng = np.random.default_rng(2)
     gallery = rng.uniform([-90, -180], [90, 180], size=(3000, 2))

@@ -12,12 +12,13 @@ import torch.nn.functional as F
 import yaml
 from torch.overrides import TorchFunctionMode
 
-from geoloc.config import ConfigError
-from geoloc.feed import Feed
-from geoloc.model import GaussianFourierFeatures
-from geoloc.precision import exact_fp32, precision
-from geoloc.study import StudyConfig, load_study_file
-from geoloc.train import Trainer, train
+from geoloc.common.validation import ConfigError
+from geoloc.parts.feed import Feed
+from geoloc.parts.precision import exact_fp32, precision
+from geoloc.run.loop import train
+from geoloc.study.studyfile import StudyConfig, load_study_file
+from geoloc.tasks.geoclip.model import GaussianFourierFeatures
+from geoloc.tasks.geoclip.trainer import Trainer
 
 from .conftest import build
 

@@ -1,4 +1,4 @@
-"""The study lock (``geoloc.lock``) against real holders in other processes, on this host and "another"."""
+"""The study lock (``geoloc.tuning.lock``) against real holders in other processes, on this host and "another"."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from geoloc import lock as study_lock
-from geoloc.lock import StudyLock, StudyLocked
+from geoloc.tuning import lock as study_lock
+from geoloc.tuning.lock import StudyLock, StudyLocked
 
 from .studyutil import ROOT
 

@@ -11,11 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from geoloc.config import ConfigError, LossConfig, parse_job
+from geoloc.common.validation import ConfigError
 from geoloc.geo import haversine_km
-from geoloc.losses import training_loss
-from geoloc.negatives import NegativeDistances
-from geoloc.train import Trainer, main, train
+from geoloc.parts.config import LossConfig
+from geoloc.parts.losses import training_loss
+from geoloc.parts.negatives import NegativeDistances
+from geoloc.run.loop import train
+from geoloc.study.config import parse_job
+from geoloc.tasks.geoclip.trainer import Trainer
+from geoloc.train import main
 
 from .conftest import build
 
@@ -143,7 +147,7 @@ def test_no_mined_negative_within_min_km_in_a_whole_epoch(small_config, pool):
 
 
 def test_min_km_semivariogram_is_the_fitted_range_of_the_whole_training_cache(small_config):
-    from geoloc.semivariogram import fitted_range_km
+    from geoloc.parts.semivariogram import fitted_range_km
 
     small_config["data"]["train_fraction"] = 0.5  # the range is the whole cache's, not the subset's
     trainer = Trainer(build(mining_config(small_config, min_km="semivariogram")))
@@ -213,7 +217,7 @@ def test_gps_neighbour_batches_hold_every_image_once_and_close_places(small_conf
 
 
 def test_similarity_lists_switch_on_and_refresh_on_schedule(small_config, monkeypatch):
-    import geoloc.sampler as sampler_module
+    import geoloc.parts.sampler as sampler_module
 
     small_config["train"]["batches"] = {
         "type": "similarity",
@@ -284,10 +288,10 @@ def test_resume_is_exact_with_every_sampler(small_config, tmp_path, sampler):
 
 def test_lists_are_built_once_beside_the_cache_and_shared(small_config, monkeypatch):
     """The launcher's prepare_sampling builds the lists; every later trainer reads the same files."""
-    import geoloc.negatives
-    import geoloc.sampler
+    import geoloc.parts.negatives
+    import geoloc.parts.sampler
     from geoloc.data import load_data
-    from geoloc.train import prepare_sampling
+    from geoloc.tasks.geoclip.trainer import prepare_sampling
 
     small_config["train"]["batches"] = {"type": "gps_neighbours", "neighbours": 8, "draw": 8, "range": 24}
     small_config["train"]["negatives"] = {"mined": 4, "near_k": 11, "min_km": 3.0}
@@ -300,8 +304,8 @@ def test_lists_are_built_once_beside_the_cache_and_shared(small_config, monkeypa
     def rebuilt(*args, **kwargs):
         raise AssertionError("a trial built the lists again")
 
-    monkeypatch.setattr(geoloc.sampler, "nearest", rebuilt)
-    monkeypatch.setattr(geoloc.negatives, "nearest", rebuilt)
+    monkeypatch.setattr(geoloc.parts.sampler, "nearest", rebuilt)
+    monkeypatch.setattr(geoloc.parts.negatives, "nearest", rebuilt)
     first, second = Trainer(cfg), Trainer(cfg)
     assert np.array_equal(first.sampler.gps_lists, second.sampler.gps_lists)
     assert np.array_equal(first.miner.near_lists, second.miner.near_lists)
@@ -343,7 +347,7 @@ BAD = [
 def test_bad_combinations_exit_2_with_one_line(small_config, tmp_path, capsys, changes, expected):
     import yaml
 
-    from geoloc.config import deep_merge
+    from geoloc.common.validation import deep_merge
 
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(deep_merge(small_config, changes)))

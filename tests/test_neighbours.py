@@ -1,4 +1,5 @@
-"""geoloc.neighbours against brute force (all-pairs haversine, all-pairs dot products) and its batch specification."""
+"""geoloc.parts.neighbours against brute force (all-pairs haversine, all-pairs dot products) and its batch
+specification."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import pytest
 import torch
 from scipy.spatial import cKDTree
 
-from geoloc import neighbours
 from geoloc.geo import displace, haversine_km, unit_vectors
-from geoloc.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.parts import neighbours
+from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
 
 
 def sphere_points(n: int, seed: int) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""geoloc.pareto and the MOASHA scheduler against answers worked out by hand.
+"""geoloc.tuning.pareto and the MOASHA scheduler against answers worked out by hand.
 
 Every expected value below is derived in a comment from the planted numbers, not computed by the
 code under test. The scheduler is driven through Ray Tune's interface with real ``Trial`` objects,
@@ -18,8 +18,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-from geoloc.moasha import MOASHAScheduler
-from geoloc.pareto import (
+from geoloc.tuning.moasha import MOASHAScheduler
+from geoloc.tuning.pareto import (
     crowding_distance,
     hypervolume,
     hypervolume_history,

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from geoloc.config import EvalConfig, ModelConfig
-from geoloc.evaluate import accuracy_metrics
 from geoloc.geo import haversine_km
-from geoloc.model import GeoCLIP, LocationEncoder
+from geoloc.tasks.geoclip.config import EvalConfig, ModelConfig
+from geoloc.tasks.geoclip.evaluate import accuracy_metrics
+from geoloc.tasks.geoclip.model import GeoCLIP, LocationEncoder
 
 geoclip = pytest.importorskip("geoclip")
 
@@ -48,10 +48,10 @@ def _published_model_on_features(queue_size):
 
 
 def test_one_training_step_gives_the_published_loss():
-    from geoloc.config import JobConfig, TrainConfig
-    from geoloc.graphs import GraphedModules
-    from geoloc.negatives import NegativeDistances
-    from geoloc.train import Trainer
+    from geoloc.parts.graphs import GraphedModules
+    from geoloc.parts.negatives import NegativeDistances
+    from geoloc.tasks.geoclip.config import GeoCLIPConfig, TrainConfig
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     batch, queue_size = 16, 32
     rng = np.random.default_rng(0)
@@ -78,7 +78,7 @@ def test_one_training_step_gives_the_published_loss():
     ours.load_geoclip_weights()
     ours.queue.push(queue)
     trainer = Trainer.__new__(Trainer)  # the step alone, without data loading
-    trainer.cfg = JobConfig(train=TrainConfig(queue_size=queue_size))
+    trainer.cfg = GeoCLIPConfig(train=TrainConfig(queue_size=queue_size))
     trainer.model, trainer.device, trainer.generator = ours, torch.device("cpu"), torch.Generator()
     trainer.graphs = GraphedModules({}, enabled=False)
     trainer.miner, trainer.distances = None, NegativeDistances()  # nothing mined: the published step

@@ -17,16 +17,20 @@ import pytest
 import torch
 from PIL import Image
 
-from geoloc.config import ConfigError, DataConfig, JobConfig, parse_job
+from geoloc.common.validation import ConfigError
 from geoloc.data import Data, load_data
 from geoloc.data.cache import CacheWriter, DataError, open_cache
+from geoloc.data.config import DataConfig
 from geoloc.data.features import extract
 from geoloc.data.images import read_dataset
 from geoloc.data.request import ExtractionRequest
-from geoloc.evaluate import accuracy_metrics
-from geoloc.folders import TrialFolder
 from geoloc.geo import haversine_km
-from geoloc.train import Trainer, train
+from geoloc.run.loop import train
+from geoloc.study.config import parse_job
+from geoloc.study.folders import TrialFolder
+from geoloc.tasks.geoclip.config import GeoCLIPConfig
+from geoloc.tasks.geoclip.evaluate import accuracy_metrics
+from geoloc.tasks.geoclip.trainer import Trainer
 
 TINY_VIT = {
     "embed_dim": 32,
@@ -89,7 +93,7 @@ def caches(dataset, tiny_vit):
     return {"train": train_cache, "eval": eval_cache}
 
 
-def run_config(caches, **data) -> JobConfig:
+def run_config(caches, **data) -> GeoCLIPConfig:
     return parse_job(
         {
             "data": {"train": str(caches["train"]), "val": [str(caches["eval"])], "gallery": "train", **data},
@@ -610,7 +614,7 @@ def random_cache(path: Path, n: int, views: int, dim: int, seed: int = 0) -> Pat
 
 
 def test_warm_start_loads_the_published_weights(tmp_path):
-    from geoloc.model import load_geoclip_weights
+    from geoloc.tasks.geoclip.model import load_geoclip_weights
 
     cache = open_cache(random_cache(tmp_path / "c768", 64, 2, 768))
     data = Data(cache, {"val": cache}, cache.coords)

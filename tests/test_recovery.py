@@ -1,5 +1,5 @@
 """A damaged Optuna storage: recognised in one line, and the study's record rebuilt from its trial folders
-(geoloc/recovery.py). Real SQLite storages written by the real searcher; the last test runs real studies."""
+(geoloc/tuning/recovery.py). Real SQLite storages written by the real searcher; the last test runs real studies."""
 
 from __future__ import annotations
 
@@ -22,10 +22,11 @@ import psutil
 import pytest
 
 import tune_main
-from geoloc.folders import Status, StatusRecord, StudyFolder
-from geoloc.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
-from geoloc.searcher import WORKER_FAILED, OptunaStudySearcher, enqueued
-from geoloc.study import load_study_file, num_trials
+from geoloc.study.folders import Status, StatusRecord, StudyFolder
+from geoloc.study.studyfile import load_study_file, num_trials
+from geoloc.tuning.optuna_trials import WORKER_FAILED, enqueued
+from geoloc.tuning.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
+from geoloc.tuning.searcher import OptunaStudySearcher
 
 from .studyutil import TINY_STUDY, read_metrics, read_status, start_study, trial_dirs, write_study
 from .studyutil import tune_main as run_tune_main

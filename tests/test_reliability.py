@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from geoloc.folders import Status, StudyFolder, TrialFolder
+from geoloc.study.folders import Status, StudyFolder, TrialFolder
 
 from .studyutil import (
     TINY_STUDY,
@@ -103,7 +103,7 @@ def check_pareto_record(study_dir: Path, trials: list[Path], launcher_output: st
     values; the launcher printed the Pareto set of the trials that ran every epoch."""
     import optuna
 
-    from geoloc.pareto import pareto_mask
+    from geoloc.tuning.pareto import pareto_mask
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     record = optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url)
@@ -129,8 +129,8 @@ def check_pareto_record(study_dir: Path, trials: list[Path], launcher_output: st
 def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, offline_root_session):
     """``search.seeds: 3`` under ASHA: each trial trains three seeds in lock-step and reports their mean
     to Ray and Optuna; a worker killed mid-epoch resumes all three exactly where they were."""
-    from geoloc.study import load_study_file, trial_config
-    from geoloc.train import train
+    from geoloc.run.loop import train
+    from geoloc.study.studyfile import load_study_file, trial_config
 
     study = copy.deepcopy(TINY_STUDY)
     study["search"] = {"algorithm": "random", "num_samples": 2, "max_concurrent": 2, "seeds": 3}

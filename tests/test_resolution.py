@@ -1,4 +1,4 @@
-"""The location-encoder sharpness probe (geoloc.resolution): the half-decay distance on planted
+"""The location-encoder sharpness probe (geoloc.tasks.geoclip.resolution): the half-decay distance on planted
 curves, on encoders of known scale, on the published encoder, and its side effects (none)."""
 
 import importlib.util
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from geoloc.config import ModelConfig
-from geoloc.model import GeoCLIP
-from geoloc.resolution import PROBE_KM, ResolutionProbe, half_decay_km
+from geoloc.tasks.geoclip.config import ModelConfig
+from geoloc.tasks.geoclip.model import GeoCLIP
+from geoloc.tasks.geoclip.resolution import PROBE_KM, ResolutionProbe, half_decay_km
 
 FAR = 0.3  # s_far of the planted curves
 # Looked up, not imported: importing geoclip pulls in transformers (seconds); only its files are used.

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from analysis.semivariogram import CSV, PNG, main
-from geoloc import semivariogram as sv
 from geoloc.data.cache import CacheWriter, open_cache
 from geoloc.data.derived import FOLDER
+from geoloc.parts import semivariogram as sv
 
 LENGTHS_KM = (100.0, 300.0)  # two known lengths, so that an estimator with a constant answer fails
 NUGGET_STD = 0.5  # white noise per feature: a nugget of 0.25 on a field of variance 1

@@ -22,7 +22,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from geoloc.folders import Status, StudyFolder
+from geoloc.study.folders import Status, StudyFolder
 
 from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, write_study
 

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from geoloc.folders import TrialFolder
-from geoloc.model import GPSQueue
-from geoloc.train import DivergenceError, Trainer, train
+from geoloc.parts.resumable import DivergenceError
+from geoloc.run.loop import train
+from geoloc.study.folders import TrialFolder
+from geoloc.tasks.geoclip.model import GPSQueue
+from geoloc.tasks.geoclip.trainer import Trainer
 
 from .conftest import build
 
@@ -110,7 +112,7 @@ def test_checkpoint_of_another_model_is_refused(small_config, tmp_path):
     trainer.save(tmp_path / "c.pt")
     small_config["model"]["hidden_dim"] = 64
     other = Trainer(build(small_config))
-    from geoloc.train import CheckpointMismatch
+    from geoloc.parts.resumable import CheckpointMismatch
 
     with pytest.raises(CheckpointMismatch, match="refusing"):
         other.load(tmp_path / "c.pt")
@@ -199,7 +201,7 @@ def test_seeds_resume_exactly(small_config, tmp_path):
         assert [without_times(r) for r in split.read_log(log).rows] == [
             without_times(r) for r in straight.read_log(log).rows
         ], log
-    from geoloc.train import CheckpointMismatch
+    from geoloc.parts.resumable import CheckpointMismatch
 
     with pytest.raises(CheckpointMismatch, match="2 seed"):
         train(build(small_config), split.path, seeds=3, resume=True)

@@ -10,9 +10,9 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from geoloc.folders import Status, StatusRecord, StudyFolder
-from geoloc.searcher import OptunaStudySearcher
-from geoloc.study import load_study_file
+from geoloc.study.folders import Status, StatusRecord, StudyFolder
+from geoloc.study.studyfile import load_study_file
+from geoloc.tuning.searcher import OptunaStudySearcher
 
 from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main, write_study
 

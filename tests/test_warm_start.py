@@ -9,13 +9,17 @@ import numpy as np
 import pytest
 import torch
 
-from geoloc.config import ConfigError, ModelConfig, parse_job
+from geoloc.common.validation import ConfigError
 from geoloc.data import load_data
-from geoloc.folders import TrialFolder
 from geoloc.geo import haversine_km
-from geoloc.metrics import RESOLUTION, SAMPLER_DISTANCES, MetricRegistry
-from geoloc.model import GeoCLIP, LocationEncoder, load_geoclip_weights
-from geoloc.train import Trainer, train
+from geoloc.parts.config import SAMPLER_DISTANCES
+from geoloc.run.loop import train
+from geoloc.study.config import parse_job, registry_of
+from geoloc.study.folders import TrialFolder
+from geoloc.tasks.geoclip.config import ModelConfig
+from geoloc.tasks.geoclip.metrics import RESOLUTION, geoclip_registry
+from geoloc.tasks.geoclip.model import GeoCLIP, LocationEncoder, load_geoclip_weights
+from geoloc.tasks.geoclip.trainer import Trainer
 
 from .conftest import build
 
@@ -202,7 +206,7 @@ def test_the_epoch_zero_row_leaves_the_trained_epochs_unchanged(small_config, tm
         assert len([r for r in rows if r["epoch"] == 0]) == n_zero, log
 
     zero = lines[0]
-    registry = MetricRegistry.for_run(build(small_config))
+    registry = registry_of(build(small_config))
     evaluation = {m.key for m in registry if m.eval_set is not None or m.key == RESOLUTION}
     assert set(zero) == {"epoch", "temperature", "eval_s", *evaluation}
     seeds = [r for r in at_start.read_seeds().rows if r["epoch"] == 0]
@@ -240,10 +244,10 @@ def test_list_valued_hyperparameters_reach_tensorboard_as_text(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    from geoloc.events import EventLogger
+    from geoloc.run.events import EventLogger
 
     hparams = {"model.rff_scales": [1, 16, 256, 4096], "model.freeze": ["published_branches"], "train.lr": 0.001}
-    EventLogger(tmp_path, hparams, MetricRegistry.build([1.0], ["val"])).close(finished=False)
+    EventLogger(tmp_path, hparams, geoclip_registry([1.0], ["val"])).close(finished=False)
     events = EventAccumulator(str(tmp_path))
     events.Reload()
     content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import OFFLINE, DataConfig
-from ..geo import invalid_coordinate_rows
-from ..metrics import OFFLINE_VAL_SET, eval_set_name
-from .cache import DataError, FeatureCache, open_cache
-from .synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
+from geoloc.data.cache import DataError, FeatureCache, open_cache
+from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, DataConfig, eval_set_name
+from geoloc.data.synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
+from geoloc.geo import invalid_coordinate_rows
 
 GALLERY_THINNING_SEED = 0  # the same thinned gallery for every trial, so scores compare
 TRAIN_SUBSET_SEED = 0  # the same training subset (data.train_fraction) for every trial of every study

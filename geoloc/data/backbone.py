@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from .cache import DataError
-from .images import file_sha256
+from geoloc.data.cache import DataError
+from geoloc.data.images import file_sha256
 
 RANDOM_WEIGHTS = "random"
 

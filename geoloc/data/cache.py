@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..geo import check_coordinates
+from geoloc.geo import check_coordinates
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import read_json, write_json
+from geoloc.common.atomic import read_json, write_json
 
 FOLDER = "derived"
 

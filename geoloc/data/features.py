@@ -51,9 +51,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .backbone import load_backbone, resolve_backbone, weights_id
-from .cache import CacheWriter, DataError
-from .images import (
+from geoloc.data.backbone import load_backbone, resolve_backbone, weights_id
+from geoloc.data.cache import CacheWriter, DataError
+from geoloc.data.images import (
     ImageDataset,
     add_dataset_arguments,
     check_missing_share,
@@ -62,7 +62,7 @@ from .images import (
     read_dataset,
     write_report,
 )
-from .request import (
+from geoloc.data.request import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_VIEWS,
     SHARD_SIZE,
@@ -72,8 +72,8 @@ from .request import (
     finished_cache,
     partial_dir,
 )
-from .shards import copy_shards, failed_rows, pending_shards, run_shards, shard_count
-from .views import Views
+from geoloc.data.shards import copy_shards, failed_rows, pending_shards, run_shards, shard_count
+from geoloc.data.views import Views
 
 MISSING_REPORT = "missing_images.csv"
 IMAGES_INDEX = "images.csv"

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..atomic import write_text
-from .cache import DataError
+from geoloc.common.atomic import write_text
+from geoloc.data.cache import DataError
 
 IMAGE_COLUMNS = ("IMG_ID", "IMG_FILE", "IMAGE", "IMAGE_PATH", "PATH", "FILE")
 LAT_COLUMNS = ("LAT", "LATITUDE")

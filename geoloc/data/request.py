@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import read_json, write_json
-from ..devices import DeviceError, pick_device
-from .backbone import backbone_name, check_weights
-from .cache import MANIFEST, DataError
-from .images import DEFAULT_MAX_MISSING
-from .views import TENCROP_VIEWS
+from geoloc.common.atomic import read_json, write_json
+from geoloc.common.devices import DeviceError, pick_device
+from geoloc.data.backbone import backbone_name, check_weights
+from geoloc.data.cache import MANIFEST, DataError
+from geoloc.data.images import DEFAULT_MAX_MISSING
+from geoloc.data.views import TENCROP_VIEWS
 
 EXTRACTOR_VERSION = 1
 SHARD_SIZE = 1024

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import read_json, write_json
-from .backbone import Backbone
-from .cache import DataError
-from .images import ImageDataset
-from .request import ExtractionRequest
-from .views import ImageViews, Views
+from geoloc.common.atomic import read_json, write_json
+from geoloc.data.backbone import Backbone
+from geoloc.data.cache import DataError
+from geoloc.data.images import ImageDataset
+from geoloc.data.request import ExtractionRequest
+from geoloc.data.views import ImageViews, Views
 
 
 def shard_count(n: int, shard_size: int) -> int:

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import OfflineBenchmarkConfig
-from ..geo import EARTH_RADIUS_KM, unit_vectors
-from ..model import geoclip_package_dir
-from .cache import CacheWriter, publish_dir
+from geoloc.data.cache import CacheWriter, publish_dir
+from geoloc.data.config import OfflineBenchmarkConfig
+from geoloc.geo import EARTH_RADIUS_KM, unit_vectors
 
 FIELD_SCALES_KM = (2500.0, 750.0, 200.0, 25.0, 1.0)
 AMPLITUDE = np.array([1.0, 1.0, 1.0, 3.0, 1.0])  # per scale, ordinary images
@@ -134,3 +133,16 @@ class _Fields:
 
 def read_gallery(benchmark: Path) -> np.ndarray:
     return np.load(benchmark / "gallery.npy")
+
+
+def geoclip_package_dir() -> Path:
+    """Folder of the installed published ``geoclip`` model (weights and the 100K gallery).
+
+    Found without importing ``geoclip``, whose import pulls in ``transformers``.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("geoclip")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the 'geoclip' package is not installed (pip install geoclip)")
+    return Path(next(iter(spec.submodule_search_locations))) / "model"

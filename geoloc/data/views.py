@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .images import ImageDataset
+from geoloc.data.images import ImageDataset
 
 TENCROP_RESIZE = 0.875  # shorter side = crop size / 0.875 (256 for 224) before TenCrop
 TENCROP_VIEWS = 10

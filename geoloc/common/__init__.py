@@ -1,0 +1,1 @@
+"""What every layer uses: configuration validation, atomic writes, devices and the metric record."""

@@ -1,0 +1,55 @@
+"""The training losses of ``train.loss``: GeoCLIP's InfoNCE (published), a symmetric InfoNCE, a triplet loss.
+
+Every loss sees the same columns: image i of the batch is scored against the location embeddings
+of the batch and the queue (shared by all images; column i is its own GPS) and against its own
+mined negatives (``geoloc.parts.negatives``), appended after them. ``val_loss`` stays the published
+InfoNCE (``geoloc.tasks.geoclip.evaluate``), so it compares across losses.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from geoloc.parts.config import LossConfig
+
+
+def columns(image_emb: torch.Tensor, location_emb: torch.Tensor, mined_emb: torch.Tensor | None) -> torch.Tensor:
+    """(B, B+Q[+M]) products of each image row with the shared location rows, then with its own mined rows."""
+    shared = image_emb @ location_emb.T
+    if mined_emb is None:
+        return shared
+    return torch.cat([shared, torch.einsum("bd,bmd->bm", image_emb, mined_emb.to(image_emb.dtype))], dim=1)
+
+
+def training_loss(
+    cfg: LossConfig,
+    image_emb: torch.Tensor,
+    location_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    mined_emb: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss of one step (a 0-d float32 tensor) from unit embeddings: images (B, D), batch and queue
+    locations (B+Q, D), mined locations (B, M, D) or None; ``logit_scale`` is the model's log scale.
+
+    - infonce: ``cross_entropy(scale * columns, i)``, exactly the published step's arithmetic (the
+      scale multiplies the image embeddings before the product, as ``GeoCLIP.logits`` does);
+    - symmetric: the mean of that and the cross-entropy of each batch GPS against the batch's images
+      (the transposed batch block), both with ``label_smoothing``;
+    - triplet: the mean over every image and every column other than its own of
+      ``relu(d(image, own GPS) - d(image, other) + margin)``; the logit scale takes no part.
+    """
+    target = torch.arange(len(image_emb), device=image_emb.device)
+    if cfg.type == "triplet":
+        similarity = columns(image_emb, location_emb, mined_emb).float()
+        distance = 1 - similarity if cfg.distance == "cosine" else (2 - 2 * similarity).clamp_min(1e-12).sqrt()
+        positive = distance[target, target]
+        others = torch.ones_like(distance, dtype=torch.bool)
+        others[target, target] = False
+        return F.relu(positive[:, None] - distance + cfg.margin)[others].mean()
+    logits = columns(logit_scale.exp() * image_emb, location_emb, mined_emb)
+    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+    if cfg.type == "symmetric":
+        gps_to_image = logits[:, : len(target)].T
+        loss = (loss + F.cross_entropy(gps_to_image.float(), target, label_smoothing=cfg.label_smoothing)) / 2
+    return loss

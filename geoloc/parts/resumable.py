@@ -1,0 +1,63 @@
+"""Checkpoints of anything resumable, and the two ways a run refuses to go on: a diverged loss and a
+checkpoint written for another configuration."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+
+class DivergenceError(RuntimeError):
+    """The loss became NaN or infinite: the trial stops with this reason instead of training on garbage."""
+
+    def __init__(self, message: str, epochs_done: int):
+        super().__init__(message)
+        self.epochs_done = epochs_done
+
+    def __reduce__(self):  # Ray copies and pickles a trial's exception: rebuilt from both arguments
+        return type(self), (str(self), self.epochs_done)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint from a different model configuration."""
+
+
+class Resumable:
+    """Checkpoint files of anything with ``state_dict``, ``load_state_dict`` and ``epoch``."""
+
+    epoch: int
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        """Atomic: a crash while saving leaves the previous checkpoint intact."""
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        torch.save(self.state_dict(), tmp)
+        os.replace(tmp, path)
+
+    def load(self, path: str | Path) -> None:
+        # On the CPU: the generator state must stay there; load_state_dict puts the rest on the device.
+        self.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    def restore_newest(self, paths: Iterable[Path | None]) -> None:
+        """Load whichever of these checkpoints is ahead of this trainer; torn or missing files are skipped."""
+        for path in paths:
+            if path is not None and checkpoint_epoch(path) > self.epoch:
+                self.load(path)
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """The epoch a checkpoint file holds; -1 for a missing, torn or foreign file."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    except (OSError, EOFError, RuntimeError, KeyError, TypeError, ValueError, pickle.UnpicklingError):
+        return -1

@@ -1,0 +1,377 @@
+"""Study files: one YAML file describes one study (base run, search space, search, scheduler, ...).
+
+Everything is validated up front, before Ray starts: unknown keys, wrong types, impossible
+values, and every value the search space can produce (its bounds and each choice are merged
+into the base configuration and validated as a run would be), so a trial never dies of a
+configuration error hours into a sweep.
+
+Search-space entries (keys are dotted paths into the run configuration)::
+
+    train.lr: 3.0e-4                                           fixed value
+    train.noise.batch_sigma: {type: choice, values: [0, 0.15, 1.0]}   includes 0 = off
+    train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-3}
+    model.init_temperature: {type: uniform, low: 0.03, high: 0.1}
+    train.queue_size: {type: int, low: 0, high: 4096, step: 256}
+    train.noise.queue_sigma: {type: uniform, low: 0, high: 2, when: {train.noise.target: gps}}
+
+``when`` makes an entry conditional: it is sampled only when the named earlier entries took
+the given value (or one of a list of values); otherwise the base value stands.
+
+The search space is parsed once, at load, into typed entries (``geoloc.study.space``;
+``study.space``, in file order);
+``resolved_study`` gives the study back as plain data in the file's form.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    SerializeAsAny,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+from geoloc.common.metrics import MetricRegistry
+from geoloc.common.validation import (
+    ConfigError,
+    FieldError,
+    Float,
+    Section,
+    config_error,
+    get_path,
+    load_yaml,
+    set_path,
+)
+from geoloc.study.config import JobConfig, parse_job, registry_of
+from geoloc.study.space import ChoiceEntry, Entry, FixedEntry
+from geoloc.tasks import task_of
+
+# -- the study file ----------------------------------------------------------------------------
+
+
+class SearchConfig(Section):
+    """How trials are proposed."""
+
+    algorithm: Literal["tpe", "random", "grid", "nsga2"] = "tpe"
+    """Optuna TPE (multivariate, seeded), random, grid (every combination of the choices) or
+    NSGA-II (Optuna's genetic multi-objective sampler, for ``objective.type: pareto``; its first
+    generation, 50 trials, is random, so a smaller study is random search; TPE samples
+    multi-objective studies too)."""
+    num_samples: StrictInt = Field(8, ge=1)
+    """Trials to run (tpe, random). For grid it is the grid size times ``repeats`` and may be left out."""
+    repeats: StrictInt = Field(1, ge=1)
+    """Grid only: run every cell with train.seed = 0 .. repeats-1 (ablations with repeated seeds)."""
+    seeds: StrictInt = Field(1, ge=1)
+    """Train every sampled configuration with this many seeds (train.seed, train.seed + 1, ...) in
+    lock-step inside one trial; the trial reports their mean to the scheduler and the sampler and
+    records every seed's metrics (works with ASHA, unlike ``repeats``). 1 is one run per trial."""
+    max_concurrent: StrictInt = Field(2, ge=1)
+    """Trials running at once (also bounded by the CPUs and GPUs available)."""
+    n_startup_trials: StrictInt = Field(4, ge=1)
+    """TPE: random trials before the model kicks in."""
+    enqueue_base: StrictBool = False
+    """Run the base configuration (e.g. the paper defaults) as the first trial."""
+
+    @model_validator(mode="after")
+    def _one_way_to_repeat_seeds(self) -> SearchConfig:
+        if self.seeds > 1 and self.repeats > 1:
+            # Trial seeds 0, 1, ... each training seeds s .. s+K-1 would train the same seeds twice.
+            raise FieldError(
+                "seeds", f"repeats seeds inside each trial; drop repeats ({self.repeats}) or set seeds to 1"
+            )
+        return self
+
+
+class SchedulerConfig(Section):
+    """Early stopping of weak trials after each epoch, judged by ``score`` (asha) or by the pareto
+    objective's metrics (moasha)."""
+
+    type: Literal["asha", "moasha", "none"] = "asha"
+    """ASHA (asynchronous successive halving on ``score``), MOASHA (the same rungs, promoting by
+    non-dominated rank on ``objective.metrics``, ``geoloc.tuning.moasha``; for a pareto objective) or
+    none (every trial runs all epochs)."""
+    grace_period: StrictInt = Field(1, ge=1)
+    """Epochs every trial runs before it can be stopped."""
+    reduction_factor: Float = Field(2.0, gt=1)
+    """Keep the top 1/reduction_factor at each rung."""
+    brackets: StrictInt = Field(1, ge=1)
+    """ASHA brackets (MOASHA runs one)."""
+
+    @model_validator(mode="after")
+    def _one_moasha_bracket(self) -> SchedulerConfig:
+        if self.type == "moasha" and self.brackets != 1:
+            raise FieldError("brackets", f"moasha runs one bracket, got {self.brackets}")
+        return self
+
+
+class ObjectiveConfig(Section):
+    """What the study optimises: one number, or the Pareto set of several."""
+
+    type: Literal["score", "pareto"] = "score"
+    """"score": maximise ``score``, the weighted mean of the accuracies at ``base.eval.thresholds_km``
+    with the weights ``base.eval.score_weights``. "pareto": search for the Pareto set of ``metrics``
+    (a multi-objective Optuna study; early stopping by ``scheduler.type: moasha`` or none)."""
+    metrics: tuple[StrictStr, ...] = ()
+    """pareto: two or more metric keys of the run's registry that have a direction (``acc_1km``,
+    ``acc_2500km``, ``val_loss``, ``median_km``, ...); each is maximised or minimised as the
+    registry says."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_weights(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "weights" in data:
+            raise FieldError("weights", "removed; set base.eval.score_weights (one weight per threshold) instead")
+        return data
+
+
+class ResourcesConfig(Section):
+    """What one trial asks Ray for."""
+
+    cpu: Float = Field(1.0, gt=0)
+    """CPUs per trial; torch uses as many threads."""
+    gpu: Float = Field(0.0, ge=0)
+    """GPUs per trial; a fraction (0.25) packs several trials on one card."""
+
+
+class FailureConfig(Section):
+    """What happens when a trial's worker dies."""
+
+    max_failures: StrictInt = Field(2, ge=0)
+    """Restarts of a trial from its last checkpoint before it is marked errored."""
+
+
+class StudyConfig(Section):
+    """A whole study file."""
+
+    name: StrictStr = Field("", validate_default=True)
+    """Study name: the folder under the storage path and the Optuna study name."""
+    description: StrictStr = ""
+    """What question the study answers (shown by --dry-run)."""
+    seed: StrictInt = 0
+    """Seed of the search algorithm."""
+    storage: StrictStr = "results"
+    """Where study folders go: a local or shared (NFS) folder; relative to the working directory."""
+    base: SerializeAsAny[JobConfig] = Field(default_factory=lambda: parse_job({}))
+    """The run configuration every trial starts from: its ``task`` key picks the task (``geoloc.tasks``;
+    geoclip by default), whose ``config.py`` documents every section."""
+    search_space: dict[str, Entry] = Field(default_factory=dict)
+    """Dotted run-configuration keys -> entries (see the module docstring), in file order."""
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    """How trials are proposed."""
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    """Early stopping."""
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    """What the study maximises."""
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    """What one trial asks for."""
+    failure: FailureConfig = Field(default_factory=FailureConfig)
+    """Retries of failed trials."""
+
+    @field_validator("name")
+    @classmethod
+    def _folder_safe(cls, name: str) -> str:
+        if not name or not all(c.isalnum() or c in "-_." for c in name):
+            raise ValueError(f"needs a folder-safe study name (letters, digits, - _ .), got {name!r}")
+        return name
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _task_config(cls, raw: Any) -> Any:
+        """Plain data -> the configuration of the task it names (its errors keep their key paths)."""
+        if not isinstance(raw, dict):
+            return raw
+        try:
+            return parse_job(raw)
+        except ConfigError as e:
+            key, _, message = str(e).partition(": ")
+            raise FieldError(key, message) from None
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _entries(cls, raw: Any) -> Any:
+        """The file's form (a bare value is a fixed entry) -> entries named by their keys."""
+        if not isinstance(raw, dict):
+            return raw
+        entries = {}
+        for name, spec in raw.items():
+            spec = dict(spec) if isinstance(spec, dict) else {"type": "fixed", "value": spec}
+            if "name" in spec:
+                raise FieldError(f"{name}.name", "unknown key (an entry's name is its key in search_space)")
+            entries[name] = {"type": None, **spec, "name": name}
+        return entries
+
+    @field_serializer("search_space")
+    def _file_form(self, space: dict[str, Entry]) -> dict:
+        return {name: entry.yaml_form() for name, entry in space.items()}
+
+    @model_validator(mode="after")
+    def _check_space(self) -> StudyConfig:
+        """Entries name leaves of the run configuration, every value they can take gives a valid
+        run, and a grid has only choices."""
+        base, earlier = self.base.model_dump(mode="json"), []
+        score_keys = task_of(self.base).score_keys
+        for entry in self.space:
+            where = f"search_space.{entry.name}"
+            if not _is_leaf(base, entry.name):
+                raise FieldError(where, "not a key of the run configuration")
+            if entry.name in score_keys:
+                raise FieldError(
+                    where,
+                    f"defines score ({', '.join(score_keys)}), so trials that vary it would not compare; "
+                    "set it in base, or run one study per value",
+                )
+            for key in entry.when:
+                if key not in earlier:
+                    raise FieldError(f"{where}.when.{key}", "must name an earlier search_space entry")
+            earlier.append(entry.name)
+        for entry in self.space:
+            for value in entry.extremes():
+                try:
+                    parse_job(set_path(base, entry.name, value))
+                except ConfigError as e:
+                    raise FieldError(f"search_space.{entry.name}", f"value {value!r} is invalid: {e}") from None
+        if self.search.seeds > 1 and "train.seed" in self.search_space:
+            raise FieldError(
+                "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
+            )
+        self._check_objective()
+        self._check_devices()
+        if self.search.algorithm == "grid":
+            bad = [e.name for e in self.space if not isinstance(e, (ChoiceEntry, FixedEntry))]
+            if bad:
+                raise FieldError(f"search_space.{bad[0]}", "grid search needs 'choice' entries")
+        return self
+
+    def _check_objective(self) -> None:
+        """Pareto metrics are registry metrics with a direction, and the scheduler ranks what the study optimises."""
+        objective, scheduler = self.objective, self.scheduler.type
+        if objective.type == "score":
+            if objective.metrics:
+                raise FieldError("objective.metrics", "only for objective.type pareto (score is one metric)")
+            if scheduler == "moasha":
+                raise FieldError(
+                    "scheduler.type", "moasha ranks several objectives; set objective.type: pareto or use asha"
+                )
+            return
+        registry = self.registry
+        if len(set(objective.metrics)) < 2:
+            raise FieldError(
+                "objective.metrics", f"pareto needs two or more different metrics, got {list(objective.metrics)}"
+            )
+        for key in objective.metrics:
+            if key not in registry:
+                known = [m.key for m in registry if m.direction]
+                raise FieldError(
+                    "objective.metrics", f"unknown metric {key!r}; metrics with a direction: {', '.join(known)}"
+                )
+            if registry.direction(key) is None:
+                raise FieldError("objective.metrics", f"{key} has no better direction; it cannot be optimised")
+        if scheduler == "asha":
+            raise FieldError(
+                "scheduler.type", "asha stops trials on the single score; a pareto objective needs moasha or none"
+            )
+
+    def _check_devices(self) -> None:
+        """``train.device`` and ``resources.gpu`` agree: Ray hides every GPU from a trial that asks for
+        none, so ``cuda`` there fails inside every trial; a ``cpu`` trial's GPU reservation sits idle."""
+        entry = self.search_space.get("train.device")
+        devices = set(entry.extremes() if entry else [self.base.train.device])
+        gpu = self.resources.gpu
+        if gpu == 0 and "cuda" in devices:
+            raise FieldError(
+                "resources.gpu",
+                "0, but train.device can be cuda: Ray gives such a trial no GPU; ask for one "
+                "(resources.gpu: 1, or 0.25 to pack four trials on a card) or use train.device: auto",
+            )
+        if gpu > 0 and devices == {"cpu"}:
+            raise FieldError(
+                "resources.gpu",
+                f"{gpu:g}, but train.device is cpu: the card would be reserved and sit idle; set it to 0",
+            )
+
+    def objectives(self) -> dict[str, str]:
+        """What the study optimises: metric key -> "max" or "min" (``{"score": "max"}`` for a score study)."""
+        if self.objective.type == "score":
+            return {"score": "max"}
+        registry = self.registry
+        return {key: registry.direction(key) for key in self.objective.metrics}
+
+    @cached_property
+    def registry(self) -> MetricRegistry:
+        """The metric registry of the study's runs (the base's task's; a search space cannot change it)."""
+        return registry_of(self.base)
+
+    @property
+    def space(self) -> list[Entry]:
+        """The search-space entries, in file order."""
+        return list(self.search_space.values())
+
+    @property
+    def epochs(self) -> int:
+        return self.base.train.epochs
+
+
+def _is_leaf(tree: dict, dotted: str) -> bool:
+    """True when ``dotted`` names a leaf (not a section) of the configuration."""
+    try:
+        return not isinstance(get_path(tree, dotted), dict)
+    except KeyError:
+        return False
+
+
+def load_study_file(path: str | Path, overrides: dict | None = None) -> StudyConfig:
+    """A validated study; ``overrides`` ({"base.train.epochs": 3}, dotted keys) come from --set."""
+    raw = load_yaml(path)
+    for key, value in (overrides or {}).items():
+        raw = set_path(raw, key, value)
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise config_error(StudyConfig, e) from None
+
+
+def trial_config(study: StudyConfig, sampled: dict) -> JobConfig:
+    """The run configuration of one trial: the base with the fixed and sampled values set."""
+    data = study.base.model_dump(mode="json")
+    for entry in study.space:
+        if isinstance(entry, FixedEntry):
+            data = set_path(data, entry.name, entry.value)
+    for name, value in sampled.items():
+        data = set_path(data, name, value)
+    return parse_job(data)
+
+
+def grid_axes(study: StudyConfig) -> dict[str, list]:
+    """The grid's axes: every choice entry, plus train.seed for repeats."""
+    axes = {e.name: list(e.values) for e in study.space if isinstance(e, ChoiceEntry)}
+    if study.search.repeats > 1 and "train.seed" not in axes:
+        axes["train.seed"] = list(range(study.search.repeats))
+    return axes
+
+
+def num_trials(study: StudyConfig) -> int:
+    """Trials the study runs: the grid's cells, or ``search.num_samples``."""
+    if study.search.algorithm == "grid":
+        return max(1, math.prod(len(values) for values in grid_axes(study).values()))
+    return study.search.num_samples
+
+
+def base_values(study: StudyConfig) -> dict:
+    """The base configuration's value of every entry that is not fixed (the base as a trial)."""
+    base = study.base.model_dump(mode="json")
+    return {e.name: get_path(base, e.name) for e in study.space if not isinstance(e, FixedEntry)}
+
+
+def resolved_study(study: StudyConfig) -> dict:
+    """Plain data of the whole validated study in the file's form (written as STUDY_DIR/study.yaml)."""
+    return study.model_dump(mode="json")

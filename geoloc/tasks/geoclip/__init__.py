@@ -1,0 +1,50 @@
+"""GeoCLIP (image-to-GPS contrastive learning on cached image features): the harness's first task.
+
+``GeoCLIPTask`` is its entry in the task seam (``geoloc.tasks.seam``); the rest of this folder
+is the model (``model.py``), its configuration (``config.py``), one seed's training
+(``trainer.py``), gallery retrieval (``evaluate.py``), the encoder's resolution
+(``resolution.py``) and the metric registry (``metrics.py``). Torch is imported only when a
+trainer is made, so validating a study and analysing one need none.
+"""
+
+from __future__ import annotations
+
+from geoloc.common.metrics import MetricRegistry
+from geoloc.common.validation import ConfigError
+from geoloc.data.config import eval_set_name
+from geoloc.tasks.geoclip.config import GeoCLIPConfig
+from geoloc.tasks.geoclip.metrics import geoclip_registry
+from geoloc.tasks.seam import Task, TaskTrainer, register
+
+
+@register
+class GeoCLIPTask(Task):
+    name = "geoclip"
+    config = GeoCLIPConfig
+    score_keys = ("eval.thresholds_km", "eval.score_weights", "data.val")
+    headline = "acc_1km"
+    analysis = "geoclip"
+
+    def registry(self, cfg: GeoCLIPConfig) -> MetricRegistry:
+        return geoclip_registry(list(cfg.eval.thresholds_km), [eval_set_name(v) for v in cfg.data.val])
+
+    def prepare(self, cfg: GeoCLIPConfig) -> None:
+        """Open every cache and the gallery once (building the offline benchmark if named), then build
+        what the sampler and the miner keep beside the training cache (``prepare_sampling``)."""
+        from geoloc.data import DataError, load_data
+        from geoloc.tasks.geoclip.trainer import prepare_sampling
+
+        try:
+            data = load_data(cfg.data)
+        except ConfigError as e:
+            raise DataError(str(e)) from None
+        prepare_sampling(cfg, data)
+
+    def trainer(self, cfg: GeoCLIPConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
+        from geoloc.data import load_data
+        from geoloc.tasks.geoclip.trainer import Trainer
+
+        if shared is None:
+            return Trainer(cfg, load_data(cfg.data), gpu_share=gpu_share)
+        # The seeds share the first one's data and feed: a cache resident on the GPU is held once.
+        return Trainer(cfg, shared.data, shared.feed, gpu_share)

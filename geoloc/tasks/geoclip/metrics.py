@@ -1,0 +1,52 @@
+"""GeoCLIP's metric registry: the keys of its epochs and evaluations.
+
+Built from the evaluation configuration (``eval.thresholds_km`` and the ``data.val`` sets), so a
+study with thresholds 0.5 / 10 / 100 km gets ``acc_0.5km``, ``acc_10km`` and ``acc_100km``
+everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``, ``eval_s``,
+``encoder_resolution_km``, ``batch_median_km``, ``negative_median_km``, ``negative_min_km``,
+and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``score`` and
+``ceiling_<t>km``. The first evaluation set's keys are plain; each further set's are prefixed
+with its name (``yfcc4k-vitl14_acc_1km``).
+"""
+
+from __future__ import annotations
+
+from geoloc.common.metrics import Metric, MetricRegistry, accuracy_key, ceiling_key
+from geoloc.parts.config import SAMPLER_DISTANCES
+
+RESOLUTION = "encoder_resolution_km"  # the location encoder's sharpness (geoloc.tasks.geoclip.resolution)
+
+
+def geoclip_registry(thresholds_km: list[float], eval_sets: list[str]) -> MetricRegistry:
+    """The registry of a run evaluating ``eval_sets`` (names, first = primary) at ``thresholds_km``."""
+    out = [
+        Metric("train_loss", "loss", "min", False, "train/loss", hparam=True),
+        Metric("lr", "train", None, False, "lr"),
+        Metric("temperature", "train", None, False, "temperature"),
+        Metric("train_s", "time", None, False, "time/train_s"),
+        Metric("eval_s", "time", None, False, "time/eval_s"),
+        # How finely the location encoder separates places (geoloc.tasks.geoclip.resolution); neither
+        # direction is "better" in itself: it is the mechanism, set beside acc_1km.
+        Metric(RESOLUTION, "distance", None, False, "encoder/resolution_km", hparam=True),
+        # What the batch sampler and the mined negatives did (geoloc.parts.negatives.NegativeDistances).
+        *[Metric(key, "distance", None, False, f"sampler/{key}") for key in SAMPLER_DISTANCES],
+    ]
+    thresholds = sorted(thresholds_km)
+    for i, name in enumerate(eval_sets):
+        primary = i == 0
+        prefix = "" if primary else f"{name}_"
+        # (key, kind, direction, fraction, threshold, listed in HParams)
+        entries = [
+            ("val_loss", "loss", "min", False, None, True),
+            *[(accuracy_key(t), "accuracy", "max", True, t, True) for t in thresholds],
+            ("median_km", "distance", "min", False, None, True),
+            ("mean_km", "distance", "min", False, None, False),
+            ("score", "score", "max", True, None, True),
+            *[(ceiling_key(t), "ceiling", None, True, t, False) for t in thresholds],
+        ]
+        for key, kind, direction, fraction, threshold, hparam in entries:
+            tag = "val/loss" if primary and key == "val_loss" else f"val/{prefix}{key}"
+            out.append(
+                Metric(prefix + key, kind, direction, fraction, tag, hparam and primary, threshold, name, primary)
+            )
+    return MetricRegistry(tuple(out))

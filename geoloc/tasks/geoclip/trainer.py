@@ -1,0 +1,301 @@
+"""One seed of a GeoCLIP run on cached features: one epoch, the queue, the loss, evaluation, resumable state.
+
+``Trainer`` holds one run's model, optimiser and random streams (the task seam's ``TaskTrainer``);
+``prepare_sampling`` builds, once per study, what its sampler and miner keep beside the cache.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from geoloc.common.devices import cpu_share, pick_device
+from geoloc.common.validation import ConfigError
+from geoloc.data import Data, load_data
+from geoloc.geo import gps_noise
+from geoloc.parts.feed import Feed
+from geoloc.parts.graphs import GraphedModules
+from geoloc.parts.losses import training_loss
+from geoloc.parts.negatives import NegativeDistances, NegativeMiner
+from geoloc.parts.precision import precision, tf32
+from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
+from geoloc.parts.sampler import BatchSampler, embed_training_set
+from geoloc.tasks.geoclip.config import GeoCLIPConfig
+from geoloc.tasks.geoclip.evaluate import Evaluator, Gallery, accuracy_curve, curve_thresholds, evaluate_sets
+from geoloc.tasks.geoclip.metrics import RESOLUTION
+from geoloc.tasks.geoclip.model import GeoCLIP
+from geoloc.tasks.geoclip.resolution import ResolutionProbe
+
+WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
+DIVERGENCE_CHECK_STEPS = 64  # steps between looks at the losses (each look waits for the GPU)
+
+
+class Trainer(Resumable):
+    """Model, optimiser, schedule, queue and random streams of one run; ``state_dict`` resumes it exactly.
+
+    On a GPU a step waits for the GPU nowhere: losses stay on the device (looked at every
+    ``DIVERGENCE_CHECK_STEPS`` steps), the queue's fill level is a host int, batches come from
+    ``geoloc.parts.feed``. ``gpu_share`` is the trial's share of its card (Ray's ``resources.gpu``): the
+    process may allocate that share of the card's memory, and the feed sizes itself to it.
+    """
+
+    def __init__(self, cfg: GeoCLIPConfig, data: Data | None = None, feed: Feed | None = None, gpu_share: float = 1.0):
+        self.cfg = cfg
+        self.data = data or load_data(cfg.data)
+        self.device = pick_device(cfg.train.device, "train.device")
+        torch.set_num_threads(cfg.train.threads or cpu_share())
+        if self.device.type == "cuda":
+            # Trials packed onto one card each keep to their share; a reused worker starts from an empty cache.
+            index = torch.cuda.current_device() if self.device.index is None else self.device.index
+            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_share), index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.seed)
+            self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
+        if cfg.model.warm_start:
+            if self.data.train.feature_dim != WARM_START_FEATURE_DIM:
+                raise ConfigError(
+                    f"model.warm_start: needs {WARM_START_FEATURE_DIM}-d features (CLIP ViT-L/14), "
+                    f"the training cache {self.data.train.path} has {self.data.train.feature_dim}"
+                )
+            self.model.load_geoclip_weights()
+        self.model.to(self.device)
+        self.optimizer = torch.optim.Adam(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+            fused=self.device.type == "cuda" or None,  # one kernel for all parameters; the CPU keeps its default
+        )
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=cfg.train.lr_gamma)
+        # One CPU stream for shuffling, view choice and GPS noise: the same seed gives the same run anywhere.
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        # The embedding noise (a batch+queue x 512 draw per step) is drawn where it is used: on a GPU
+        # a stream of its own, seeded alike and checkpointed; on the CPU the one stream above.
+        self.device_generator = (
+            torch.Generator(self.device).manual_seed(cfg.train.seed) if self.device.type != "cpu" else self.generator
+        )
+        self.epoch = 0
+        batch, mined = cfg.train.batch_size, cfg.train.negatives.mined
+        self.graphs = GraphedModules(
+            {
+                self.model.image_head: (batch, self.data.train.feature_dim),
+                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined, 2),
+            },
+            enabled=cfg.train.cuda_graphs,
+        )
+        self.feed = feed or Feed.for_run(self.data.train, self.device, gpu_share)
+        self.train_coords = self.feed.coords
+        self.sampler = BatchSampler(cfg.train.batches, batch, self.data.train, self.generator)
+        self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
+        self.distances = NegativeDistances()
+        negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
+        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
+        self.evaluators = {
+            name: Evaluator(cfg.eval, cache, self.gallery, negatives, self.device)
+            for name, cache in self.data.val.items()
+        }
+        self.curve_km = curve_thresholds(cfg.eval.thresholds_km)
+        self.curves: dict[str, np.ndarray] = {}  # the last evaluation's error curve per set, at curve_km
+        n_probe = cfg.eval.resolution_points
+        self.probe = ResolutionProbe(self.data.gallery, n_probe) if n_probe else None
+
+    # -- one epoch -------------------------------------------------------------------------------
+
+    def precision(self):
+        """The context of every step and evaluation: ``train.precision`` (``geoloc.parts.precision``)."""
+        return precision(self.cfg.train.precision, self.device)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Every tensor this trainer holds, by name: model, optimiser state, feed and evaluation."""
+        yield from (("model." + k, v) for k, v in self.model.state_dict().items())
+        for i, state in enumerate(self.optimizer.state.values()):
+            yield from ((f"optimizer.{i}.{k}", v) for k, v in state.items() if isinstance(v, torch.Tensor))
+        yield from self.feed.tensors()
+        yield "gallery.coords", self.gallery.coords_t
+        for name, evaluator in self.evaluators.items():
+            yield f"eval.{name}.coords", evaluator.coords_t
+            yield f"eval.{name}.negatives", evaluator.negatives_t
+
+    def batches(self):
+        """(indices, views) of the next epoch's batches (``geoloc.parts.sampler``): one cached view per image,
+        indices sorted within a batch so reads go forward."""
+        embed = embed_training_set(self.model, self.data.train, self.device, self.precision)
+        return self.sampler.epoch(self.epoch + 1, embed)
+
+    def train_step(self, features: torch.Tensor, gps: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
+        """One optimiser step on a batch (both on the device) of the training rows ``idx`` (needed to mine
+        negatives); the loss, a 0-d tensor on the device."""
+        noise = self.cfg.train.noise
+        model = self.model
+        queue = model.queue.contents()
+        mined = None
+        if self.miner is not None:
+            if idx is None:
+                raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
+            mined = self.miner.coords(self.miner.draw(idx, self.generator), self.device)
+        self.distances.add(gps, torch.cat([gps, queue]), mined)
+        if noise.target == "gps":
+            locations = torch.cat(
+                [gps_noise(gps, noise.batch_sigma, self.generator), gps_noise(queue, noise.queue_sigma, self.generator)]
+            )
+        else:
+            locations = torch.cat([gps, queue])
+        n_shared = len(locations)
+        if mined is not None:
+            locations = torch.cat([locations, mined.flatten(0, 1)])
+        with self.precision():
+            image_emb = model.encode_images(features, self.graphs.run)
+            location_emb = model.encode_locations(locations, self.graphs.run)
+            mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2]) if mined is not None else None
+            location_emb = location_emb[:n_shared]
+            if noise.target == "embedding":
+                location_emb = self._noisy_embeddings(location_emb, len(gps))
+            loss = training_loss(self.cfg.train.loss, image_emb, location_emb, model.logit_scale, mined_emb)
+        self.optimizer.zero_grad(set_to_none=True)
+        with tf32(self.cfg.train.precision == "tf32"):  # the backward's products too (autocast is forward-only)
+            loss.backward()
+        self.optimizer.step()
+        model.clamp_logit_scale()
+        model.queue.push(gps)
+        return loss.detach()
+
+    def _noisy_embeddings(self, emb: torch.Tensor, n_batch: int) -> torch.Tensor:
+        noise = self.cfg.train.noise
+        sigma = torch.full((len(emb), 1), noise.queue_sigma, device=emb.device)
+        sigma[:n_batch] = noise.batch_sigma
+        drawn = torch.randn(emb.shape, generator=self.device_generator, device=emb.device) * sigma
+        return F.normalize(emb + drawn.to(emb.dtype), dim=-1)
+
+    def _check_finite(self, losses: list[torch.Tensor]) -> None:
+        """DivergenceError naming the first NaN or infinite loss among ``losses`` (this epoch's)."""
+        stacked = torch.stack(losses)
+        bad = torch.nonzero(~torch.isfinite(stacked))
+        if len(bad):
+            value = stacked[bad[0, 0]].item()
+            raise DivergenceError(f"training loss is {value} at epoch {self.epoch + 1}; the trial diverged", self.epoch)
+
+    def train_one_epoch(self, progress: bool = False) -> dict[str, float]:
+        self.model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        losses, start = [], time.perf_counter()
+        n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
+        rows: deque[np.ndarray] = deque()  # the feed yields batches in the order it takes them: a FIFO pairs them
+
+        def noted():
+            for idx, views in self.batches():
+                rows.append(idx)
+                yield idx, views
+
+        batches = self.feed.epoch(noted())
+        bar = tqdm(batches, total=n_steps, desc=f"epoch {self.epoch + 1}", disable=not progress, leave=False)
+        for step, (features, gps) in enumerate(bar, start=1):
+            losses.append(self.train_step(features, gps, rows.popleft()))
+            if step % DIVERGENCE_CHECK_STEPS == 0:
+                self._check_finite(losses[-DIVERGENCE_CHECK_STEPS:])
+                bar.set_postfix(loss=f"{losses[-1].item():.3f}")
+        self._check_finite(losses)
+        self.scheduler.step()
+        self.epoch += 1
+        return {
+            "train_loss": float(np.mean(torch.stack(losses).double().cpu().numpy())),
+            "lr": lr,
+            "temperature": self.model.temperature,
+            **self.distances.result(),
+            "train_s": time.perf_counter() - start,
+        }
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of every evaluation set (the first set's keys plain, the others prefixed with their
+        name) and the encoder's resolution; each set's fine error curve is kept in ``self.curves``."""
+        start = time.perf_counter()
+        metrics = {}
+        results = evaluate_sets(self.model, list(self.evaluators.values()), self.precision)
+        for i, (name, result) in enumerate(zip(self.evaluators, results, strict=True)):
+            prefix = "" if i == 0 else f"{name}_"
+            metrics.update({prefix + k: v for k, v in result.metrics.items()})
+            self.curves[name] = accuracy_curve(result.errors_km, self.curve_km)
+        if self.probe is not None:
+            metrics[RESOLUTION] = self.probe(self.model)
+        metrics["eval_s"] = time.perf_counter() - start
+        return metrics
+
+    def run_epoch(self, progress: bool = False) -> dict[str, float]:
+        """Train one epoch and evaluate: the flat metrics dict that goes to every logger."""
+        metrics = self.train_one_epoch(progress)
+        metrics.update(self.evaluate())
+        return {"epoch": self.epoch, **metrics}
+
+    def evaluate_at_start(self) -> dict[str, float]:
+        """The row of the model as it starts (``eval.at_start``): epoch 0, the temperature and every
+        evaluation metric, no training keys. Evaluation draws from no training stream (the
+        evaluator's and the probe's samples are fixed), so the epochs after it are unchanged."""
+        return {"epoch": self.epoch, "temperature": self.model.temperature, **self.evaluate()}
+
+    # -- resumable state -------------------------------------------------------------------------
+
+    def signature(self) -> dict:
+        """What a checkpoint must match to load: the model's shape, not the run's hyperparameters."""
+        return {
+            "model": self.cfg.model.model_dump(mode="json"),
+            "feature_dim": self.data.train.feature_dim,
+            "queue_size": self.cfg.train.queue_size,
+        }
+
+    def state_dict(self) -> dict:
+        state = {
+            "signature": self.signature(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "epoch": self.epoch,
+        }
+        if sampler := self.sampler.state_dict():
+            state["sampler"] = sampler
+        if self.device_generator is not self.generator:
+            state["device_generator"] = self.device_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("signature") != self.signature():
+            raise CheckpointMismatch(
+                f"checkpoint was written for {state.get('signature')}, this run is {self.signature()}; "
+                "refusing to load it partly"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        try:
+            self.sampler.load_state_dict(state.get("sampler", {}))
+        except ValueError as e:
+            raise CheckpointMismatch(f"refusing to load the checkpoint: {e}") from None
+        if self.device_generator is not self.generator and "device_generator" in state:
+            # Only a checkpoint from a GPU has it; resumed on another kind of device, the
+            # embedding noise continues from that device's seeded stream instead.
+            self.device_generator.set_state(state["device_generator"])
+        self.epoch = state["epoch"]
+
+    def curve_rows(self, epoch: int) -> list[dict]:
+        """The last evaluation's error curves as ``curves.jsonl`` rows."""
+        km = self.curve_km.tolist()
+        seed = self.cfg.train.seed
+        return [
+            {"epoch": epoch, "seed": seed, "set": name, "km": km, "acc": acc.tolist()}
+            for name, acc in self.curves.items()
+        ]
+
+
+def prepare_sampling(cfg: GeoCLIPConfig, data: Data) -> None:
+    """Build what the run's sampler and miner keep beside the training cache (neighbour lists, near
+    lists, the semivariogram's range) and check them against the data: the launcher calls it once
+    before trials start, so they share the files and a bad combination is refused up front
+    (ConfigError naming the key)."""
+    BatchSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator())
+    if cfg.train.negatives.mined:
+        NegativeMiner.for_run(cfg.train.negatives, data)
