@@ -231,24 +231,18 @@ def summarize(study_dir: Path) -> None:
     elif found is not None:
         print_pareto_set(found, study.params)
     else:
-        accs = study.registry.accuracies()
-        fine, coarse = accs[0], accs[-1]
+        shown = [k for k in study.registry.progress_columns() if k not in ("epoch", "score")]
         best = trials.iloc[0]
         print(f"best trial: {best['trial_dir']}  score={best['final_score']:.4f} after {best['epochs']} epochs")
         for k, v in sampled(best, study.params).items():
             print(f"  {k} = {v}")
-        print(
-            "  "
-            + "  ".join(f"{m}={best['final_' + m]:.3f}" for m in accs)
-            + f"  median={best['final_median_km']:.0f} km"
-        )
-        print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {fine:>10s} {coarse:>10s} {'epochs':>6s}  params")
+        print("  " + "  ".join(f"{m}={best['final_' + m]:.4g}" for m in study.registry.headline()))
+        header = " ".join(f"{k:>10s}" for k in shown)
+        print(f"\ntop trials:\n  {'trial':22s} {'score':>7s} {header} {'epochs':>6s}  params")
         for _, row in trials.head(10).iterrows():
-            shown = params_text(row, study.params)
-            print(
-                f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {row['final_' + fine]:10.3f} "
-                f"{row['final_' + coarse]:10.3f} {row['epochs']:6d}  {shown}"
-            )
+            values = " ".join(f"{row['final_' + k]:10.4g}" for k in shown)
+            params = params_text(row, study.params)
+            print(f"  {row['trial_dir']:22s} {row['final_score']:7.4f} {values} {row['epochs']:6d}  {params}")
     print(f"\nresults:      {study_dir}")
     print(f"optuna:       optuna-dashboard {StudyFolder(study_dir).optuna_url}")
     print(f"tensorboard:  tensorboard --logdir {study_dir}")

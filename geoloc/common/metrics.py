@@ -85,9 +85,16 @@ class MetricRegistry:
         return [m.tag for m in self.metrics if m.hparam]
 
     def progress_columns(self) -> list[str]:
-        """Ray's live trial table: the score, the finest and coarsest accuracy and val_loss."""
+        """Ray's live trial table: the score, the finest and coarsest accuracy (where the task has
+        accuracies) and the primary evaluation loss (where it has one)."""
         accs = self.accuracies()
-        return ["epoch", "score", *dict.fromkeys([accs[0], accs[-1]]), "val_loss"]
+        losses = [m.key for m in self.metrics if m.kind == "loss" and m.primary][:1]
+        return ["epoch", "score", *dict.fromkeys(accs[:1] + accs[-1:]), *losses]
+
+    def headline(self) -> list[str]:
+        """The primary evaluation's metrics that have a direction, score last: a trial's result in one line."""
+        keys = [m.key for m in self.metrics if m.primary and m.direction and m.key != "score"]
+        return [*keys, "score"]
 
     @staticmethod
     def _of(metric: Metric, eval_set: str | None) -> bool:
