@@ -266,14 +266,14 @@ def provide_needs(wheel_dir: Path) -> tuple[list[str], list[str]]:
 
 def product_modules() -> None:
     """Import every project module the checks use (none of them imports Ray, Optuna or moocore)."""
-    import geoloc.config  # noqa: F401
     import geoloc.data  # noqa: F401
     import geoloc.data.backbone  # noqa: F401
     import geoloc.data.cache  # noqa: F401
     import geoloc.data.synthetic  # noqa: F401
     import geoloc.geo  # noqa: F401
+    import geoloc.study.config  # noqa: F401
     import geoloc.tasks.geoclip.evaluate  # noqa: F401
-    import geoloc.train  # noqa: F401
+    import geoloc.tasks.geoclip.trainer  # noqa: F401
 
 
 API_GAPS: set[str] = set()  # product API the checks expected and did not find

@@ -1,4 +1,5 @@
-"""The study and trial folder contract (geoloc/study/folders.py) and the metric registry (geoloc/tasks/geoclip/metrics.py)."""
+"""The study and trial folder contract (geoloc/study/folders.py) and the metric registry
+(geoloc/tasks/geoclip/metrics.py)."""
 
 from __future__ import annotations
 

@@ -45,8 +45,10 @@ def imported(name: str, path: Path, known: set[str], module_level: bool = False)
     skipped = {
         id(node)
         for branch in ast.walk(tree)
-        if isinstance(branch, ast.If) and "TYPE_CHECKING" in ast.unparse(branch.test)
-        or module_level and isinstance(branch, (ast.FunctionDef, ast.AsyncFunctionDef))
+        if isinstance(branch, ast.If)
+        and "TYPE_CHECKING" in ast.unparse(branch.test)
+        or module_level
+        and isinstance(branch, (ast.FunctionDef, ast.AsyncFunctionDef))
         for node in ast.walk(branch)
     }
     found = set()
@@ -186,7 +188,8 @@ def test_every_file_a_docstring_cites_exists():
         for node in nodes:
             doc = ast.get_docstring(node) or ""
             missing += [
-                f"{path.relative_to(ROOT)}: {cited}" for cited in CITED.findall(doc)
+                f"{path.relative_to(ROOT)}: {cited}"
+                for cited in CITED.findall(doc)
                 if not (ROOT / cited).exists() and not PLACEHOLDER.search(cited)
             ]
     assert not missing, "docstrings cite files that do not exist:\n" + "\n".join(missing)

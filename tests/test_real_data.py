@@ -656,7 +656,7 @@ def test_warm_start_needs_the_published_architecture_and_768_features(caches):
 
 MEMORY_PROBE = textwrap.dedent("""
     import json, sys, psutil, numpy as np
-    from geoloc.config import parse_job
+    from geoloc.study.config import parse_job
     from geoloc.data import Data
     from geoloc.data.cache import open_cache
     from geoloc.train import Trainer

@@ -1,4 +1,4 @@
-"""The Ray trainable: a short adapter from a Tune trial to ``geoloc.train.train`` (the shape of Ray's
+"""The Ray trainable: a short adapter from a Tune trial to ``geoloc.run.loop.train`` (the shape of Ray's
 ``custom_func_checkpointing.py`` example). Everything a trial writes goes to its trial folder
 (``geoloc.study.folders``); this module adds only what Ray needs: the reports and the checkpoints.
 It writes the worker's half of ``status.json`` ("running", and "errored" when the loss diverges);
