@@ -43,7 +43,7 @@ from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.geo import displace, haversine_km
 from geoloc.parts.precision import precision
 from geoloc.study.config import parse_job
-from geoloc.tasks.geoclip.config import EvalConfig, JobConfig, ModelConfig
+from geoloc.tasks.geoclip.config import EvalConfig, GeoCLIPConfig, ModelConfig
 from geoloc.tasks.geoclip.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metrics, curve_thresholds
 from geoloc.tasks.geoclip.model import GeoCLIP
 from geoloc.tasks.geoclip.resolution import BEARINGS, PROBE_KM, ResolutionProbe
@@ -159,7 +159,7 @@ def _targets_around(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return moved.numpy()
 
 
-def run(threads: int | None = None, quickstart: JobConfig | None = None, repeats: int = 5, **sizes) -> Result:
+def run(threads: int | None = None, quickstart: GeoCLIPConfig | None = None, repeats: int = 5, **sizes) -> Result:
     """The comparison with ``threads`` torch threads (None: as set), then the previous setting again.
 
     ``sizes`` go to ``compare``. With ``quickstart`` (a run configuration, see ``quickstart_job``)
@@ -440,12 +440,12 @@ mean nothing and are not shown.
     return Result("Evaluation: Evaluator vs published eval_images", body, agreed, figures)
 
 
-def quickstart_job(**offline) -> JobConfig:
+def quickstart_job(**offline) -> GeoCLIPConfig:
     """The base run of ``studies/quickstart.yaml``, its offline benchmark's sizes changed by ``offline``."""
     return parse_job(deep_merge(quickstart_base(), {"data": {"offline": offline}}))
 
 
-def overhead(job: JobConfig, repeats: int = 5, seed: int = 0) -> dict:
+def overhead(job: GeoCLIPConfig, repeats: int = 5, seed: int = 0) -> dict:
     """The evaluation alone against the evaluation followed by the additions, interleaved, at ``job``'s sizes.
 
     As a trial of ``job`` evaluates on the offline benchmark: its model (random initialisation),

@@ -89,7 +89,15 @@ def test_one_training_step_gives_the_published_loss():
     # and the step moved the weights the same way
     a = ours.image_head[0].weight
     b = published.image_encoder.mlp[0].weight
-    assert (a - b).abs().max().item() < 1e-6
+    # The same gradient, to float32 rounding of the largest one; and the same step wherever the gradient
+    # stands above that rounding: Adam divides each gradient by its own magnitude, so where it is
+    # rounding noise (|g| ~ 1e-7) the step's size is too, and two correct implementations differ there.
+    ga, gb = a.grad, b.grad
+    rounding = 1e-6 * gb.abs().max().item()
+    assert (ga - gb).abs().max().item() < rounding
+    resolved = gb.abs() > 100 * rounding
+    assert resolved.float().mean() > 0.9  # most of the layer: the check below is not vacuous
+    assert (a - b)[resolved].abs().max().item() < 1e-6
 
 
 def test_accuracies_equal_the_published_geodesic_evaluation():
