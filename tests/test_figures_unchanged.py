@@ -1,12 +1,16 @@
 """Refactoring must not change results: a random-search and a grid study give, trial by trial and
 epoch by epoch, the metrics recorded before the consolidation of issue 11, to the last digit.
 
-The figures in ``data/figures_before_consolidation.json`` were recorded at commit c087fca (before
-the change) by running this module as a script from that checkout:
+The figures in ``data/figures_before_consolidation.json`` were first recorded at commit c087fca
+(before the change) on an AMD EPYC, by running this module as a script from that checkout:
 
     python -m tests.test_figures_unchanged --record tests/data/figures_before_consolidation.json
 
-Re-record only when an issue asks for a change of results, and say so in its closing note.
+The machines became Intel Xeons with AVX-512, on which MKL's sums differ in their last digits (no
+``MKL_CBWR`` or ``ATEN_CPU_CAPABILITY`` setting gave the old ones back), so they were recorded again
+at commit 5379d18, the code before the task seam, on such a machine; the same parameters, the same
+final scores, some epochs' accuracies one image apart. Re-record only when an issue asks for a change
+of results or the machines change, from the commit before the change, and say so in the closing note.
 The random study runs here; the grid study runs as a job on a two-node cluster in
 ``tests/test_cluster.py``, which compares it with the same figures (one run of each keeps the
 suite's time down).
