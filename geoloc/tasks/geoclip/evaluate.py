@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from geoloc.common.metrics import accuracy_key
+from geoloc.common.metrics import accuracy_key, ceiling_key
 from geoloc.data.cache import FeatureCache
 from geoloc.geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
 from geoloc.parts.precision import exact_fp32
@@ -122,7 +122,7 @@ class Evaluator:
         # The gallery ceiling: top-1 retrieval cannot beat the share of images that have any
         # gallery point within the threshold.
         nearest = nearest_distance_km(cache.coords, self.gallery.coords)
-        self.ceiling = {f"ceiling_{t:g}km": float(np.mean(nearest <= t)) for t in cfg.thresholds_km}
+        self.ceiling = {ceiling_key(t): float(np.mean(nearest <= t)) for t in cfg.thresholds_km}
 
     @staticmethod
     def fixed_negatives(train_coords: np.ndarray, n: int) -> np.ndarray:
