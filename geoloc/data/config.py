@@ -5,17 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import (
-    Field,
-    StrictInt,
-    StrictStr,
-    field_validator,
-)
+from pydantic import Field, StrictInt, StrictStr, field_validator
 
-from geoloc.common.validation import (
-    Float,
-    Section,
-)
+from geoloc.common.validation import Float, Section
 
 
 class OfflineBenchmarkConfig(Section):

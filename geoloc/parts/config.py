@@ -5,18 +5,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import (
-    Field,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, StrictInt, field_validator, model_validator
 
-from geoloc.common.validation import (
-    FieldError,
-    Float,
-    Section,
-)
+from geoloc.common.validation import FieldError, Float, Section
 
 
 class LossConfig(Section):

@@ -6,18 +6,9 @@ from __future__ import annotations
 import warnings
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    Field,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, StrictInt, field_validator, model_validator
 
-from geoloc.common.validation import (
-    FieldError,
-    Float,
-    Section,
-)
+from geoloc.common.validation import FieldError, Float, Section
 
 # Optuna warns at every read of a choice among lists that it cannot vouch for such values in a
 # storage; they are plain JSON and round-trip exactly (tests/test_recovery.py, the pareto case).

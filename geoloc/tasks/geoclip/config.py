@@ -10,19 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import (
-    Field,
-    StrictBool,
-    StrictInt,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from geoloc.common.validation import (
-    FieldError,
-    Float,
-    Section,
-)
+from geoloc.common.validation import FieldError, Float, Section
 from geoloc.data.config import DataConfig
 from geoloc.parts.config import BatchesConfig, LossConfig, NegativesConfig
 from geoloc.tasks.seam import TaskConfig
