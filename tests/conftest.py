@@ -41,6 +41,8 @@ NO_RAY_TESTS = {"test_dry_run_of_every_shipped_study"}
 
 def starts_ray(item: pytest.Item) -> bool:
     name = item.path.name
+    if "shared_ray" in getattr(item, "fixturenames", ()):
+        return True
     if name not in ONE_AT_A_TIME or getattr(item, "originalname", item.name) in NO_RAY_TESTS:
         return False
     return name not in RAY_FIXTURES or bool(RAY_FIXTURES[name] & set(getattr(item, "fixturenames", ())))
@@ -50,6 +52,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if starts_ray(item):
             item.add_marker(pytest.mark.xdist_group("ray"))
+
+
+@pytest.fixture(scope="session")
+def shared_ray():
+    """The address of one Ray instance for the tests that run a study without killing Ray or its
+    launcher (they pass ``--address``); tests that kill drivers or workers, or check the launcher's
+    own start of Ray, start their own. It lives on the worker that runs the Ray tests."""
+    import os
+
+    from .studyutil import RayHead
+
+    head = RayHead()
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "token"  # what a launcher needs to join it (studyutil.RayHead)
+    yield head.address
+    head.stop()
+    os.environ.pop("RAY_AUTH_MODE") if saved is None else os.environ.update(RAY_AUTH_MODE=saved)
 
 
 @pytest.fixture(scope="session")

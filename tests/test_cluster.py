@@ -14,7 +14,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,18 @@ import pytest
 
 from geoloc.study.folders import Status, StudyFolder, TrialFolder
 
-from .studyutil import ROOT, TINY_STUDY, ended, optuna_trials, read_metrics, read_status, trial_dirs, write_study
+from .studyutil import (
+    AGENT_FLAGS,
+    ROOT,
+    TINY_STUDY,
+    ended,
+    free_ports,
+    optuna_trials,
+    read_metrics,
+    read_status,
+    trial_dirs,
+    write_study,
+)
 from .test_figures_unchanged import FIGURES, NOT_FIGURES, as_recorded, studies
 
 pytestmark = pytest.mark.slow
@@ -40,12 +50,6 @@ CLUSTER_COMMANDS = {
 }
 # Forbidden in a job's log: Ray's warnings that read like lost results.
 LOST_RESULTS = re.compile(r"Failed to fetch metrics|were not found|Traceback")
-AGENT_FLAGS = (  # the per-node ports that two nodes on one machine must not share
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "metrics-export-port",
-    "runtime-env-agent-port",
-)
 CLUSTER_MARKER = "GEOLOC_TEST_CLUSTER"  # in the environment of every process of a test cluster
 
 
@@ -55,16 +59,6 @@ def readme_command(name: str, **values: str) -> list[str]:
     for placeholder, value in values.items():
         command = command.replace(placeholder, value)
     return command.split()
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 class LocalCluster:

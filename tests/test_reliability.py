@@ -184,13 +184,13 @@ def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, of
     assert len(read_metrics(killed)) >= 2
 
 
-def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, offline_root_session):
+def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, offline_root_session, shared_ray):
     study = copy.deepcopy(TINY_STUDY)
     study["search"] = {"algorithm": "grid", "max_concurrent": 2}
     study["search_space"] = {"train.lr": {"type": "choice", "values": [1e-3, 1e30]}}  # 1e30 overflows to NaN
     study["scheduler"] = {"type": "none"}
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    proc = run_tune_main(study_file, "--storage", tmp_path / "results", "--no-analysis")
+    proc = run_tune_main(study_file, "--storage", tmp_path / "results", "--no-analysis", "--address", shared_ray)
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "results" / "tiny"
     by_lr = {TrialFolder(t).read_trial()["params"]["train.lr"]: read_status(t) for t in trial_dirs(study_dir)}
@@ -205,7 +205,7 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, o
     assert (trials["status"] == "errored").sum() == 1
 
 
-def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offline_root_session):
+def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offline_root_session, shared_ray):
     """A study with other thresholds (0.5, 10, 100 km): TensorBoard (served, and read back with its
     own EventAccumulator), the analysis tables and the launcher's summary all show those accuracies."""
     study = copy.deepcopy(TINY_STUDY)
@@ -213,7 +213,7 @@ def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offl
     study["base"]["eval"] = {"thresholds_km": [0.5, 10, 100], "score_weights": [1, 1, 1]}
     accs = ["acc_0.5km", "acc_10km", "acc_100km"]
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    proc = run_tune_main(study_file, "--storage", tmp_path / "r")
+    proc = run_tune_main(study_file, "--storage", tmp_path / "r", "--address", shared_ray)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study_dir = tmp_path / "r" / "tiny"
     assert "acc_0.5km" in proc.stdout.split("best trial:")[1] and "acc_100km" in proc.stdout.split("top trials:")[1]

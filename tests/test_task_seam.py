@@ -146,14 +146,14 @@ def load(path, study: dict) -> StudyConfig:
     return load_study_file(path)
 
 
-def test_a_toy_task_runs_a_study_through_ray_and_the_analysis(tmp_path, capsys):
+def test_a_toy_task_runs_a_study_through_ray_and_the_analysis(tmp_path, capsys, shared_ray):
     """Two grid trials of the toy task, end to end in this process: the Ray workers import this module
     to unpickle the toy configuration, which registers the task there too."""
     import tune_main
 
     study_file = tmp_path / "toy.yaml"
     study_file.write_text(yaml.safe_dump(toy_study(tmp_path)))
-    assert tune_main.main([str(study_file)]) == 0
+    assert tune_main.main([str(study_file), "--address", shared_ray]) == 0
     out = capsys.readouterr().out
     folder = StudyFolder(tmp_path / "results" / "toy")
     trials = folder.trials()
