@@ -8,8 +8,8 @@ the same key (a bin of a continuous parameter, or a configuration sampled twice 
 runs cannot be matched one to one: that parameter is compared unpaired (each unit its own key),
 and the notes say so.
 
-The baseline arm: the one holding the base configuration's value (study.yaml ``base`` at the
-parameter's dotted key); when that value is not among the arms, the arm of the search space's
+The baseline arm: the one holding the base configuration's value (the study file's ``base`` at
+the parameter's dotted key); when that value is not among the arms, the arm of the search space's
 first value (its first choice, or its lower bound), else the first arm, and the notes say so.
 ``--baseline VALUE`` picks the arm holding VALUE instead, for every parameter that has one.
 """
@@ -22,12 +22,11 @@ import pandas as pd
 import yaml
 
 from geoloc.common.validation import get_path
-from geoloc.tasks.geoclip.metrics import RESOLUTION
 
-from . import compare
+from . import compare, roles
 from .budget import Budget
 from .load import AnalysisError, Study
-from .report import is_seed
+from .roles import is_seed
 from .tables import arms as trial_arms
 from .tables import fmt_value
 
@@ -71,9 +70,10 @@ def _requested(value, level: pd.Series, raw: pd.Series, binned: bool) -> str | N
 
 def _default_baseline(study: Study, param: str, level: pd.Series, raw: pd.Series, binned: bool):
     """(label, note): the base configuration's arm, else the search space's first value's, else the first arm."""
+    config = study.config
     try:
-        base = get_path(study.spec.get("base") or {}, param)
-    except KeyError:
+        base = get_path(config.base.model_dump(mode="json"), param) if config is not None else None
+    except KeyError:  # not a key of the run configuration (a hand-made folder's parameter)
         base = None
     label = level_of(base, level, raw, binned)
     if label is not None:
@@ -83,8 +83,8 @@ def _default_baseline(study: Study, param: str, level: pd.Series, raw: pd.Series
         if base is not None
         else "study.yaml gives no base value"
     )
-    entry = (study.spec.get("search_space") or {}).get(param)
-    first = (entry.get("values") or [entry.get("low")])[0] if isinstance(entry, dict) else entry
+    entry = config.search_space.get(param) if config is not None else None
+    first = entry.extremes()[0] if entry is not None else None
     label = level_of(first, level, raw, binned)
     if label is not None:
         return label, f"{param}: {why}; baseline = the search space's first value, {label}"
@@ -120,7 +120,7 @@ def arms_of(study: Study, budget: Budget, param: str, bins: int, requested=None)
         return None  # trials without per-seed rows at this epoch (a seeds.jsonl cut short): nothing to pair
     units["pair"] = _pairs(study, units, param)
     if units.duplicated(["arm", "pair"]).any():
-        units["pair"] = units["trial_id"].astype(str) + "|seed=" + units["seed"].astype(str)
+        units["pair"] = units["trial_id"].astype(str) + "|seed=" + units["seed"].map(str)  # map: NaN as "nan"
         notes.append(
             f"{param}: an arm holds several runs with the same seed and other settings "
             "(a bin of values, or a configuration run twice), so runs cannot be matched one to one: compared unpaired"
@@ -147,33 +147,11 @@ def all_arms(study: Study, budget: Budget, params: list[str], bins: int, request
     return found
 
 
-def metrics(study: Study) -> list[str]:
-    """What the arms are compared on: every accuracy of the primary set, the score, and the
-    encoder's resolution (the mechanism the 1 km accuracy is set beside)."""
-    extra = [m for m in ("score", RESOLUTION) if m in study.metrics]
-    return study.accuracies + extra
-
-
-def comparison(study: Study, arms: list[Arms]) -> pd.DataFrame:
-    """compare.compare for each parameter (one Holm family per parameter, as each ablation table
-    is one), stacked with a leading ``param`` column."""
-    keys = metrics(study)
+def comparison(study: Study, budget: Budget, arms: list[Arms]) -> pd.DataFrame:
+    """compare.compare for each parameter on ``roles.compared``'s metrics (one Holm family per
+    parameter, as each ablation table is one), stacked with a leading ``param`` column."""
+    keys = roles.compared(study, budget.units)
     directions = {m: study.registry.direction(m) for m in keys}
     tables = [compare.compare(a.units, a.baseline, keys, directions).assign(param=a.param) for a in arms]
     columns = ["param", *compare.COLUMNS]
     return pd.concat(tables, ignore_index=True)[columns] if tables else pd.DataFrame(columns=columns)
-
-
-def crossovers(arms: list[Arms]) -> pd.DataFrame:
-    """compare.crossovers for each parameter with error curves, stacked with a leading ``param`` column."""
-    tables = [
-        compare.crossovers(a.curves, a.baseline).assign(param=a.param)
-        for a in arms
-        if a.baseline in set(a.curves["arm"])
-    ]
-    if not tables:
-        return pd.DataFrame(
-            columns=["param", "arm", "baseline", "crossover_km", "direction", "crossings", "note", "paired"]
-        )
-    table = pd.concat(tables, ignore_index=True)
-    return table[["param", *[c for c in table.columns if c != "param"]]]

@@ -29,12 +29,11 @@ import math
 from dataclasses import dataclass
 
 import pandas as pd
-from pydantic import ValidationError
 
 from geoloc.study.folders import Status
-from geoloc.study.studyfile import SchedulerConfig
 
-from .load import START, AnalysisError, Study, values_at
+from .frames import START, values_at
+from .load import AnalysisError, Study
 
 WHOLE = ("final", "best")  # an epoch per trial rather than one for all
 
@@ -156,11 +155,10 @@ class Budget:
 
 
 def full_epochs(study: Study) -> int:
-    """The epochs a trial runs when no scheduler stops it: study.yaml's base.train.epochs, else (a
-    hand-made folder) the most epochs a finished or stopped trial ran, else 0 (none has ended)."""
-    base_epochs = ((study.spec.get("base") or {}).get("train") or {}).get("epochs")
-    if isinstance(base_epochs, int):
-        return base_epochs
+    """The epochs a trial runs when no scheduler stops it: the study file's (``StudyConfig.epochs``),
+    else (a hand-made folder) the most epochs a finished or stopped trial ran, else 0 (none has ended)."""
+    if study.config is not None:
+        return study.config.epochs
     ran = pd.to_numeric(study.counted()["epochs"], errors="coerce").dropna()
     return int(ran.max()) if len(ran) else 0
 
@@ -218,16 +216,12 @@ def rungs(study: Study, budget: Budget) -> list:
     """The epochs of the cross-trial correlations: one per ASHA rung, and the budget's epoch.
 
     Rung epochs are grace_period * reduction_factor**k <= the trials' epochs (rounded up: ASHA
-    judges a trial at the first epoch past the milestone), from study.yaml's ``scheduler``
+    judges a trial at the first epoch past the milestone), from the study file's ``scheduler``
     section; rungs no counted trial reached are left out. The budget's epoch (the one every
     table compares at) is always among them, so the summary quotes the tables' budget. With
-    ``type: none``, or no readable scheduler section (a hand-made folder), it is the only one.
+    ``type: none`` or ``moasha``, or without a study file (a hand-made folder), it is the only one.
     """
-    section = study.spec.get("scheduler")
-    try:
-        scheduler = SchedulerConfig.model_validate(section) if isinstance(section, dict) else None
-    except ValidationError:
-        scheduler = None
+    scheduler = study.config.scheduler if study.config is not None else None
     if budget.epoch is None or scheduler is None or scheduler.type != "asha":
         return [budget.epoch]
     max_t = full_epochs(study)

@@ -1,4 +1,4 @@
-"""Hyperparameter importance for score and for the finest accuracy (acc_1km), from the trial table alone.
+"""Hyperparameter importance for the score and the headline metric (``roles.headline``), from the trial table alone.
 
 An in-memory Optuna study is rebuilt from the compared trials' rows (their values at the budget's
 epoch), so importance works for any study directory, with or without its optuna.db, and uses the
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from . import roles
 from .load import Study
 
 MIN_TRIALS = 4
@@ -40,7 +41,7 @@ def distribution(values: list, kind: str):
 
 
 def importances(study: Study, trials: pd.DataFrame, targets=None) -> Importance:
-    """Importance of each varied hyperparameter for each target metric (default: score and the finest accuracy).
+    """Importance of each varied hyperparameter for each target metric (default: the score and the headline).
 
     trials: one row per trial, its params and a column per metric (the budget's trials).
     """
@@ -48,7 +49,8 @@ def importances(study: Study, trials: pd.DataFrame, targets=None) -> Importance:
     from optuna.importance import FanovaImportanceEvaluator, PedAnovaImportanceEvaluator
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    targets = ["score", *study.accuracies[:1]] if targets is None else list(targets)
+    head = roles.headline(study)
+    targets = list(dict.fromkeys(["score", *([head] if head else [])])) if targets is None else list(targets)
     # A param missing from some trials (conditional search space) cannot be compared across all.
     params = [p for p in study.varied if trials[p].notna().all() and trials[p].nunique() > 1] if len(trials) else []
     notes = []

@@ -2,8 +2,9 @@
 
 A study file with ``objective: {type: pareto, metrics: [acc_1km, acc_2500km]}`` searches for the
 trials that no other trial beats on every one of those metrics, rather than for the best score;
-the directions come from the metric registry. ``study.yaml`` records the objective; a study with
-``type: score``, or an older folder without ``objective``, is a score study and gets none of this.
+the directions come from the metric registry. The study file records the objective; a study with
+``type: score`` (the default, also of an older folder without ``objective``) is a score study and
+gets none of this.
 
 - The front found: every finished trial that ran the study's full epoch budget
   (``budget.full_epochs``: base.train.epochs), with its values at that epoch, and among them the
@@ -33,6 +34,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from geoloc.common.metrics import MetricRegistry
+from geoloc.study.studyfile import ObjectiveConfig
 from geoloc.tuning import pareto as pareto_helpers
 
 from .budget import full_epochs, trials_at
@@ -100,23 +102,31 @@ def reference_point(registry: MetricRegistry, metrics: Sequence[str], values: Ar
 
 
 def objective(study: Study) -> tuple[Objective | None, list[str]]:
-    """study.yaml's Pareto objective (None for a score study) and warnings about metrics left out
-    of it (unknown to the registry, without a direction, or reported by no trial)."""
-    doc = study.spec.get("objective")
-    if not isinstance(doc, dict) or doc.get("type") != "pareto":
+    """The study file's Pareto objective (None for a score study, or without a study file) and
+    warnings about metrics left out of it (`usable`)."""
+    if study.config is None:
         return None, []
-    named = doc.get("metrics") if isinstance(doc.get("metrics"), list) else []
-    usable = [m for m in named if isinstance(m, str) and study.registry.direction(m) and m in study.metrics]
+    return usable(study.config.objective, study.registry, study.metrics)
+
+
+def usable(goal: ObjectiveConfig, registry: MetricRegistry, reported: list[str]) -> tuple[Objective | None, list[str]]:
+    """A study file's objective as an `Objective` of the metrics that the study's registry gives a
+    direction and that the trials ``reported``, and warnings about the others (the study file was
+    checked against the registry its base implies, which an older metrics.json may not match)."""
+    if goal.type != "pareto":
+        return None, []
+    named = list(goal.metrics)
+    kept = [m for m in named if registry.direction(m) and m in reported]
     warnings = []
-    if len(usable) < len(named):
-        left = ", ".join(str(m) for m in named if m not in usable)
+    if len(kept) < len(named):
+        left = ", ".join(m for m in named if m not in kept)
         warnings.append(
             f"warning: pareto objective: {left} left out (not a metric with a direction that the trials reported)"
         )
-    if not usable:
+    if not kept:
         warnings.append("warning: pareto objective: no usable metric; no front or hypervolume")
         return None, warnings
-    return Objective(usable, [study.registry.direction(m) == "max" for m in usable]), warnings
+    return Objective(kept, [registry.direction(m) == "max" for m in kept]), warnings
 
 
 def front(study: Study, goal: Objective | None = None) -> tuple[Front | None, list[str]]:

@@ -1,107 +1,34 @@
-"""The report's figures, as PNG files drawn by matplotlib's Agg canvas.
-
-Figures are built as ``Figure`` objects on an Agg canvas rather than through pyplot: no display
-is needed on a cluster node, and a launcher or notebook that calls ``analyse()`` keeps its own
-backend and pyplot state untouched.
+"""The generic figures of a study: accuracy against threshold, learning curves, each shown metric
+against each varied parameter, parallel coordinates, importance, and a Pareto study's front and
+hypervolume. Each is drawn as a ``canvas.Chart`` (written later by ``pipeline.py``); a figure
+whose metrics the registry lacks is not drawn.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import matplotlib.cm
 import matplotlib.colors
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from geoloc.study.folders import Status
 
+from . import names, roles
 from .budget import Budget
+from .canvas import CMAP, Chart, colour_key, figure, norm
+from .frames import START
 from .importance import Importance
-from .load import NOISE_PARAM, START, Study
+from .load import Study
 from .pareto import Front
-from .tables import MAX_LEVELS, fmt_value, levels, slug
-from .tradeoff import pareto_mask
-
-DPI = 110
-CMAP = "viridis"
+from .tables import MAX_LEVELS, fmt_value, levels
 
 
-def _figure(nrows: int, ncols: int, figsize) -> tuple[Figure, np.ndarray]:
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def _save(fig: Figure, path: Path, tight: bool = True) -> Path:
-    if tight:
-        fig.tight_layout()
-        fig.savefig(path, dpi=DPI)
-    else:  # figures with a colorbar spanning several axes: tight_layout cannot place it
-        fig.savefig(path, dpi=DPI, bbox_inches="tight")
-    return path
-
-
-def _colour_key(study: Study) -> tuple[str | None, pd.Series]:
-    """Colour trials by noise sigma (the thesis's question) when it is a number, else one colour."""
-    if NOISE_PARAM in study.params and study.param_kinds.get(NOISE_PARAM) in ("int", "float"):
-        return NOISE_PARAM, pd.to_numeric(study.trials.set_index("trial_id")[NOISE_PARAM], errors="coerce")
-    return None, pd.Series(0.0, index=study.trials["trial_id"])
-
-
-def _norm(values: pd.Series):
-    lo, hi = np.nanmin(values.to_numpy(float)), np.nanmax(values.to_numpy(float))
-    return matplotlib.colors.Normalize(vmin=lo, vmax=hi if hi > lo else lo + 1)
-
-
-def loss_vs_fine(study: Study, budget: Budget, out: Path) -> Path | None:
-    """Each loss against acc_1km at the budget: a dot per trial coloured by sigma, with the pair's Pareto front."""
-    fine = study.accuracies[0] if study.accuracies else None
-    losses = [loss for loss in ("train_loss", "val_loss") if loss in study.metrics]
-    used = budget.trials
-    if fine is None or not losses or not len(used):
-        return None
-    key, colour = _colour_key(study)
-    norm = _norm(colour)
-    fig, axes = _figure(1, len(losses), (5.5 * len(losses), 4.5))
-    for ax, loss in zip(axes[0], losses, strict=True):
-        part = used.dropna(subset=[loss, fine])
-        x, y = part[loss].astype(float), part[fine].astype(float)
-        dots = ax.scatter(
-            x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=norm, s=45, edgecolors="k", linewidths=0.4
-        )
-        for xi, yi, number in zip(x, y, part["number"], strict=True):
-            ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if len(part):
-            on = pareto_mask(pd.DataFrame({loss: x, fine: y}), {loss: "min", fine: "max"})
-            front = part[on].sort_values(loss)
-            ax.step(
-                front[loss],
-                front[fine],
-                where="post",
-                color="crimson",
-                lw=1.5,
-                label="Pareto front",
-            )
-            ax.legend(loc="best", fontsize=8)
-        ax.set_xlabel(f"{loss}, {budget.label}")
-        ax.set_ylabel(f"{fine}, {budget.label}")
-        ax.grid(alpha=0.3)
-    if key:
-        fig.colorbar(dots, ax=axes[0].tolist(), label=key)
-        fig.suptitle(f"loss versus {fine}, coloured by {key}")
-    else:
-        fig.suptitle(f"loss versus {fine}")
-    return _save(fig, out / "loss_vs_acc.png", tight=False)
-
-
-def accuracy_vs_threshold(study: Study, budget: Budget, out: Path, top: int = 5) -> Path | None:
-    """The best trials by score at the budget's epoch: accuracy against threshold, the gallery ceiling dashed."""
+def accuracy_vs_threshold(study: Study, budget: Budget, top: int = 5) -> Chart | None:
+    """The best trials by score at the budget's epoch: accuracy against threshold (the registry's
+    thresholds), the ceiling dashed where the registry has one; none without accuracies."""
     accs = study.accuracies
     used = budget.trials
     if not accs or "score" not in study.metrics or not len(used):
@@ -109,7 +36,7 @@ def accuracy_vs_threshold(study: Study, budget: Budget, out: Path, top: int = 5)
     best = used.dropna(subset=["score"]).nlargest(top, "score")
     x = [study.registry.get(a).threshold_km for a in accs]
     ceilings = study.ceilings
-    fig, axes = _figure(1, 1, (7, 4.5))
+    fig, axes = figure(1, 1, (7, 4.5))
     ax = axes[0, 0]
     tab10 = matplotlib.colormaps["tab10"]
     for i, trial in enumerate(best.to_dict("records")):
@@ -136,26 +63,27 @@ def accuracy_vs_threshold(study: Study, budget: Budget, out: Path, top: int = 5)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"accuracy against threshold, best {len(best)} trials by score")
-    return _save(fig, out / "accuracy_vs_threshold.png")
+    return Chart(names.ACCURACY_VS_THRESHOLD, fig, names.alt(names.ACCURACY_VS_THRESHOLD))
 
 
-def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Path | None:
-    """Losses and acc_1km per epoch for every trial; an x where ASHA stopped a trial, a grey line
-    at the epoch the tables compare (the trials that stopped before it are seen only here). Curves
-    of runs evaluated before training start at epoch 0, marked by a hollow square (no train_loss
-    there: that panel starts at epoch 1)."""
-    panels = [m for m in ("train_loss", "val_loss") if m in study.metrics] + study.accuracies[:1]
+def learning_curves(study: Study, budget: Budget | None = None) -> Chart | None:
+    """The losses and the headline metric per epoch for every trial, coloured by the study's first
+    factor; an x where ASHA stopped a trial, a grey line at the epoch the tables compare (the trials
+    that stopped before it are seen only here). Curves of runs evaluated before training start at
+    epoch 0, marked by a hollow square (no train_loss there: that panel starts at epoch 1)."""
+    head = roles.headline(study)
+    panels = list(dict.fromkeys([*roles.losses(study), *([head] if head else [])]))
     epochs = study.every_epoch()
     if not panels or not len(epochs):
         return None
-    key, colour = _colour_key(study)
-    norm = _norm(colour)
+    key, colour = colour_key(study)
+    scale = norm(colour)
     cmap = matplotlib.colormaps[CMAP]
-    fig, axes = _figure(1, len(panels), (5 * len(panels), 4.2))
+    fig, axes = figure(1, len(panels), (5 * len(panels), 4.2))
     status = study.trials.set_index("trial_id")["status"]
     for ax, metric in zip(axes[0], panels, strict=True):
         for trial_id, curve in epochs.groupby("trial_id", sort=False):
-            c = cmap(norm(colour.get(trial_id, 0.0)))
+            c = cmap(scale(colour.get(trial_id, 0.0)))
             style = ":" if status[trial_id] == Status.RUNNING.value else "-"
             y = pd.to_numeric(curve[metric], errors="coerce")
             ax.plot(curve["epoch"], y, style, color=c, lw=1.2, alpha=0.85)
@@ -187,13 +115,14 @@ def learning_curves(study: Study, out: Path, budget: Budget | None = None) -> Pa
             ax.set_xlim(lo, hi)
     axes[0][-1].legend(handles=handles, fontsize=8)
     if key:
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[0].tolist(), label=key)
-    return _save(fig, out / "learning_curves.png", tight=False)
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=scale, cmap=cmap), ax=axes[0].tolist(), label=key)
+    return Chart(names.LEARNING_CURVES, fig, names.alt(names.LEARNING_CURVES), tight=False)
 
 
-def metrics_vs_param(study: Study, budget: Budget, param: str, out: Path) -> Path | None:
-    """Every accuracy and the score against one hyperparameter at the budget: a dot per unit, the mean per value."""
-    metrics = study.accuracies + (["score"] if "score" in study.metrics else [])
+def metrics_vs_param(study: Study, budget: Budget, param: str) -> Chart | None:
+    """Every accuracy, the headline and the score (``roles.shown``) against one hyperparameter at the
+    budget: a dot per unit, the mean per value."""
+    metrics = roles.shown(study)
     used = budget.units
     if not metrics or not len(used):
         return None
@@ -206,7 +135,7 @@ def metrics_vs_param(study: Study, budget: Budget, param: str, out: Path) -> Pat
         x = pd.Series(level.cat.codes, index=used.index).astype(float)
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
-    fig, axes = _figure(rows, cols, (4.2 * cols, 3.4 * rows))
+    fig, axes = figure(rows, cols, (4.2 * cols, 3.4 * rows))
     for ax, metric in zip(axes.flat, metrics, strict=False):  # the grid may have spare axes
         y = pd.to_numeric(used[metric], errors="coerce")
         ax.scatter(x, y, s=25, alpha=0.8, edgecolors="k", linewidths=0.3)
@@ -223,10 +152,10 @@ def metrics_vs_param(study: Study, budget: Budget, param: str, out: Path) -> Pat
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
     fig.suptitle(f"metrics at {budget.label} against {param} (one dot per {budget.unit_word[:-1]})")
-    return _save(fig, out / f"metrics_vs_{slug(param)}.png")
+    return Chart(names.metrics_vs(param), fig, names.alt(names.metrics_vs(param), param))
 
 
-def parallel_coordinates(study: Study, budget: Budget, out: Path) -> Path | None:
+def parallel_coordinates(study: Study, budget: Budget) -> Chart | None:
     """One line per trial through its varied hyperparameters (each scaled to 0..1) and its score at the budget."""
     used = budget.trials.dropna(subset=["score"]) if "score" in study.metrics else None
     if used is None or not len(used) or not study.varied:
@@ -249,7 +178,7 @@ def parallel_coordinates(study: Study, budget: Budget, out: Path) -> Path | None
         ticks.append((fmt_value(_pick(raw, "min")), fmt_value(_pick(raw, "max"))))
     data = np.column_stack(scaled)
     score = used["score"].astype(float).to_numpy()
-    fig, axes = _figure(1, 1, (max(6, 1.8 * len(axes_names)), 4.5))
+    fig, axes = figure(1, 1, (max(6, 1.8 * len(axes_names)), 4.5))
     ax = axes[0, 0]
     segments = [np.column_stack([np.arange(len(axes_names)), row]) for row in data]
     top = score.max() if score.max() > score.min() else score.min() + 1
@@ -267,7 +196,7 @@ def parallel_coordinates(study: Study, budget: Budget, out: Path) -> Path | None
     ax.set_yticks([])
     fig.colorbar(lines, ax=ax, label=f"score, {budget.label}")
     ax.set_title("parallel coordinates (each axis scaled to its range)")
-    return _save(fig, out / "parallel_coordinates.png")
+    return Chart(names.PARALLEL_COORDINATES, fig, names.alt(names.PARALLEL_COORDINATES))
 
 
 def _pick(values: pd.Series, how: str):
@@ -278,11 +207,11 @@ def _pick(values: pd.Series, how: str):
     return labels[0] if how == "min" else labels[-1]
 
 
-def importance_bars(result: Importance, out: Path) -> Path | None:
+def importance_bars(result: Importance) -> Chart | None:
     if not len(result.table):
         return None
     targets = list(dict.fromkeys(result.table["target"]))
-    fig, axes = _figure(1, len(targets), (5.5 * len(targets), 0.5 * result.table["param"].nunique() + 2.2))
+    fig, axes = figure(1, len(targets), (5.5 * len(targets), 0.5 * result.table["param"].nunique() + 2.2))
     for ax, target in zip(axes[0], targets, strict=True):
         part = result.table[result.table["target"] == target].sort_values("importance")
         ax.barh(part["param"], part["importance"], color="steelblue")
@@ -290,10 +219,10 @@ def importance_bars(result: Importance, out: Path) -> Path | None:
         ax.set_title(target)
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3, axis="x")
-    return _save(fig, out / "importance.png")
+    return Chart(names.IMPORTANCE, fig, names.alt(names.IMPORTANCE))
 
 
-def pareto_front(front: Front, out: Path) -> Path | None:
+def pareto_front(front: Front) -> Chart | None:
     """The full-budget trials of a two-objective Pareto study, the Pareto set highlighted and joined
     by the edge of the region it dominates (with three or more objectives: the table only)."""
     if len(front.objective.metrics) != 2 or not len(front.trials):
@@ -301,7 +230,7 @@ def pareto_front(front: Front, out: Path) -> Path | None:
     (x, y), (x_up, y_up) = front.objective.metrics, front.objective.maximise
     on = front.trials[front.trials["on_front"]].sort_values(x)
     rest = front.trials[~front.trials["on_front"]]
-    fig, axes = _figure(1, 1, (6.5, 5))
+    fig, axes = figure(1, 1, (6.5, 5))
     ax = axes[0, 0]
     ax.scatter(rest[x], rest[y], s=40, color="lightgrey", edgecolors="k", linewidths=0.4, label="dominated")
     # Between two members, the best value reachable is the next member's when x is maximised, the last one's if not.
@@ -314,15 +243,15 @@ def pareto_front(front: Front, out: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"Pareto set: {len(on)} of the {len(front.trials)} trials that ran {front.epochs} epochs")
-    return _save(fig, out / "pareto_front.png")
+    return Chart(names.PARETO_FRONT, fig, names.alt(names.PARETO_FRONT))
 
 
-def hypervolume_plot(front: Front, out: Path) -> Path | None:
+def hypervolume_plot(front: Front) -> Chart | None:
     """The hypervolume of the front found against the epochs spent, a dot where the front grew."""
     history = front.history
     if front.reference is None:
         return None
-    fig, axes = _figure(1, 1, (6.5, 4.2))
+    fig, axes = figure(1, 1, (6.5, 4.2))
     ax = axes[0, 0]
     ax.step(history["epochs_spent"], history["hypervolume"], where="post", color="steelblue", lw=1.5)
     grew = history[history["hypervolume"].diff().fillna(history["hypervolume"]) > 0]
@@ -334,21 +263,18 @@ def hypervolume_plot(front: Front, out: Path) -> Path | None:
     ax.set_title(f"{front.objective.describe()}; reference point ({corner})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, out / "hypervolume.png")
+    return Chart(names.HYPERVOLUME, fig, names.alt(names.HYPERVOLUME))
 
 
-def all_plots(
-    study: Study, budget: Budget, importance: Importance, out: Path, front: Front | None = None
-) -> dict[str, Path]:
-    """Every figure, by name; ``front``: a Pareto study's front (``pareto.front``)."""
-    made = {
-        "loss_vs_acc": loss_vs_fine(study, budget, out),
-        "accuracy_vs_threshold": accuracy_vs_threshold(study, budget, out),
-        "learning_curves": learning_curves(study, out, budget),
-        **{f"metrics_vs_{slug(p)}": metrics_vs_param(study, budget, p, out) for p in study.varied},
-        "parallel_coordinates": parallel_coordinates(study, budget, out),
-        "importance": importance_bars(importance, out),
-    }
+def all_plots(study: Study, budget: Budget, importance: Importance, front: Front | None = None) -> dict[str, Chart]:
+    """Every generic figure that has something to show, by name; ``front``: a Pareto study's front."""
+    made = [
+        accuracy_vs_threshold(study, budget),
+        learning_curves(study, budget),
+        *[metrics_vs_param(study, budget, p) for p in study.varied],
+        parallel_coordinates(study, budget),
+        importance_bars(importance),
+    ]
     if front is not None:
-        made.update(pareto_front=pareto_front(front, out), hypervolume=hypervolume_plot(front, out))
-    return {name: path for name, path in made.items() if path is not None}
+        made += [pareto_front(front), hypervolume_plot(front)]
+    return {chart.name: chart for chart in made if chart is not None}

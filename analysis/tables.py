@@ -1,8 +1,9 @@
 """Ablation tables: one row per value of a hyperparameter, mean ± std (n) of each metric.
 
-One set of numbers, three renderings: CSV keeps raw fractions for machines; Markdown and LaTeX
-show accuracies and score in percent (how GeoCLIP results are published) with the best cell of
-each column in bold, so a table can go straight into a thesis.
+The numbers only; ``formats.py`` renders them (CSV keeps raw fractions for machines; Markdown and
+LaTeX show accuracies and score in percent with the best cell of each column in bold, so a table
+can go straight into a thesis). The columns are the registry's (``roles.table_columns``): a
+diagnostic that is the same in every run at the budget is left out, and the caption says so.
 
 When the runs evaluated before training (``eval.at_start``), each table opens with that row,
 ``before training (epoch 0)``: the mean over the finished or stopped runs that have one (with a
@@ -13,16 +14,12 @@ no arm: it takes no part in the best cell, the baseline or the significance mark
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from geoloc.parts.config import SAMPLER_DISTANCES
-from geoloc.tasks.geoclip.metrics import RESOLUTION
-
+from . import roles
 from .budget import Budget, start_units
 from .load import Study
 
@@ -52,22 +49,12 @@ class Ablation:
         return self.cells if self.start is None else pd.concat([self.start, self.cells], ignore_index=True)
 
 
-def slug(name: str) -> str:
-    """A parameter name as a file-name part: train.noise.batch_sigma -> train_noise_batch_sigma."""
-    return re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
-
-
 def fmt_value(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "(unset)"
     if isinstance(value, (float, np.floating)):
         return f"{value:g}"
     return str(value)
-
-
-def km_text(km: float) -> str:
-    """A distance as people write it: 3 significant digits, no exponent (4320 km, 0.0316 km)."""
-    return f"{float(f'{km:.3g}'):g} km"
 
 
 def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool]:
@@ -104,16 +91,6 @@ def levels(values: pd.Series, kind: str, bins: int = 4) -> tuple[pd.Series, bool
     return pd.Series(pd.Categorical(mapped, categories=order, ordered=True), index=values.index), False
 
 
-def table_metrics(study: Study) -> list[str]:
-    """The columns of every ablation table: accuracies finest first, the encoder's resolution beside
-    the finest one (when the trials report it), then median_km and score, then what the batch
-    sampler did to the negatives (when the trials report it)."""
-    accs = study.accuracies
-    resolution = [RESOLUTION] if RESOLUTION in study.metrics else []
-    tail = [m for m in ("median_km", "score", *SAMPLER_DISTANCES) if m in study.metrics]
-    return accs[:1] + resolution + accs[1:] + tail
-
-
 def arms(study: Study, budget: Budget, param: str, bins: int = 4) -> tuple[pd.Series, bool]:
     """Each compared trial's level of ``param`` (an ordered categorical indexed by trial_id), and
     whether it was binned: levels and bins are drawn over trials, so a trial's seeds share its row."""
@@ -124,7 +101,7 @@ def arms(study: Study, budget: Budget, param: str, bins: int = 4) -> tuple[pd.Se
 def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablation:
     """Mean ± std of each metric per level of ``param``, over the budget's units (runs at its epoch)."""
     units = budget.units
-    columns = table_metrics(study)
+    columns = roles.table_columns(study, units)
     level, binned = arms(study, budget, param, bins)
     unit_level = units["trial_id"].map(level)
     rows = []
@@ -144,17 +121,10 @@ def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablatio
         cells[f"{m}_sig"] = False
 
     word = budget.unit_word
-    what = "runs (trial × seed)" if budget.per_seed else "trials"
-    kms = [m for m in ("median_km", RESOLUTION, *SAMPLER_DISTANCES) if m in columns]
-    distances = ", ".join(kms[:-1]) + " and " + kms[-1] if len(kms) > 1 else (kms or ["distances"])[0]
-    caption = (
-        f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over {what}, "
-        f"{budget.describe()}. Accuracies and score in %, {distances} in km; "
-        f"n = {word} per row; best value per column in bold."
-    )
+    percent = [m for m in columns if study.registry.fraction(m)]
+    caption = _caption(study, budget, param, binned, columns, percent)
     thin = [f"{r.value} (n={r.n})" for r in cells.itertuples() if r.n < MIN_RUNS]
     warnings = [f"warning: ablation by {param}: fewer than {MIN_RUNS} {word} in {', '.join(thin)}"] if thin else []
-    percent = [m for m in columns if study.registry.fraction(m)]
     start = before_training(study, columns)
     if start is not None:
         caption += (
@@ -166,6 +136,34 @@ def ablation(study: Study, budget: Budget, param: str, bins: int = 4) -> Ablatio
     return Ablation(param, binned, columns, cells, percent, caption, warnings, start)
 
 
+def _listing(keys: list[str]) -> str:
+    return ", ".join(keys[:-1]) + " and " + keys[-1] if len(keys) > 1 else keys[0]
+
+
+def _caption(study: Study, budget: Budget, param: str, binned: bool, columns: list[str], percent: list[str]) -> str:
+    """What a table shows, over which units, in which units of measure; which constant diagnostics it leaves out."""
+    registry = study.registry
+    what = "runs (trial × seed)" if budget.per_seed else "trials"
+    distances = [m for m in columns if registry.get(m) is not None and registry.get(m).kind == "distance"]
+    distances = [m for m in distances if registry.direction(m)] + [m for m in distances if not registry.direction(m)]
+    scales = []
+    if percent:
+        accuracies = any(registry.get(m).kind == "accuracy" for m in percent)
+        scales.append(f"{'Accuracies and score' if accuracies else _listing(percent)} in %")
+    if distances:
+        scales.append(f"{_listing(distances)} in km")
+    caption = (
+        f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over {what}, "
+        f"{budget.describe()}. {', '.join(scales) + '; ' if scales else ''}"
+        f"n = {budget.unit_word} per row; best value per column in bold."
+    )
+    left_out = roles.constant(budget.units, roles.diagnostics(study))
+    if left_out:
+        values = ", ".join(f"{m} = {v:g}" for m, v in left_out.items())
+        caption += f" The same in every {budget.unit_word[:-1]}, so left out: {values}."
+    return caption
+
+
 def before_training(study: Study, columns: list[str]) -> dict | None:
     """The row before training: value, n, <m>_mean/_std/_n over `budget.start_units`; None without one."""
     units = start_units(study)
@@ -173,13 +171,16 @@ def before_training(study: Study, columns: list[str]) -> dict | None:
 
 
 def _summary(label: str, members: pd.DataFrame, columns: list[str]) -> dict:
-    """One row of a table: mean, std and n of each metric over ``members`` (NaN left out)."""
+    """One row of a table: mean, std and n of each metric over ``members`` (NaN left out).
+
+    The std of identical values is 0 exactly (floating-point rounding would make it 1e-17), so
+    that the tables can say "no variance" (``formats.cell_text``)."""
     row = {"value": label, "n": len(members)}
     for m in columns:
         # A column the rows before training lack (an older run's log) is a cell with n = 0, not an error.
         values = pd.to_numeric(members[m], errors="coerce").dropna() if m in members else pd.Series(dtype=float)
         row[f"{m}_mean"] = values.mean() if len(values) else math.nan
-        row[f"{m}_std"] = values.std(ddof=1) if len(values) > 1 else math.nan
+        row[f"{m}_std"] = (0.0 if values.nunique() == 1 else values.std(ddof=1)) if len(values) > 1 else math.nan
         row[f"{m}_n"] = len(values)
     return row
 
@@ -193,138 +194,3 @@ def mark(ab: Ablation, comparison: pd.DataFrame, baseline: str, how: str) -> Non
     for m in ab.columns:
         ab.cells[f"{m}_sig"] = [(str(v), m) in significant for v in ab.cells["value"]]
     ab.caption += f" {SIGNIFICANT} = differs from the baseline row {baseline} ({how})."
-
-
-# --- rendering -------------------------------------------------------------------------------
-
-
-def cell_text(mean: float, std: float, fraction: bool) -> str:
-    """Mean ± std: a fraction (accuracies, score) in % with 2 decimals, anything else with 1."""
-    if pd.isna(mean):
-        return "–"
-    scale, digits = (100.0, 2) if fraction else (1.0, 1)
-    text = f"{mean * scale:.{digits}f}"
-    if not pd.isna(std):
-        text += f" ± {std * scale:.{digits}f}"
-    return text
-
-
-def _display(ab: Ablation, bold, escape) -> pd.DataFrame:
-    rows = ab.rows()
-    values = [f"{v} (baseline)" if base else str(v) for v, base in zip(rows["value"], rows["baseline"], strict=True)]
-    out = pd.DataFrame({escape(ab.param): [escape(v) for v in values], "n": rows["n"].astype(str)})
-    for m in ab.columns:
-        texts = []
-        for _, r in rows.iterrows():
-            text = cell_text(r[f"{m}_mean"], r[f"{m}_std"], m in ab.percent)
-            if r[f"{m}_n"] != r["n"]:
-                text += f" (n={r[f'{m}_n']})"
-            text = bold(escape(text)) if r[f"{m}_best"] else escape(text)
-            texts.append(text + escape(SIGNIFICANT) if r[f"{m}_sig"] else text)
-        out[escape(m)] = texts
-    return out
-
-
-def to_markdown(ab: Ablation) -> str:
-    table = _display(ab, bold=lambda s: f"**{s}**", escape=lambda s: s)
-    lines = [f"*{ab.caption}*", "", markdown(table)]
-    lines += [""] + ab.warnings if ab.warnings else []
-    return "\n".join(lines) + "\n"
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "≥": r"$\geq$",
-    "ρ": r"$\rho$",
-    SIGNIFICANT: r"$^{\dagger}$",
-    "×": r"$\times$",
-    "≤": r"$\leq$",
-    "–": "--",
-    "−": "$-$",
-    # A cell starting with "[" right after \\ or \midrule would be read as their optional argument.
-    "[": "{[}",
-    "]": "{]}",
-}
-
-
-def latex_escape(text: str) -> str:
-    # One pass, so the backslashes it adds are never escaped again.
-    return re.sub(r"[\\&%$#_{}~^±≥≤–−ρ†×\[\]]", lambda m: _LATEX[m.group()], text)
-
-
-def to_latex(ab: Ablation) -> str:
-    return dataframe_to_latex(
-        _display(ab, bold=lambda s: rf"\textbf{{{s}}}", escape=latex_escape),
-        caption=ab.caption,
-        label=f"tab:ablation-{slug(ab.param).replace('_', '-')}",
-        comments=ab.warnings,
-    )
-
-
-def dataframe_to_latex(table: pd.DataFrame, caption: str, label: str, comments=()) -> str:
-    """A booktabs table (pandas Styler, hrules=True); cells must already be LaTeX-safe."""
-    styler = table.style.hide(axis="index")
-    body = styler.to_latex(
-        hrules=True,
-        column_format="l" + "r" * (table.shape[1] - 1),
-        caption=latex_escape(caption),
-        label=label,
-        position_float="centering",
-    )
-    head = "".join(f"% {c}\n" for c in comments)
-    return head + body
-
-
-def to_csv(ab: Ablation) -> pd.DataFrame:
-    rows = ab.rows()
-    return rows.assign(param=ab.param)[["param"] + list(rows.columns)]
-
-
-def write(ab: Ablation, out_dir: Path, formats) -> dict[str, Path]:
-    """Write the table in each format; returns {format: path}."""
-    base = out_dir / f"ablation_{slug(ab.param)}"
-    paths = {}
-    if "csv" in formats:
-        paths["csv"] = base.with_suffix(".csv")
-        to_csv(ab).to_csv(paths["csv"], index=False)
-    if "md" in formats:
-        paths["md"] = base.with_suffix(".md")
-        paths["md"].write_text(to_markdown(ab), encoding="utf-8")
-    if "tex" in formats:
-        paths["tex"] = base.with_suffix(".tex")
-        paths["tex"].write_text(to_latex(ab), encoding="utf-8")
-    return paths
-
-
-def write_table(
-    numeric: pd.DataFrame, display: pd.DataFrame, out_dir: Path, name: str, caption: str, formats
-) -> dict[str, Path]:
-    """Any other table: CSV from the numbers, Markdown and LaTeX from the display strings."""
-    paths = {}
-    if "csv" in formats:
-        paths["csv"] = out_dir / f"{name}.csv"
-        numeric.to_csv(paths["csv"], index=False)
-    if "md" in formats:
-        paths["md"] = out_dir / f"{name}.md"
-        paths["md"].write_text(f"*{caption}*\n\n{markdown(display)}\n", encoding="utf-8")
-    if "tex" in formats:
-        paths["tex"] = out_dir / f"{name}.tex"
-        escaped = display.rename(columns=latex_escape).map(lambda v: latex_escape(str(v)))
-        paths["tex"].write_text(dataframe_to_latex(escaped, caption, f"tab:{name.replace('_', '-')}"), encoding="utf-8")
-    return paths
-
-
-def markdown(display: pd.DataFrame) -> str:
-    if not len(display):
-        return "(no rows)"
-    return display.to_markdown(index=False, disable_numparse=True)

@@ -125,7 +125,9 @@ def params(k_sigma: float, seed: int, lr: float) -> dict:
 def build_known(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     study = StudyFolder(root)
-    study.write_study("name: known-answer\n")
+    # A study file states only what differs from the defaults; without a scheduler section the
+    # study would be ASHA's (its rungs 1, 2 and 4 in the correlations).
+    study.write_study("name: known-answer\nscheduler: {type: none}\n")
     geoclip_registry(THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
     study.optuna_db.write_bytes(b"not a database: must not be needed")
     (root / "basic-variant-state-2025.json").write_text("{}")
@@ -332,7 +334,7 @@ def test_spearman_correlations_are_the_known_values(known):
 def test_bootstrap_interval_is_reproducible_and_handles_degenerate_input():
     import numpy as np
 
-    from analysis.tradeoff import spearman_ci
+    from analysis.sections.geoclip.tradeoff import spearman_ci
 
     x = np.array([0.1, 0.5, 0.2, 0.9, 0.4, 0.3, 0.8])
     y = np.array([1.0, 2.0, 3.0, 6.0, 4.0, 1.5, 5.0])
@@ -438,7 +440,9 @@ def test_report_summarises_from_the_numbers(known):
     assert "train.noise.batch_sigma: no evidence at this budget (n = 7 trials)" in effects
     assert "train.lr: no evidence at this budget (n = 7 trials)" in effects
     assert "train.seed" not in effects.split("importance")[0]  # seeds are not effects
-    assert "train.noise.batch_sigma: study.yaml gives no base value; baseline = the first arm, 0" in report
+    # The study file's base holds the default of every key: sigma 0, an arm (no note); lr 3e-05, in no bin.
+    assert not [n for n in result["notes"] if n.startswith("train.noise.batch_sigma") and "baseline =" in n]
+    assert "train.lr: the base value 3e-05 is not among the arms; baseline = the first arm, [0.0001, 0.0002]" in report
     assert "train.noise.batch_sigma: no run shares its seed and train.lr with a baseline run" in report
     assert "acc_1km against coarse accuracy at epoch 4:** no evidence at this budget" in report
     assert "**Across trials at epoch 4**, a lower train_loss goes with lower acc_1km (Spearman ρ = +1.00" in report
@@ -601,7 +605,10 @@ def other_curve(k: int) -> list[dict]:
 def build_other(root: Path, with_registry: bool) -> Path:
     """Four finished trials of a study evaluated at 0.5 / 10 / 100 km, on val and on im2gps3k."""
     root.mkdir(parents=True)
-    base = {"eval": {"thresholds_km": OTHER_THRESHOLDS}, "data": {"val": ["offline", "/data/caches/im2gps3k"]}}
+    base = {
+        "eval": {"thresholds_km": OTHER_THRESHOLDS, "score_weights": [1, 1, 1]},  # one weight per threshold
+        "data": {"val": ["offline", "/data/caches/im2gps3k"]},
+    }
     StudyFolder(root).write_study(yaml.safe_dump({"name": "other-thresholds", "base": base}))
     if with_registry:
         geoclip_registry(OTHER_THRESHOLDS, EVAL_SETS).save(root / StudyFolder.REGISTRY)
@@ -750,9 +757,12 @@ def test_analyse_rejects_user_mistakes(tmp_path):
 def test_ablation_columns_add_what_the_sampler_did_when_the_trials_report_it():
     from types import SimpleNamespace
 
-    from analysis.tables import table_metrics
+    from analysis.roles import table_columns
 
-    before = SimpleNamespace(accuracies=ACCS, metrics=[*ACCS, "median_km", "score", "encoder_resolution_km"])
-    assert table_metrics(before) == ["acc_1km", "encoder_resolution_km", *ACCS[1:], "median_km", "score"]
-    sampled = SimpleNamespace(accuracies=ACCS, metrics=[*before.metrics, "negative_min_km", "batch_median_km"])
-    assert table_metrics(sampled)[-2:] == ["batch_median_km", "negative_min_km"]  # the registry's order
+    registry = geoclip_registry(THRESHOLDS, ["val"])
+    keys = [*ACCS, "median_km", "score", "encoder_resolution_km"]
+    before = SimpleNamespace(registry=registry, accuracies=ACCS, metrics=keys, config=None)
+    varying = pd.DataFrame({"negative_min_km": [0.0, 1.0], "batch_median_km": [2.0, 3.0]})
+    assert table_columns(before, varying) == ["acc_1km", "encoder_resolution_km", *ACCS[1:], "median_km", "score"]
+    sampled = SimpleNamespace(**{**vars(before), "metrics": [*keys, "negative_min_km", "batch_median_km"]})
+    assert table_columns(sampled, varying)[-2:] == ["batch_median_km", "negative_min_km"]  # the registry's order

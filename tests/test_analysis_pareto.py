@@ -37,8 +37,9 @@ import pytest
 import yaml
 
 from analysis import analyse, read_study
-from analysis.pareto import front, reference_point
+from analysis.pareto import front, reference_point, usable
 from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.study.studyfile import ObjectiveConfig
 from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -75,7 +76,12 @@ def metrics(epoch: int, acc1: float, acc2500: float, val_loss: float) -> dict:
 def build(root, objective: dict | None) -> StudyFolder:
     """The planted study; ``objective`` as study.yaml records it (None: an older folder without one)."""
     root.mkdir(parents=True)
-    spec = {"name": "front", "base": {"train": {"epochs": EPOCHS}}, "scheduler": {"type": "asha"}}
+    pareto = bool(objective) and objective["type"] == "pareto"  # a study file refuses ASHA for a pareto objective
+    spec = {
+        "name": "front",
+        "base": {"train": {"epochs": EPOCHS}},
+        "scheduler": {"type": "moasha" if pareto else "asha"},
+    }
     StudyFolder(root).write_study(yaml.safe_dump({**spec, **({"objective": objective} if objective else {})}))
     geoclip_registry([1, 2500], ["val"]).save(root / StudyFolder.REGISTRY)
     for number, (status, ran, last, val_loss) in TRIALS.items():
@@ -167,8 +173,17 @@ def test_reference_point_rule():
 
 
 def test_unusable_objective_metrics_are_warned_and_left_out(tmp_path):
-    root = build(tmp_path / "study", {"type": "pareto", "metrics": ["acc_1km", "acc_9km", "ceiling_1km"]}).path
+    """The study file names metrics of the registry its base implies (thresholds 1, 9, 2500 km);
+    the folder's metrics.json lacks acc_9km, and no trial reported mean_km."""
+    root = build(tmp_path / "study", {"type": "pareto", "metrics": ["acc_1km", "acc_9km", "mean_km"]}).path
+    spec = yaml.safe_load((root / StudyFolder.STUDY).read_text())
+    spec["base"]["eval"] = {"thresholds_km": [1, 9, 2500], "score_weights": [1, 1, 1]}
+    StudyFolder(root).write_study(yaml.safe_dump(spec))
     found, warnings = front(read_study(root))
     assert found.objective.metrics == ["acc_1km"] and found.objective.maximise == [True]
-    assert len(warnings) == 1 and "acc_9km, ceiling_1km left out" in warnings[0]
+    assert len(warnings) == 1 and "acc_9km, mean_km left out" in warnings[0]
     assert list(found.pareto_set()["number"]) == [5]
+    # A metric without a direction (which a study file refuses) is left out the same way.
+    goal = ObjectiveConfig(type="pareto", metrics=["acc_1km", "ceiling_1km"])
+    objective, warnings = usable(goal, geoclip_registry([1, 2500], ["val"]), ["acc_1km", "ceiling_1km"])
+    assert objective.metrics == ["acc_1km"] and "ceiling_1km left out" in warnings[0]

@@ -1,4 +1,5 @@
-"""analysis.compare: known answers for the arm-versus-baseline tests, Holm, intervals and crossovers.
+"""analysis.compare and analysis.stats: known answers for the arm-versus-baseline tests, Holm and
+intervals; GeoCLIP's section (analysis/sections/geoclip/crossover.py): crossovers.
 
 The planted study: baseline arm "0" and arms "5" and "25", five seeds each (pairs s0..s4). Arm
 "5" beats the baseline at acc_25km by a planted per-seed difference that is positive for every
@@ -16,18 +17,16 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.compare import (
-    COLUMNS,
-    compare,
+from analysis.compare import COLUMNS, compare, render
+from analysis.sections.geoclip.crossover import (
     crossover_km,
     crossovers,
     curve_band,
     difference_curve,
     find_crossing,
-    holm,
     plot_error_curves,
-    render,
 )
+from analysis.stats import holm
 
 SEEDS = [f"s{i}" for i in range(5)]
 BASE_25 = np.array([0.40, 0.42, 0.45, 0.41, 0.43])
@@ -252,5 +251,6 @@ def test_curve_band_and_difference_curve():
 
 
 def test_plot_writes_a_png(tmp_path):
-    path = plot_error_curves(planted_curves(), "0", tmp_path / "error_curves.png")
+    path = plot_error_curves(planted_curves(), "0", "train.noise.batch_sigma").save(tmp_path)
+    assert path == tmp_path / "error_curve_train_noise_batch_sigma.png"
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,12 +1,14 @@
-"""The loss-versus-1 km question: does a lower loss buy fine accuracy, or only coarse accuracy?
+"""GeoCLIP's loss-versus-1 km question: does a lower loss buy fine accuracy, or only coarse accuracy?
 
 Four views of it: rank correlations across trials (with bootstrap intervals, because a sweep
 has few trials), "divergence epochs" within each trial (loss fell while acc_1km fell), Pareto
 fronts of the conflicting objectives, and the gallery ceiling (a flat acc_1km may just be the
 gallery having no point within 1 km of many validation images).
 
-Comparisons across trials are made at one epoch (``budget.py``): the correlations at each ASHA
-rung, within that rung's epoch only; the fronts and the ceiling at the budget's epoch.
+Comparisons across trials are made at one epoch (``analysis/budget.py``): the correlations at
+each ASHA rung, within that rung's epoch only; the fronts and the ceiling at the budget's epoch.
+"Fine" is the finest accuracy of the registry (acc_1km by default); without two accuracies, or
+without a loss, a view has no rows.
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis import roles
+from analysis.budget import Budget, rungs, trials_at
+from analysis.load import Study
+from analysis.tables import MIN_RUNS, levels
 from geoloc.tuning import pareto as pareto_helpers
-
-from .budget import Budget, rungs, trials_at
-from .load import NOISE_PARAM, Study
-from .tables import MIN_RUNS, levels
 
 LOSSES = ("train_loss", "val_loss")
 N_BOOT = 5000
@@ -178,11 +180,13 @@ def divergence(study: Study, fine: str | None = None) -> pd.DataFrame:
 
 
 def divergence_summary(study: Study, per_trial: pd.DataFrame, bins: int = 4) -> pd.DataFrame:
-    """Share of trials with divergence epochs, overall, then split by noise sigma, then by each other varied param.
+    """Share of trials with divergence epochs, overall, then split by the study's first factor
+    (``roles.first_factor``), then by each other varied param.
 
     Only trials with at least two epochs can show it, so only they are counted in n.
     """
-    split_by = ([NOISE_PARAM] if NOISE_PARAM in study.params else []) + [p for p in study.varied if p != NOISE_PARAM]
+    first = roles.first_factor(study)
+    split_by = ([first] if first else []) + [p for p in study.varied if p != first]
     able = per_trial[per_trial["epochs_run"] >= 2]
     used = study.counted().set_index("trial_id")
     rows = []
@@ -266,6 +270,16 @@ def pareto(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
 
 # --- gallery ceiling -------------------------------------------------------------------------
 
+CEILING_COLUMNS = [
+    "threshold_km",
+    "metric",
+    "ceiling",
+    "ceiling_varies",
+    "mean_acc",
+    "best_acc",
+    "best_share_of_ceiling",
+]
+
 
 def ceiling(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
     """Per threshold: the gallery's ceiling beside the mean and best accuracy reached by ``trials``
@@ -288,4 +302,4 @@ def ceiling(study: Study, trials: pd.DataFrame) -> pd.DataFrame:
                 "best_share_of_ceiling": accs.max() / c if len(accs) and c > 0 else math.nan,
             }
         )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=CEILING_COLUMNS)
