@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from geoloc.common.devices import cpu_share, pick_device
+from geoloc.common.devices import claim_device
 from geoloc.common.validation import ConfigError
 from geoloc.data import Data, load_data
 from geoloc.geo import gps_noise
@@ -48,12 +48,7 @@ class Trainer(Resumable):
     def __init__(self, cfg: GeoCLIPConfig, data: Data | None = None, feed: Feed | None = None, gpu_share: float = 1.0):
         self.cfg = cfg
         self.data = data or load_data(cfg.data)
-        self.device = pick_device(cfg.train.device, "train.device")
-        torch.set_num_threads(cfg.train.threads or cpu_share())
-        if self.device.type == "cuda":
-            # Trials packed onto one card each keep to their share; a reused worker starts from an empty cache.
-            index = torch.cuda.current_device() if self.device.index is None else self.device.index
-            torch.cuda.set_per_process_memory_fraction(min(1.0, gpu_share), index)
+        self.device = claim_device(cfg.train.device, "train.device", cfg.train.threads, gpu_share)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
