@@ -35,7 +35,7 @@ ONE_AT_A_TIME = {
 }
 
 
-RAY_FIXTURES = {"test_bench_smoke.py": {"ray_address"}, "test_pareto.py": {"local_ray"}}
+RAY_FIXTURES = {"test_bench_smoke.py": {"shared_ray"}, "test_pareto.py": {"local_ray"}}
 NO_RAY_TESTS = {"test_dry_run_of_every_shipped_study"}
 
 
