@@ -35,7 +35,7 @@ ONE_AT_A_TIME = {
 }
 
 
-RAY_FIXTURES = {"test_bench_smoke.py": {"shared_ray"}, "test_pareto.py": {"local_ray"}}
+RAY_FIXTURES = {"test_bench_smoke.py": {"ray_address"}, "test_pareto.py": {"local_ray"}}
 NO_RAY_TESTS = {"test_dry_run_of_every_shipped_study"}
 
 
@@ -56,19 +56,16 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def shared_ray():
-    """The address of one Ray instance for the tests that run a study without killing Ray or its
-    launcher (they pass ``--address``); tests that kill drivers or workers, or check the launcher's
-    own start of Ray, start their own. It lives on the worker that runs the Ray tests."""
-    import os
-
+    """One Ray instance (``studyutil.RayHead``) for the tests that run a study in a launcher process without
+    killing Ray or the launcher: they pass ``--address shared_ray.address`` and ``env=shared_ray.env``.
+    Tests that kill drivers or workers, check the launcher's own start of Ray, or start Ray in the test's
+    process start their own (this process's environment is left as it is). It lives on the worker that
+    runs the Ray tests."""
     from .studyutil import RayHead
 
     head = RayHead()
-    saved = os.environ.get("RAY_AUTH_MODE")
-    os.environ["RAY_AUTH_MODE"] = "token"  # what a launcher needs to join it (studyutil.RayHead)
-    yield head.address
+    yield head
     head.stop()
-    os.environ.pop("RAY_AUTH_MODE") if saved is None else os.environ.update(RAY_AUTH_MODE=saved)
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,8 @@ class RayHead:
         self.address = f"127.0.0.1:{gcs}"
         # Ray's token authentication (on by default): clients that join need RAY_AUTH_MODE=token too, and
         # find the token where ``ray start`` keeps it (~/.ray/auth_token).
-        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "token"}
+        self.env = {"RAY_AUTH_MODE": "token"}  # what a launcher that joins it needs beside its --address
+        env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **self.env}
         command = [
             str(Path(sys.executable).parent / "ray"),
             "start",

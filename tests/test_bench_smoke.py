@@ -30,6 +30,32 @@ from bench import (  # noqa: E402
 from bench.__main__ import main as bench_main  # noqa: E402
 
 
+@pytest.fixture(scope="module")
+def ray_address():
+    """The address of a local Ray instance that lives as long as this module's tests.
+
+    Started with one torch thread per trial, as the tests' own environment gives them
+    (``one_thread``): trial workers take the environment of the instance, not of the launcher
+    that joins it. Importing ray and ``ray.init`` set variables in this process's environment
+    (``RAY_AUTH_MODE``, which the launchers that join need, and others); they are all undone at the
+    end, so that no later test's Ray sees them.
+    """
+    saved = dict(os.environ)  # before the import: importing ray sets RAY_CLIENT_MODE
+    ray = pytest.importorskip("ray")
+    os.environ.pop("RAY_ADDRESS", None)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        ray.init(
+            address="local", include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level="ERROR"
+        )
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+
+
 @pytest.fixture(autouse=True)
 def one_thread(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # read by Trainer (cpu_share) and the memory children
@@ -85,8 +111,8 @@ def test_memory_children_run():
 
 
 @pytest.mark.slow
-def test_sweep_grid_and_tpe_asha_agree_on_shared_cells(shared_ray, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", shared_ray)
+def test_sweep_grid_and_tpe_asha_agree_on_shared_cells(ray_address, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
     result = bench_sweep.main(quick=True)  # 4-cell grid and 4 TPE + ASHA trials through tune_main.py
     assert result.agreed, result.body
     assert result.figures["grid"]["trials"] == 4 and result.figures["tpe"][0]["trials"] == 4
@@ -94,8 +120,8 @@ def test_sweep_grid_and_tpe_asha_agree_on_shared_cells(shared_ray, monkeypatch):
 
 
 @pytest.mark.slow
-def test_packing_runs_every_level_with_the_same_seed0_score(shared_ray, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", shared_ray)
+def test_packing_runs_every_level_with_the_same_seed0_score(ray_address, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
     result = bench_packing.main(quick=True)
     assert result.agreed, result.body
     levels = result.figures["levels"]
@@ -103,8 +129,8 @@ def test_packing_runs_every_level_with_the_same_seed0_score(shared_ray, monkeypa
 
 
 @pytest.mark.slow
-def test_pareto_search_runs_three_ways_with_the_same_final_accuracies(shared_ray, monkeypatch):
-    monkeypatch.setenv("RAY_ADDRESS", shared_ray)
+def test_pareto_search_runs_three_ways_with_the_same_final_accuracies(ray_address, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", ray_address)
     result = bench_pareto.main(quick=True)  # MOASHA, random with its epochs, ASHA: 3 studies through tune_main.py
     assert result.agreed, result.body
     moasha, random = result.figures["MOASHA"][0], result.figures["random, same epochs"][0]

@@ -57,12 +57,12 @@ def as_recorded(rows: list[dict], recorded: list[dict]) -> list[dict]:
     return [{k: row[k] for k in old if k in row} for row, old in zip(rows, recorded, strict=True)]
 
 
-def run_and_read(name: str, study: dict, workdir: Path, offline_root: str, *extra) -> dict:
+def run_and_read(name: str, study: dict, workdir: Path, offline_root: str, *extra, env: dict | None = None) -> dict:
     """Run one study through tune_main.py (``extra``: more of its arguments); {trial number: {"params",
     "metrics" per epoch}}."""
     workdir.mkdir(parents=True, exist_ok=True)
     study_file = write_study(workdir / f"{name}.yaml", study, offline_root)
-    proc = tune_main(study_file, "--storage", workdir / "results", "--no-analysis", *extra)
+    proc = tune_main(study_file, "--storage", workdir / "results", "--no-analysis", *extra, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = {}
     for trial in StudyFolder(workdir / "results" / name).trials():
@@ -76,7 +76,9 @@ def run_and_read(name: str, study: dict, workdir: Path, offline_root: str, *extr
 @pytest.mark.parametrize("name", ["random"])  # the grid study's figures: tests/test_cluster.py runs it as a Ray job
 def test_study_gives_the_figures_recorded_before_the_change(name, tmp_path, offline_root_session, shared_ray):
     recorded = json.loads(FIGURES.read_text())[name]
-    now = run_and_read(name, studies()[name], tmp_path, offline_root_session, "--address", shared_ray)
+    now = run_and_read(
+        name, studies()[name], tmp_path, offline_root_session, "--address", shared_ray.address, env=shared_ray.env
+    )
     assert sorted(now) == sorted(recorded) and len(now) == (3 if name == "random" else 4)
     for number, trial in recorded.items():
         assert now[number]["params"] == trial["params"], f"trial {number}: other parameters"

@@ -21,7 +21,7 @@ HOLDER = """
 import socket, sys, time
 if sys.argv[2] != "-":
     socket.gethostname = lambda: sys.argv[2]  # pretend to run on another node of the cluster
-from geoloc import lock
+from geoloc.tuning import lock
 lock.LEASE_S = float(sys.argv[3])
 held = lock.StudyLock(sys.argv[1])  # kept referenced: a collected lease is released
 held.acquire()

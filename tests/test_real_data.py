@@ -659,7 +659,7 @@ MEMORY_PROBE = textwrap.dedent("""
     from geoloc.study.config import parse_job
     from geoloc.data import Data
     from geoloc.data.cache import open_cache
-    from geoloc.train import Trainer
+    from geoloc.tasks.geoclip.trainer import Trainer
 
     train, val = open_cache(sys.argv[1]), open_cache(sys.argv[2])
     cfg = parse_job({"model": %(model)s, "train": {"batch_size": 128, "queue_size": 256, "threads": 1},

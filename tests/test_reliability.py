@@ -190,7 +190,15 @@ def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path, o
     study["search_space"] = {"train.lr": {"type": "choice", "values": [1e-3, 1e30]}}  # 1e30 overflows to NaN
     study["scheduler"] = {"type": "none"}
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    proc = run_tune_main(study_file, "--storage", tmp_path / "results", "--no-analysis", "--address", shared_ray)
+    proc = run_tune_main(
+        study_file,
+        "--storage",
+        tmp_path / "results",
+        "--no-analysis",
+        "--address",
+        shared_ray.address,
+        env=shared_ray.env,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     study_dir = tmp_path / "results" / "tiny"
     by_lr = {TrialFolder(t).read_trial()["params"]["train.lr"]: read_status(t) for t in trial_dirs(study_dir)}
@@ -213,7 +221,7 @@ def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offl
     study["base"]["eval"] = {"thresholds_km": [0.5, 10, 100], "score_weights": [1, 1, 1]}
     accs = ["acc_0.5km", "acc_10km", "acc_100km"]
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
-    proc = run_tune_main(study_file, "--storage", tmp_path / "r", "--address", shared_ray)
+    proc = run_tune_main(study_file, "--storage", tmp_path / "r", "--address", shared_ray.address, env=shared_ray.env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     study_dir = tmp_path / "r" / "tiny"
     assert "acc_0.5km" in proc.stdout.split("best trial:")[1] and "acc_100km" in proc.stdout.split("top trials:")[1]

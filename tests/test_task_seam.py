@@ -4,6 +4,9 @@ knows it; and the study definition refuses what would make ``score`` incomparabl
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
@@ -17,6 +20,8 @@ from geoloc.study.config import parse_job
 from geoloc.study.folders import StudyFolder
 from geoloc.study.studyfile import StudyConfig, load_study_file
 from geoloc.tasks import Task, TaskConfig, register, task_of
+
+from .studyutil import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -146,15 +151,24 @@ def load(path, study: dict) -> StudyConfig:
     return load_study_file(path)
 
 
-def test_a_toy_task_runs_a_study_through_ray_and_the_analysis(tmp_path, capsys, shared_ray):
-    """Two grid trials of the toy task, end to end in this process: the Ray workers import this module
-    to unpickle the toy configuration, which registers the task there too."""
-    import tune_main
-
+def test_a_toy_task_runs_a_study_through_ray_and_the_analysis(tmp_path, shared_ray):
+    """Two grid trials of the toy task, end to end: a launcher whose script imports this module first (as a
+    user's script registers a task of their own), then runs ``tune_main``; the Ray workers import this
+    module too, to unpickle the toy configuration, which registers the task there."""
     study_file = tmp_path / "toy.yaml"
     study_file.write_text(yaml.safe_dump(toy_study(tmp_path)))
-    assert tune_main.main([str(study_file), "--address", shared_ray]) == 0
-    out = capsys.readouterr().out
+    script = "import sys, tests.test_task_seam, tune_main; sys.exit(tune_main.main(sys.argv[1:]))"
+    env = {**os.environ, **shared_ray.env, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(study_file), "--address", shared_ray.address],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
     folder = StudyFolder(tmp_path / "results" / "toy")
     trials = folder.trials()
     assert len(trials) == 2
