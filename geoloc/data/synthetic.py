@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from geoloc.data.cache import CacheWriter, publish_dir
+from geoloc.common.atomic import publish_dir
+from geoloc.data.cache import CacheWriter
 from geoloc.data.config import OfflineBenchmarkConfig
 from geoloc.geo import EARTH_RADIUS_KM, unit_vectors
 
@@ -91,7 +92,7 @@ def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False)
         )
     np.save(tmp / "gallery.npy", gallery)
     (tmp / "DONE").write_text("synthetic offline benchmark; see geoloc/data/synthetic.py\n")
-    publish_dir(tmp, final)
+    publish_dir(tmp, final, "DONE")
     return final
 
 
