@@ -122,6 +122,16 @@ CASES = [
         [],
         "search_space.train.lr.when.train.x: must name an earlier",
     ),
+    *(
+        (
+            f"enqueued base outside a choice{dry}",
+            {"search.enqueue_base": True, "search_space": {"train.queue_size": {"type": "choice", "values": [0, 256]}}},
+            extra,
+            "search_space.train.queue_size: the base value 128 (base.train.queue_size) is not one of the choices "
+            "[0, 256]",
+        )
+        for dry, extra in (("", []), (" (dry run)", ["--dry-run"]))
+    ),
     ("reduction factor", {"scheduler.reduction_factor": 1}, [], "scheduler.reduction_factor: must be > 1"),
     ("bad name", {"name": "a/b"}, [], "name: needs a folder-safe study name"),
     ("set epochs 0", {}, ["--set", "base.train.epochs=0"], "base.train.epochs: must be >= 1"),

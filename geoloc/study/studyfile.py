@@ -244,6 +244,7 @@ class StudyConfig(Section):
             raise FieldError(
                 "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
             )
+        self._check_enqueued_base()
         self._check_objective()
         self._check_devices()
         if self.search.algorithm == "grid":
@@ -251,6 +252,24 @@ class StudyConfig(Section):
             if bad:
                 raise FieldError(f"search_space.{bad[0]}", "grid search needs 'choice' entries")
         return self
+
+    def _check_enqueued_base(self) -> None:
+        """With ``search.enqueue_base`` the base runs as a trial, so every choice entry it reaches (as the
+        sampler walks the space, ``when`` included) must offer the base's value: Optuna would refuse it
+        only when the study runs."""
+        if not self.search.enqueue_base:
+            return
+        base, taken = self.base.model_dump(mode="json"), {}
+        for entry in self.space:
+            if isinstance(entry, FixedEntry) or not entry.applies(taken):
+                continue
+            taken[entry.name] = value = get_path(base, entry.name)
+            if isinstance(entry, ChoiceEntry) and value not in entry.values:
+                raise FieldError(
+                    f"search_space.{entry.name}",
+                    f"the base value {value!r} (base.{entry.name}) is not one of the choices {entry.values}; "
+                    f"search.enqueue_base runs the base as a trial: add it to the values or change base.{entry.name}",
+                )
 
     def _check_objective(self) -> None:
         """Pareto metrics are registry metrics with a direction, and the scheduler ranks what the study optimises."""
