@@ -85,6 +85,8 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
         status = read_status(t)
         epochs = [m["epoch"] for m in read_metrics(t)]
         assert epochs == list(range(1, status.epochs + 1)), (t.name, epochs)
+        if status.status is Status.STOPPED:  # named after the scheduler that stopped it
+            assert status.stopped_by == ("MOASHA" if objective == "pareto" else "ASHA"), (t.name, status)
         assert (
             states[t.name.removeprefix("trial_")]
             == {Status.FINISHED: "COMPLETE", Status.STOPPED: "PRUNED"}[status.status]

@@ -119,6 +119,31 @@ def test_a_trial_that_ended_before_optuna_was_told_is_recorded_not_rerun(tmp_pat
     assert not (folder.path / StudyFolder.ORPHANS).exists()
 
 
+@pytest.mark.parametrize(
+    "objective, scheduler",
+    [
+        ({}, {"type": "asha"}),
+        ({"type": "pareto", "metrics": ["acc_1km", "acc_2500km"]}, {"type": "moasha"}),
+    ],
+)
+def test_a_stopped_trial_is_recorded_as_stopped_by_the_scheduler_that_stopped_it(tmp_path, objective, scheduler):
+    spec = {**TINY_STUDY, "objective": objective, "scheduler": scheduler}
+    study = load_study_file(write_study(tmp_path / "s.yaml", spec, str(tmp_path)))
+    folder = StudyFolder(tmp_path / "study")
+    searcher = OptunaStudySearcher(study, folder.path, f"sqlite:///{tmp_path / 'o.db'}")
+    trial = searcher.suggest("aaa")
+    folder.trial("aaa").path.mkdir(parents=True)
+    row = {"epoch": 1, "score": 0.2, "acc_1km": 0.01, "acc_2500km": 0.4}
+    folder.trial("aaa").append_metrics(row)
+    searcher.on_trial_result("aaa", row)
+    searcher.on_trial_complete("aaa", row)  # after 1 of 3 epochs: the scheduler stopped it
+    name = scheduler["type"].upper()
+    record = folder.trial("aaa").read_status()
+    assert record == StatusRecord(Status.STOPPED, 1, 3, stopped_by=name)
+    assert record.describe() == f"stopped by {name} at epoch 1 of 3"
+    assert searcher.optuna.trials[trial["number"]].state.name == "PRUNED"
+
+
 @pytest.mark.parametrize("algorithm", ["random", "tpe"])
 def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path, algorithm):
     spec = {**TINY_STUDY, "search": {"algorithm": algorithm, "num_samples": 8, "max_concurrent": 2}}

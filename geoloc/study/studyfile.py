@@ -112,6 +112,11 @@ class SchedulerConfig(Section):
     brackets: StrictInt = Field(1, ge=1)
     """ASHA brackets (MOASHA runs one)."""
 
+    @property
+    def name(self) -> str | None:
+        """How a trial's status names the scheduler that stopped it ("ASHA", "MOASHA"); None for none."""
+        return {"asha": "ASHA", "moasha": "MOASHA"}.get(self.type)
+
     @model_validator(mode="after")
     def _one_moasha_bracket(self) -> SchedulerConfig:
         if self.type == "moasha" and self.brackets != 1:

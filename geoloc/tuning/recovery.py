@@ -19,7 +19,7 @@ added:
 | trial folder ``trial_<ray id>/`` | rebuilt Optuna trial |
 | --- | --- |
 | ``status.json`` finished | COMPLETE, value = the last epoch's ``score`` (a pareto study: its objective values) |
-| stopped (by ASHA) | PRUNED, value = the last epoch's ``score`` as ``Study.tell`` records it (a pareto study: none) |
+| stopped (by the scheduler) | PRUNED, value = the last epoch's ``score`` as ``Study.tell`` records it (pareto: none) |
 | errored | FAIL, user attribute ``fail_reason`` = the status's reason |
 | running, missing or unreadable | RUNNING: cut short by the crash; the searcher's resume handles it |
 
