@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -264,3 +267,36 @@ def test_a_grid_study_with_the_base_enqueued_runs_every_cell_once_base_first(tmp
     assert sorted(runs) == [0, 1, 2, 3]
     assert [runs[n].read_trial()["params"] for n in sorted(runs)] == GRID_TRIALS
     assert all(runs[n].read_status().status is Status.FINISHED for n in runs)
+
+
+# The launcher with ``analysis.analyse`` gone, as a broken or renamed analysis API leaves it: importing
+# it raises ImportError ("cannot import name 'analyse'") after the study has run.
+WITHOUT_ANALYSE = """
+import sys
+import analysis
+del analysis.analyse
+import tune_main
+sys.exit(tune_main.main(sys.argv[1:]))
+"""
+
+
+def test_an_import_error_in_the_analysis_surfaces_after_the_study(tmp_path, offline_root_session):
+    """The analysis is part of the launcher (the summary reads the study through it): an ImportError
+    there is a bug to show, not a reason to skip the report and exit 0."""
+    spec = copy.deepcopy(TINY_STUDY)
+    spec["base"]["train"]["epochs"] = 1
+    spec["search"] = {"algorithm": "random", "num_samples": 1, "max_concurrent": 1}
+    spec["scheduler"] = {"type": "none"}
+    study_file = write_study(tmp_path / "s.yaml", spec, offline_root_session)
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ANALYSE, str(study_file), "--storage", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ImportError: cannot import name 'analyse' from 'analysis'" in proc.stderr, proc.stderr[-3000:]
+    assert "best trial:" in proc.stdout and "report:" not in proc.stdout  # the study ran and was summarised
+    assert [read_status(t).status for t in trial_dirs(tmp_path / "results" / "tiny")] == [Status.FINISHED]
