@@ -42,8 +42,8 @@ from geoloc.data.cache import CacheWriter, FeatureCache, open_cache
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.geo import displace, haversine_km
 from geoloc.parts.precision import precision
-from geoloc.study.config import parse_job
-from geoloc.tasks.geoclip.config import EvalConfig, JobConfig, ModelConfig
+from geoloc.study.config import JobConfig, parse_job
+from geoloc.tasks.geoclip.config import EvalConfig, ModelConfig
 from geoloc.tasks.geoclip.evaluate import Evaluation, Evaluator, accuracy_curve, accuracy_metrics, curve_thresholds
 from geoloc.tasks.geoclip.model import GeoCLIP
 from geoloc.tasks.geoclip.resolution import BEARINGS, PROBE_KM, ResolutionProbe
