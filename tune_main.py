@@ -33,8 +33,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 from geoloc.common.validation import ConfigError  # noqa: E402
 from geoloc.data import DataError  # noqa: E402
 from geoloc.study.folders import Status, StudyFolder, TrialFolder  # noqa: E402
-from geoloc.study.space import ChoiceEntry, FixedEntry, IntEntry
-from geoloc.study.studyfile import StudyConfig, load_study_file, num_trials, resolved_study, trial_config
+from geoloc.study.space import ChoiceEntry, FixedEntry, IntEntry  # noqa: E402
+from geoloc.study.studyfile import (  # noqa: E402
+    StudyConfig,
+    load_study_file,
+    num_trials,
+    resolved_study,
+    trial_config,
+)
 from geoloc.tasks import task_of  # noqa: E402
 from geoloc.tuning.lock import StudyLock, StudyLocked  # noqa: E402
 
@@ -166,13 +172,24 @@ def dry_run(study: StudyConfig, study_dir: Path) -> None:
     first = study.base.train.seed
     seeds = f", each training seeds {first}..{first + study.search.seeds - 1}" if study.search.seeds > 1 else ""
     print(
-        f"\ntrials: {num_trials(study)} ({study.search.algorithm}){seeds}, "
+        f"\ntrials: {num_trials(study)} ({study.search.algorithm}){base_trial(study)}{seeds}, "
         f"at most {study.search.max_concurrent} at once; "
         f"scheduler: {study.scheduler.type}, {study.epochs} epochs max"
     )
     print("objective: " + ", ".join(f"{how} {key}" for key, how in study.objectives().items()))
     print(f"resources per trial: {study.resources.cpu:g} CPU, {study.resources.gpu:g} GPU")
     print(f"results would go to: {study_dir}")
+
+
+def base_trial(study: StudyConfig) -> str:
+    """Where the enqueued base configuration is among the trials (``SearchConfig.enqueue_base``)."""
+    if not study.search.enqueue_base:
+        return ""
+    return (
+        ", the base configuration's cell first"
+        if study.search.algorithm == "grid"
+        else ", the base configuration first"
+    )
 
 
 def start_ray(study: StudyConfig, address: str | None):
@@ -324,10 +341,10 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: lis
         return INTERRUPTED
     summarize(study_dir)
     if not args.no_analysis:
-        try:
-            from analysis import analyse
-        except ImportError:
-            return 0
+        # No ImportError is caught here: that once allowed for a checkout without the analysis package,
+        # but summarize() reads the study through it, so an ImportError now is a bug to show.
+        from analysis import analyse
+
         out = analyse(study_dir, study_dir / StudyFolder.ANALYSIS)
         print(f"report:       {out['report']}")
     return 0

@@ -39,6 +39,11 @@ EPOCHS, TRIALS = 4, 12
 QUICK_EPOCHS, QUICK_TRIALS = 2, 4
 RUNGS = {"grace_period": 1, "reduction_factor": 2}  # rungs at epochs 1, 2 (and 4)
 SLOTS = 2
+# The quick (smoke) run takes one trial at a time: each reaches a rung after the one before it ended, in
+# trial-number order, so which trials MOASHA and ASHA stop follows from the trained values alone (training
+# is deterministic) and tests/test_bench_smoke.py replays the rule on them. With two at a time the order
+# in which trials reach a rung, and so the stops, depends on timing.
+QUICK_SLOTS = 1
 METHODS = ("MOASHA", "random, same epochs", "ASHA on score")
 
 
@@ -54,7 +59,11 @@ def study_spec(method: str, seed: int, quick: bool, num_samples: int) -> dict:
         "seed": seed,
         "base": base,
         "search_space": SPACE,
-        "search": {"algorithm": "random", "num_samples": num_samples, "max_concurrent": SLOTS},
+        "search": {
+            "algorithm": "random",
+            "num_samples": num_samples,
+            "max_concurrent": QUICK_SLOTS if quick else SLOTS,
+        },
         "resources": {"cpu": 1},
         "failure": {"max_failures": 0},
     }
@@ -69,13 +78,19 @@ def study_spec(method: str, seed: int, quick: bool, num_samples: int) -> dict:
 
 
 def search(spec: dict, storage: Path) -> dict:
-    """Run one study; its hypervolume history and the final accuracies of each full-length configuration."""
+    """Run one study; its hypervolume history, the final accuracies of each full-length configuration,
+    and each trial's epochs and first-epoch values in number order (``arrivals``)."""
     from analysis.pareto import Objective, front
 
     log(f"pareto: {spec['name']}")
     wall, study = run_study(spec, storage)
     found, _ = front(study, Objective(OBJECTIVES, [True, True]))
     full = found.trials
+    first = study.epochs[study.epochs["epoch"] == 1].set_index("number")
+    arrivals = [
+        {"number": int(n), "epochs": int(e), **{k: float(first.loc[n, k]) for k in (*OBJECTIVES, "score")}}
+        for n, e in study.trials.sort_values("number")[["number", "epochs"]].itertuples(index=False)
+    ]
     return {
         "wall_s": wall,
         "trials": len(study.trials),
@@ -84,6 +99,7 @@ def search(spec: dict, storage: Path) -> dict:
         "epochs": found.epochs_spent,
         "hypervolume": found.hypervolume,
         "history": found.history[["epochs_spent", "hypervolume"]].to_numpy(float),
+        "arrivals": arrivals,
         "configs": {
             tuple(round(float(row[k]), 12) for k in SPACE): tuple(float(row[m]) for m in OBJECTIVES)
             for _, row in full.iterrows()
@@ -98,7 +114,7 @@ def hypervolume_at(history: np.ndarray, epochs: float) -> float:
 
 
 def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> Result:
-    n, epochs = (QUICK_TRIALS, QUICK_EPOCHS) if quick else (TRIALS, EPOCHS)
+    n, epochs, slots = (QUICK_TRIALS, QUICK_EPOCHS, QUICK_SLOTS) if quick else (TRIALS, EPOCHS, SLOTS)
     runs: dict[str, dict[int, dict]] = {m: {} for m in METHODS}
     with tempfile.TemporaryDirectory(prefix="bench-pareto-") as tmp:
         for seed in seeds:
@@ -150,7 +166,7 @@ def run(quick: bool = False, seeds: tuple[int, ...] = (0, 1, 2)) -> Result:
 Objectives: max `acc_1km`, max `acc_2500km` (hypervolume from (0, 0); 1 would be perfect on both).
 Search space: {", ".join(f"`{k}`" for k in SPACE)} (`bench/bench_pareto.py`); every other setting as
 `studies/quickstart.yaml`'s base, {epochs} epochs, `train.seed` 0. All three sample with Optuna's random
-sampler and the same study seed (trial k has the same hyperparameters in each), {SLOTS} trials at a time,
+sampler and the same study seed (trial k has the same hyperparameters in each), {slots} trial(s) at a time,
 1 CPU each. MOASHA and ASHA: {n} trials, grace period {RUNGS["grace_period"]}, reduction factor
 {RUNGS["reduction_factor"]}; random: as many {epochs}-epoch trials as that seed's MOASHA run spent epochs.
 Hypervolume at E epochs: of the full-length trials among the first trials (in number order) whose

@@ -140,7 +140,11 @@ def build_known(root: Path) -> Path:
             garbage = {**lines[2], "acc_1km": 0.99, "train_loss": 0.01, "val_loss": 0.01}
             lines = lines[:2] + [garbage] + lines[2:]
         last = 2 if k in STOPPED else MAX_EPOCHS
-        status = StatusRecord(Status.STOPPED if k in STOPPED else Status.FINISHED, last, MAX_EPOCHS)
+        status = (
+            StatusRecord(Status.STOPPED, last, MAX_EPOCHS, stopped_by="ASHA")  # as the searcher writes it
+            if k in STOPPED
+            else StatusRecord(Status.FINISHED, last, MAX_EPOCHS)
+        )
         write_trial(
             root,
             f"trainable_{k:05d}_sigma={SIGMAS[k // 3]}",
@@ -517,7 +521,9 @@ def test_running_errored_and_stopped_trials_are_read_and_counted(tmp_path):
     root = tmp_path / "study"
     f = curve(0)
     write_trial(root, "t_finished", 0, params(0.0, 0, 1e-4), f, StatusRecord(Status.FINISHED, 4, 4))
-    write_trial(root, "t_stopped", 1, params(0.3, 0, 2e-4), curve(8), StatusRecord(Status.STOPPED, 2, 4))
+    write_trial(
+        root, "t_stopped", 1, params(0.3, 0, 2e-4), curve(8), StatusRecord(Status.STOPPED, 2, 4, stopped_by="ASHA")
+    )
     write_trial(
         root, "t_errored", 2, params(0.15, 0, 3e-4), [], StatusRecord(Status.ERRORED, 0, 4, "ValueError: loss is NaN")
     )

@@ -122,6 +122,43 @@ CASES = [
         [],
         "search_space.train.lr.when.train.x: must name an earlier",
     ),
+    *(
+        (
+            f"enqueued base outside a choice{dry}",
+            {"search.enqueue_base": True, "search_space": {"train.queue_size": {"type": "choice", "values": [0, 256]}}},
+            extra,
+            "search_space.train.queue_size: the base value 128 (base.train.queue_size) is not one of the choices "
+            "[0, 256]",
+        )
+        for dry, extra in (("", []), (" (dry run)", ["--dry-run"]))
+    ),
+    (  # a grid sets every axis, a conditional one too: the base is one of its cells
+        "enqueued base outside a grid's conditional choice",
+        {
+            "search": {"algorithm": "grid", "enqueue_base": True},
+            "search_space": {
+                "train.noise.batch_sigma": {"type": "choice", "values": [0.0, 1.0]},
+                "train.noise.queue_sigma": {
+                    "type": "choice",
+                    "values": [0.5, 1.0],
+                    "when": {"train.noise.batch_sigma": 1.0},
+                },
+            },
+        },
+        ["--dry-run"],
+        "search_space.train.noise.queue_sigma: the base value 0.0 (base.train.noise.queue_sigma) is not one of the "
+        "choices [0.5, 1.0]",
+    ),
+    (
+        "enqueued base seed outside a grid's repeats",
+        {
+            "search": {"algorithm": "grid", "repeats": 2, "enqueue_base": True},
+            "search_space": {"train.noise.batch_sigma": {"type": "choice", "values": [0.0, 1.0]}},
+            "base.train.seed": 5,
+        },
+        ["--dry-run"],
+        "base.train.seed: 5 is not one of the grid's values [0, 1] (search.repeats: 2)",
+    ),
     ("reduction factor", {"scheduler.reduction_factor": 1}, [], "scheduler.reduction_factor: must be > 1"),
     ("bad name", {"name": "a/b"}, [], "name: needs a folder-safe study name"),
     ("set epochs 0", {}, ["--set", "base.train.epochs=0"], "base.train.epochs: must be >= 1"),

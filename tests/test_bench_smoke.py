@@ -130,15 +130,41 @@ def test_packing_runs_every_level_with_the_same_seed0_score(ray_address, monkeyp
 
 @pytest.mark.slow
 def test_pareto_search_runs_three_ways_with_the_same_final_accuracies(ray_address, monkeypatch):
+    from ray.tune.schedulers.async_hyperband import _Bracket  # Ray's own ASHA cut, as test_pareto.py uses it
+
+    from geoloc.tuning.pareto import promoted
+
     monkeypatch.setenv("RAY_ADDRESS", ray_address)
     result = bench_pareto.main(quick=True)  # MOASHA, random with its epochs, ASHA: 3 studies through tune_main.py
     assert result.agreed, result.body
-    moasha, random = result.figures["MOASHA"][0], result.figures["random, same epochs"][0]
-    # Which trials MOASHA stops depends on the order they reach a rung; the budgets' relation does not.
-    assert moasha["trials"] == bench_pareto.QUICK_TRIALS and moasha["full_trials"] >= 1
-    assert moasha["epochs"] <= moasha["trials"] * bench_pareto.QUICK_EPOCHS
-    assert random["epochs"] == random["trials"] * bench_pareto.QUICK_EPOCHS <= moasha["epochs"]
-    assert 0 <= moasha["hypervolume"] <= 1
+    moasha, random, asha = (result.figures[method][0] for method in bench_pareto.METHODS)
+    n, epochs = bench_pareto.QUICK_TRIALS, bench_pareto.QUICK_EPOCHS
+    # One trial at a time (bench_pareto.QUICK_SLOTS): trial k reaches the rung at epoch 1 after trial k - 1
+    # ended, so what each scheduler decided there follows from the epoch-1 values in number order. Replayed
+    # here: MOASHA's rule (geoloc.tuning.pareto.promoted, checked by hand in test_pareto.py) on (acc_1km,
+    # acc_2500km), Ray's ASHA cut on the score. A kept trial runs every epoch, a stopped one 1.
+    assert [a["number"] for a in moasha["arrivals"]] == [a["number"] for a in asha["arrivals"]] == list(range(n))
+    vectors = [(a["acc_1km"], a["acc_2500km"]) for a in moasha["arrivals"]]
+    kept = [bool(promoted(vectors[: k + 1], [True, True], 2)[-1]) for k in range(n)]
+    assert [a["epochs"] for a in moasha["arrivals"]] == [epochs if keep else 1 for keep in kept]
+    scores, cut = [a["score"] for a in asha["arrivals"]], _Bracket(min_t=1, max_t=epochs, reduction_factor=2, s=0)
+    kept = [k == 0 or scores[k] >= cut.cutoff(dict(enumerate(scores[:k]))) for k in range(n)]
+    assert [a["epochs"] for a in asha["arrivals"]] == [epochs if keep else 1 for keep in kept]
+    for r in (moasha, asha):
+        assert r["trials"] == n and r["epochs"] == sum(a["epochs"] for a in r["arrivals"])
+        assert r["full_trials"] == sum(a["epochs"] == epochs for a in r["arrivals"])
+    # Random search gets as many full-length trials as fit in MOASHA's epochs, and none is stopped.
+    assert random["trials"] == random["full_trials"] == moasha["epochs"] // epochs
+    assert [a["epochs"] for a in random["arrivals"]] == [epochs] * random["trials"]
+    assert random["epochs"] == random["trials"] * epochs
+    # Trial k has the same hyperparameters and seed in all three studies: the same epoch-1 values.
+    for k in range(random["trials"]):
+        assert (
+            random["arrivals"][k] | {"epochs": 0}
+            == moasha["arrivals"][k] | {"epochs": 0}
+            == (asha["arrivals"][k] | {"epochs": 0})
+        )
+    assert 1 <= moasha["front"] <= moasha["full_trials"] and 0 <= moasha["hypervolume"] <= 1
 
 
 @pytest.mark.parametrize("level", bench_packing.GPU_LEVELS)

@@ -37,7 +37,9 @@ def test_truncate_keeps_the_epochs_of_the_checkpoint(tmp_path):
     "record,phrase",
     [
         (StatusRecord(Status.FINISHED, 6, 6), "finished after 6 of 6 epochs"),
-        (StatusRecord(Status.STOPPED, 3, 6), "stopped by ASHA at epoch 3 of 6"),
+        (StatusRecord(Status.STOPPED, 3, 6, stopped_by="ASHA"), "stopped by ASHA at epoch 3 of 6"),
+        (StatusRecord(Status.STOPPED, 2, 4, stopped_by="MOASHA"), "stopped by MOASHA at epoch 2 of 4"),
+        (StatusRecord(Status.STOPPED, 1, 4), "stopped early at epoch 1 of 4"),  # a record that does not say
         (
             StatusRecord(Status.ERRORED, 2, 6, reason="training loss is nan"),
             "errored at epoch 2 of 6: training loss is nan",

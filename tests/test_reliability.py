@@ -61,14 +61,29 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
     driver = start_study(study_file, storage)
     wait_for(lambda: trial_dirs(study_dir) if study_dir.exists() else [], what="a first trial")
     study_records = {name: (study_dir / name).read_bytes() for name in (StudyFolder.STUDY, StudyFolder.REGISTRY)}
-    started = time.monotonic()  # a second launcher on the running study, with or without --resume:
-    seconds = [start_study(study_file, storage, *extra, stderr=subprocess.PIPE) for extra in ([], ["--resume"])]
-    for proc in seconds:  # refused at once, naming the first
-        assert proc.wait(timeout=60) == 2 and time.monotonic() - started < 30
-        message = proc.stderr.read().decode().strip()
-        assert f"pid {driver.pid}" in message and "\n" not in message, message
+    # The driver waits, frozen, while the second launchers are refused: only the driver writes that a trial
+    # ended, and on an idle machine the whole study (six trials, most stopped after an epoch) took less
+    # time than the two refusals, so the kill below came after its end. Its lease stays fresh meanwhile
+    # (refreshed every 10 s, held for 30 s).
+    os.kill(driver.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()  # a second launcher on the running study, with or without --resume:
+        seconds = [start_study(study_file, storage, *extra, stderr=subprocess.PIPE) for extra in ([], ["--resume"])]
+        for proc in seconds:  # refused at once, naming the first
+            assert proc.wait(timeout=60) == 2 and time.monotonic() - started < 30
+            message = proc.stderr.read().decode().strip()
+            assert f"pid {driver.pid}" in message and "\n" not in message, message
+    finally:
+        os.kill(driver.pid, signal.SIGCONT)
     assert {name: (study_dir / name).read_bytes() for name in study_records} == study_records
-    wait_for(lambda: len(ended(study_dir)) >= 3, what="3 finished trials")
+    deadline = time.time() + 300
+    while True:  # look with the driver frozen, so that no trial ends between the look and the kill
+        assert time.time() < deadline and driver.poll() is None, "the study ended before 3 trials had"
+        time.sleep(0.1)
+        os.kill(driver.pid, signal.SIGSTOP)
+        if len(ended(study_dir)) >= 3:
+            break
+        os.kill(driver.pid, signal.SIGCONT)
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started, like a lost SSH session
     driver.wait()
     before = {t.name: read_metrics(t) for t in ended(study_dir)}
@@ -85,6 +100,8 @@ def test_killed_driver_resumes_without_losing_or_rerunning_trials(tmp_path, offl
         status = read_status(t)
         epochs = [m["epoch"] for m in read_metrics(t)]
         assert epochs == list(range(1, status.epochs + 1)), (t.name, epochs)
+        if status.status is Status.STOPPED:  # named after the scheduler that stopped it
+            assert status.stopped_by == ("MOASHA" if objective == "pareto" else "ASHA"), (t.name, status)
         assert (
             states[t.name.removeprefix("trial_")]
             == {Status.FINISHED: "COMPLETE", Status.STOPPED: "PRUNED"}[status.status]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -10,8 +14,9 @@ import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import tune_main as tune_main_module
 from geoloc.study.folders import Status, StatusRecord, StudyFolder
-from geoloc.study.studyfile import load_study_file
+from geoloc.study.studyfile import load_study_file, num_trials
 from geoloc.tuning.searcher import OptunaStudySearcher
 
 from .studyutil import ROOT, TINY_STUDY, read_metrics, read_status, trial_dirs, tune_main, write_study
@@ -117,6 +122,31 @@ def test_a_trial_that_ended_before_optuna_was_told_is_recorded_not_rerun(tmp_pat
     assert not (folder.path / StudyFolder.ORPHANS).exists()
 
 
+@pytest.mark.parametrize(
+    "objective, scheduler",
+    [
+        ({}, {"type": "asha"}),
+        ({"type": "pareto", "metrics": ["acc_1km", "acc_2500km"]}, {"type": "moasha"}),
+    ],
+)
+def test_a_stopped_trial_is_recorded_as_stopped_by_the_scheduler_that_stopped_it(tmp_path, objective, scheduler):
+    spec = {**TINY_STUDY, "objective": objective, "scheduler": scheduler}
+    study = load_study_file(write_study(tmp_path / "s.yaml", spec, str(tmp_path)))
+    folder = StudyFolder(tmp_path / "study")
+    searcher = OptunaStudySearcher(study, folder.path, f"sqlite:///{tmp_path / 'o.db'}")
+    trial = searcher.suggest("aaa")
+    folder.trial("aaa").path.mkdir(parents=True)
+    row = {"epoch": 1, "score": 0.2, "acc_1km": 0.01, "acc_2500km": 0.4}
+    folder.trial("aaa").append_metrics(row)
+    searcher.on_trial_result("aaa", row)
+    searcher.on_trial_complete("aaa", row)  # after 1 of 3 epochs: the scheduler stopped it
+    name = scheduler["type"].upper()
+    record = folder.trial("aaa").read_status()
+    assert record == StatusRecord(Status.STOPPED, 1, 3, stopped_by=name)
+    assert record.describe() == f"stopped by {name} at epoch 1 of 3"
+    assert searcher.optuna.trials[trial["number"]].state.name == "PRUNED"
+
+
 @pytest.mark.parametrize("algorithm", ["random", "tpe"])
 def test_a_resumed_study_does_not_draw_its_first_parameters_again(tmp_path, algorithm):
     spec = {**TINY_STUDY, "search": {"algorithm": algorithm, "num_samples": 8, "max_concurrent": 2}}
@@ -180,3 +210,93 @@ def test_analysis_of_the_real_study_matches_the_trial_records(tiny_study, tmp_pa
     dominated = [np.any((a1 >= a1[i]) & (a2 >= a2[i]) & ((a1 > a1[i]) | (a2 > a2[i]))) for i in range(len(values))]
     assert on_front == {name.removeprefix("trial_") for name, d in zip(values.index, dominated, strict=True) if not d}
     assert (tmp_path / "report.md").read_text().count(".png") >= 5
+
+
+# A 2 x 2 grid with the base enqueued; the base (batch_sigma 0.0, queue_size 128) is one of its cells.
+# The searcher hands out the base's cell first, then every other cell in grid order (the last axis
+# fastest), each once: the grid's four cells, no more.
+GRID_SPACE = {
+    "train.noise.batch_sigma": {"type": "choice", "values": [0.0, 1.0]},
+    "train.queue_size": {"type": "choice", "values": [0, 128]},
+}
+GRID_TRIALS = [
+    {"train.noise.batch_sigma": 0.0, "train.queue_size": 128},
+    {"train.noise.batch_sigma": 0.0, "train.queue_size": 0},
+    {"train.noise.batch_sigma": 1.0, "train.queue_size": 0},
+    {"train.noise.batch_sigma": 1.0, "train.queue_size": 128},
+]
+
+
+def grid_with_base(**search) -> dict:
+    spec = copy.deepcopy(TINY_STUDY)
+    spec["search_space"] = GRID_SPACE
+    spec["search"] = {"algorithm": "grid", "enqueue_base": True, "max_concurrent": 2, **search}
+    return spec
+
+
+def test_a_grid_with_the_base_enqueued_hands_out_every_cell_once(tmp_path, capsys):
+    study_file = write_study(tmp_path / "s.yaml", grid_with_base(), str(tmp_path))
+    study = load_study_file(study_file)
+    searcher = OptunaStudySearcher(study, tmp_path / "study", f"sqlite:///{tmp_path / 'o.db'}")
+    handed = []
+    while (suggestion := searcher.suggest(f"t{len(handed)}")) != OptunaStudySearcher.FINISHED:
+        handed.append(suggestion)
+        assert len(handed) <= 6, handed
+    assert [s["params"] for s in handed] == GRID_TRIALS and [s["number"] for s in handed] == [0, 1, 2, 3]
+    assert num_trials(study) == 4
+    assert tune_main_module.main([str(study_file), "--dry-run"]) == 0
+    assert "trials: 4 (grid), the base configuration's cell first," in capsys.readouterr().out
+
+    # With repeats, the base's train.seed (0) picks its cell: (0.0, 128, seed 0) first, then the other seven.
+    study = load_study_file(write_study(tmp_path / "r.yaml", grid_with_base(repeats=2), str(tmp_path)))
+    searcher = OptunaStudySearcher(study, tmp_path / "repeats", f"sqlite:///{tmp_path / 'r.db'}")
+    handed = [searcher.suggest(f"r{i}")["params"] for i in range(8)]
+    assert searcher.suggest("r8") == OptunaStudySearcher.FINISHED and num_trials(study) == 8
+    cells = [{**cell, "train.seed": seed} for cell in GRID_TRIALS for seed in (0, 1)]
+    assert handed[0] == cells[0] and sorted(map(str, handed)) == sorted(map(str, cells))
+
+
+def test_a_grid_study_with_the_base_enqueued_runs_every_cell_once_base_first(tmp_path, offline_root_session):
+    spec = grid_with_base()
+    spec["base"]["train"]["epochs"] = 1
+    spec["scheduler"] = {"type": "none"}
+    study_file = write_study(tmp_path / "s.yaml", spec, offline_root_session)
+    proc = tune_main(study_file, "--storage", tmp_path / "results", "--no-analysis", timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    runs = {t.read_trial()["number"]: t for t in StudyFolder(tmp_path / "results" / "tiny").trials()}
+    assert sorted(runs) == [0, 1, 2, 3]
+    assert [runs[n].read_trial()["params"] for n in sorted(runs)] == GRID_TRIALS
+    assert all(runs[n].read_status().status is Status.FINISHED for n in runs)
+
+
+# The launcher with ``analysis.analyse`` gone, as a broken or renamed analysis API leaves it: importing
+# it raises ImportError ("cannot import name 'analyse'") after the study has run.
+WITHOUT_ANALYSE = """
+import sys
+import analysis
+del analysis.analyse
+import tune_main
+sys.exit(tune_main.main(sys.argv[1:]))
+"""
+
+
+def test_an_import_error_in_the_analysis_surfaces_after_the_study(tmp_path, offline_root_session):
+    """The analysis is part of the launcher (the summary reads the study through it): an ImportError
+    there is a bug to show, not a reason to skip the report and exit 0."""
+    spec = copy.deepcopy(TINY_STUDY)
+    spec["base"]["train"]["epochs"] = 1
+    spec["search"] = {"algorithm": "random", "num_samples": 1, "max_concurrent": 1}
+    spec["scheduler"] = {"type": "none"}
+    study_file = write_study(tmp_path / "s.yaml", spec, offline_root_session)
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_ANALYSE, str(study_file), "--storage", str(tmp_path / "results")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "ImportError: cannot import name 'analyse' from 'analysis'" in proc.stderr, proc.stderr[-3000:]
+    assert "best trial:" in proc.stdout and "report:" not in proc.stdout  # the study ran and was summarised
+    assert [read_status(t).status for t in trial_dirs(tmp_path / "results" / "tiny")] == [Status.FINISHED]

@@ -1,23 +1,63 @@
 """Atomic file writes: a reader (or a crash) sees the old file or the new one, never half of one.
 
-Every JSON file the project writes for another process to read (trial records, manifests,
-shard records) goes through here, so the write-to-temporary-then-rename idiom exists once.
+Every file the project writes for another process to read (trial records, checkpoints, manifests,
+shard records, derived arrays, a rebuilt Optuna storage) and every folder it builds for others
+(feature caches, the offline benchmark) goes through here, so the write-to-temporary-then-rename
+idiom exists once:
+
+- ``atomic_path(path)``: a temporary to write, renamed over ``path`` when the block ends; the
+  writers that want a path (``torch.save``, SQLite) use it;
+- ``atomic_file(path)``: the same, opened for binary writing (``np.save``, bytes, text, JSON);
+- ``temporary_dir(final)`` and ``publish_dir(tmp, final, done)``: a folder built beside ``final``
+  and renamed into place; when another process published first, its folder is kept.
+
+A temporary lies in a hidden folder of its own beside the file and has the file's own name: a
+writer that records the name (``torch.save`` names its archive after the file) or adds a suffix
+(``np.save``) writes exactly the bytes it would write to the file itself, and two processes
+writing one file at once never share a temporary. A block that raises leaves the old file and no
+temporary behind.
+
+``file_lock(path)`` is the lock of something built once that several processes may need at the same
+time (a derived file, the offline benchmark): the first builds it, the others wait and read it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A path to write ``path``'s new content to (same name, in a hidden temporary folder beside it);
+    renamed over ``path`` when the block ends, removed when it raises."""
+    path = Path(path)
+    folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield folder / path.name
+        os.replace(folder / path.name, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[bytes]]:
+    """``atomic_path`` opened for binary writing: ``with atomic_file(p) as f: np.save(f, array)``."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
 
 
 def write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a hidden temporary beside ``path``, then rename it over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -36,3 +76,34 @@ def read_json(path: str | Path) -> Any | None:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+
+
+def temporary_dir(final: str | Path) -> Path:
+    """A new hidden folder beside ``final`` (its parent made when missing) to build ``final`` in."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:16]}.tmp"
+    tmp.mkdir()  # the permissions of any folder the user makes (mkdtemp's would be owner-only)
+    return tmp
+
+
+def publish_dir(tmp: str | Path, final: str | Path, done: str) -> bool:
+    """Rename the finished folder ``tmp`` to ``final``. When another process published ``final`` first
+    (it holds the file ``done``), keep theirs, remove ``tmp`` and return False; True when ``tmp`` was published."""
+    tmp, final = Path(tmp), Path(final)
+    try:
+        os.rename(tmp, final)  # a folder: never replaces another one that holds files
+    except OSError:
+        if not (final / done).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
+    return True
+
+
+def file_lock(path: str | Path):
+    """The file lock (``PATH.lock``) under which ``path`` is built once (filelock imported here: a GPU
+    node running ``bench.gpu_check`` trains without Ray's dependencies and never builds such a file)."""
+    from filelock import FileLock
+
+    return FileLock(f"{path}.lock")

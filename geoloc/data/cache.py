@@ -7,8 +7,8 @@ A cache is a folder::
     coords.npy      float64 (n, 2), (lat, lon) degrees
 
 Real data (geoloc.data.features) and the offline benchmark (geoloc.data.synthetic) both write
-it. Writers build into a temporary sibling folder and rename it into place, so a reader never
-sees a half-written cache.
+it. Writers build into a temporary sibling folder and rename it into place (``geoloc.common.atomic``),
+so a reader never sees a half-written cache.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import io
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from geoloc.common.atomic import publish_dir, temporary_dir
 from geoloc.geo import check_coordinates
 
 FORMAT_VERSION = 1
@@ -141,8 +141,7 @@ class CacheWriter:
 
     def __init__(self, path: str | Path, n: int, views: int, feature_dim: int):
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent))
+        self.tmp = temporary_dir(self.path)
         self.features = np.lib.format.open_memmap(
             self.tmp / "features.npy", mode="w+", dtype=np.float16, shape=(n, views, feature_dim)
         )
@@ -154,18 +153,8 @@ class CacheWriter:
         np.save(self.tmp / "coords.npy", self.coords)
         manifest = {"format": FORMAT_VERSION, "n": len(self.coords), **manifest}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        publish_dir(self.tmp, self.path)
+        publish_dir(self.tmp, self.path, MANIFEST)  # another process's cache, published first, is kept
         return self.path
 
     def abort(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Rename a finished temporary folder into place; if another process won the race, keep theirs."""
-    try:
-        os.rename(tmp, final)
-    except OSError:
-        if not (final / MANIFEST).exists() and not (final / "DONE").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)

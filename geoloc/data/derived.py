@@ -4,22 +4,21 @@ A derived file lives in ``CACHE/derived/`` and is named by what it is and a dige
 it was computed from (``fingerprint``), so a changed input is a new file, never a stale one. The
 first process to need a file builds it while holding a file lock; every other trial of a study
 (another Ray worker, another node on a shared file system) waits for that lock and then reads the
-finished file instead of building it again. Writes go to a temporary name and are renamed into
-place, so a crash leaves no half-written file.
+finished file instead of building it again. Writes are atomic (``geoloc.common.atomic``), so a crash
+leaves no half-written file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from geoloc.common.atomic import read_json, write_json
+from geoloc.common.atomic import atomic_file, file_lock, read_json, write_json
 
 FOLDER = "derived"
 
@@ -37,14 +36,6 @@ def fingerprint(*parts: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _lock(path: Path):
-    """The file lock of one derived file (filelock imported here: a GPU node running ``bench.gpu_check``
-    trains without Ray's dependencies, filelock among them, and never builds a derived file)."""
-    from filelock import FileLock
-
-    return FileLock(f"{path}.lock")
-
-
 def derived_path(cache_path: str | Path, name: str, key: str, suffix: str) -> Path:
     """``CACHE/derived/<name>-<key>.<suffix>`` (the folder is made when missing)."""
     folder = Path(cache_path) / FOLDER
@@ -56,19 +47,17 @@ def cached_array(cache_path: str | Path, name: str, key: str, build: Callable[[]
     """The array ``build()`` returns, computed once per (cache, name, key) and kept as a ``.npy`` file,
     memory-mapped read-only: the trials (and seeds) on one machine share its pages."""
     path = derived_path(cache_path, name, key, "npy")
-    with _lock(path):
+    with file_lock(path):
         if not path.exists():
-            tmp = path.with_name(f".{path.name}.tmp")
-            with open(tmp, "wb") as f:
+            with atomic_file(path) as f:
                 np.save(f, build())
-            os.replace(tmp, path)
     return np.load(path, mmap_mode="r")
 
 
 def cached_json(cache_path: str | Path, name: str, key: str, build: Callable[[], Any]) -> Any:
     """The JSON value ``build()`` returns, computed once per (cache, name, key) and kept as a ``.json`` file."""
     path = derived_path(cache_path, name, key, "json")
-    with _lock(path):
+    with file_lock(path):
         value = read_json(path)
         if value is None:
             value = build()

@@ -11,14 +11,13 @@ interrupted run resumes to the same bytes. ``copy_shards`` fills the cache from 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from geoloc.common.atomic import read_json, write_json
+from geoloc.common.atomic import atomic_file, read_json, write_json
 from geoloc.data.backbone import Backbone
 from geoloc.data.cache import DataError
 from geoloc.data.images import ImageDataset
@@ -62,9 +61,8 @@ def pending_shards(work: Path, dataset: ImageDataset, shard_size: int) -> list[i
 def _write_shard(work: Path, s: int, features: np.ndarray, failed: list) -> None:
     """Features first, then the record that marks the shard finished; each by an atomic rename."""
     features_file, record_file = _shard_files(work, s)
-    tmp = work / f"shard_{s:06d}.tmp.npy"
-    np.save(tmp, features)
-    os.replace(tmp, features_file)
+    with atomic_file(features_file) as f:
+        np.save(f, features)
     write_json(record_file, {"rows": int(len(features)), "failed": failed})
 
 

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from geoloc.data.cache import CacheWriter, publish_dir
+from geoloc.common.atomic import file_lock, publish_dir, temporary_dir
+from geoloc.data.cache import CacheWriter
 from geoloc.data.config import OfflineBenchmarkConfig
 from geoloc.geo import EARTH_RADIUS_KM, unit_vectors
 
@@ -58,20 +61,37 @@ def benchmark_dir(cfg: OfflineBenchmarkConfig) -> Path:
 def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False) -> Path:
     """Build (once) and return the benchmark folder: ``train/``, ``val/`` caches and ``gallery.npy``.
 
-    Safe to call from several processes at once: each builds into a temporary folder and the
-    first rename wins.
+    Safe to call from several processes at once (the trials of a study, two studies on one cache root,
+    nodes sharing it): the first builds it under a file lock (``ROOT/offline-<digest>.lock``) into a
+    temporary folder that is renamed into place when complete; the others wait for the lock and
+    return the finished folder. ``progress``: say on stderr when this call builds it.
     """
     final = benchmark_dir(cfg)
     if (final / "DONE").exists():
         return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final):
+        if (final / "DONE").exists():  # built by another process while this one waited
+            return final
+        if progress:
+            print(f"building the offline benchmark in {final} (once)", file=sys.stderr, flush=True)
+        tmp = temporary_dir(final)
+        try:
+            _build(cfg, tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish_dir(tmp, final, "DONE")
+    return final
+
+
+def _build(cfg: OfflineBenchmarkConfig, tmp: Path) -> None:
+    """The benchmark's files, written into the folder ``tmp``."""
     rng = np.random.default_rng(cfg.seed)
     train_coords, val_coords = _split(rng, cfg)
     gallery = train_coords[rng.choice(len(train_coords), size=min(cfg.n_gallery, len(train_coords)), replace=False)]
     fields = _Fields(rng, cfg.feature_dim)
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(final.parent / f".{final.name}.{rng.integers(1 << 62):x}")
-    tmp.mkdir()
+    rng.integers(1 << 62)  # this draw once named the temporary folder; kept, so every later draw is as it was
     manifest = {"backbone": "synthetic", "weights": None, "offline_benchmark": cfg.model_dump()}
     for name, coords, views in (("train", train_coords, cfg.views), ("val", val_coords, 1)):
         writer = CacheWriter(tmp / name, len(coords), views, cfg.feature_dim)
@@ -91,8 +111,6 @@ def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False)
         )
     np.save(tmp / "gallery.npy", gallery)
     (tmp / "DONE").write_text("synthetic offline benchmark; see geoloc/data/synthetic.py\n")
-    publish_dir(tmp, final)
-    return final
 
 
 def _split(rng: np.random.Generator, cfg: OfflineBenchmarkConfig) -> tuple[np.ndarray, np.ndarray]:

@@ -3,12 +3,13 @@ checkpoint written for another configuration."""
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+
+from geoloc.common.atomic import atomic_path
 
 
 class DivergenceError(RuntimeError):
@@ -39,10 +40,8 @@ class Resumable:
 
     def save(self, path: str | Path) -> None:
         """Atomic: a crash while saving leaves the previous checkpoint intact."""
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # the file's own name: torch names the archive inside after it
+            torch.save(self.state_dict(), tmp)
 
     def load(self, path: str | Path) -> None:
         # On the CPU: the generator state must stay there; load_state_dict puts the rest on the device.

@@ -27,8 +27,9 @@ A trial folder (``TrialFolder``; also the ``--out`` folder of ``python -m geoloc
 
 ``status.json`` has two writers, in this order. The worker writes ``running`` when the trial
 starts and ``errored`` when it stops itself (a diverged loss). The driver's searcher writes the
-outcome when Ray tells it the trial ended (``finished``, ``stopped`` by ASHA, or ``errored``
-when the worker died), because only the driver knows why a trial ended; the worker never writes
+outcome when Ray tells it the trial ended (``finished``, ``stopped`` by the study's scheduler, ASHA or
+MOASHA, which ``stopped_by`` names, or ``errored`` when the worker died), because only the driver
+knows why a trial ended; the worker never writes
 after Ray has been told, so the driver's record is the last word.
 
 The three ``.jsonl`` logs are append-only while a run lives. A resumed run first drops the lines
@@ -51,12 +52,12 @@ class Status(str, Enum):
 
     RUNNING = "running"
     FINISHED = "finished"
-    STOPPED = "stopped"  # by the scheduler (ASHA) before its last epoch
+    STOPPED = "stopped"  # by the scheduler (ASHA or MOASHA: StatusRecord.stopped_by) before its last epoch
     ERRORED = "errored"
 
     @property
     def counted(self) -> bool:
-        """Trials whose metrics mean something: they finished, or ASHA stopped them after a full epoch."""
+        """Trials whose metrics mean something: they finished, or the scheduler stopped them after a full epoch."""
         return self in (Status.FINISHED, Status.STOPPED)
 
 
@@ -69,14 +70,16 @@ class StatusRecord:
     max_epochs: int | None = None  # epochs the trial was configured for
     reason: str | None = None  # why it errored (shown to the user and stored in Optuna)
     pid: int | None = None  # the worker's process while running
+    stopped_by: str | None = None  # the scheduler that stopped it: "ASHA", "MOASHA" (None in older records)
 
     def describe(self) -> str:
-        """One readable phrase: "stopped by ASHA at epoch 3 of 6", "errored at epoch 2: ..."."""
+        """One readable phrase: "stopped by MOASHA at epoch 3 of 6", "errored at epoch 2: ..."."""
         of = f" of {self.max_epochs}" if self.max_epochs else ""
         if self.status is Status.FINISHED:
             return f"finished after {self.epochs}{of} epochs"
         if self.status is Status.STOPPED:
-            return f"stopped by ASHA at epoch {self.epochs}{of}"
+            by = f" by {self.stopped_by}" if self.stopped_by else " early"
+            return f"stopped{by} at epoch {self.epochs}{of}"
         if self.status is Status.ERRORED:
             return f"errored at epoch {self.epochs}{of}" + (f": {self.reason}" if self.reason else "")
         return f"running, {self.epochs}{of} epochs done"
@@ -93,6 +96,7 @@ class StatusRecord:
             max_epochs=doc.get("max_epochs"),
             reason=doc.get("reason"),
             pid=doc.get("pid"),
+            stopped_by=doc.get("stopped_by"),
         )
 
 

@@ -24,7 +24,7 @@ The search space is parsed once, at load, into typed entries (``geoloc.study.spa
 
 from __future__ import annotations
 
-import math
+import itertools
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -80,7 +80,12 @@ class SearchConfig(Section):
     n_startup_trials: StrictInt = Field(4, ge=1)
     """TPE: random trials before the model kicks in."""
     enqueue_base: StrictBool = False
-    """Run the base configuration (e.g. the paper defaults) as the first trial."""
+    """Run the base configuration (e.g. the paper defaults) as the first trial, so its value of each choice
+    entry must be among the choices. tpe, random, nsga2: it is the first of the ``num_samples`` trials.
+    grid: the base is one of the grid's cells (its value of every axis must be among the axis's values:
+    each choice entry, ``when`` or not, since a grid sets every axis, and train.seed for ``repeats``);
+    that cell runs first and counts as the base, then every other cell once, so the study runs exactly
+    the grid's cells, as without ``enqueue_base``."""
 
     @model_validator(mode="after")
     def _one_way_to_repeat_seeds(self) -> SearchConfig:
@@ -106,6 +111,11 @@ class SchedulerConfig(Section):
     """Keep the top 1/reduction_factor at each rung."""
     brackets: StrictInt = Field(1, ge=1)
     """ASHA brackets (MOASHA runs one)."""
+
+    @property
+    def name(self) -> str | None:
+        """How a trial's status names the scheduler that stopped it ("ASHA", "MOASHA"); None for none."""
+        return {"asha": "ASHA", "moasha": "MOASHA"}.get(self.type)
 
     @model_validator(mode="after")
     def _one_moasha_bracket(self) -> SchedulerConfig:
@@ -244,6 +254,7 @@ class StudyConfig(Section):
             raise FieldError(
                 "search_space.train.seed", "search.seeds trains seeds train.seed, +1, ... itself; remove it"
             )
+        self._check_enqueued_base()
         self._check_objective()
         self._check_devices()
         if self.search.algorithm == "grid":
@@ -251,6 +262,38 @@ class StudyConfig(Section):
             if bad:
                 raise FieldError(f"search_space.{bad[0]}", "grid search needs 'choice' entries")
         return self
+
+    def _check_enqueued_base(self) -> None:
+        """With ``search.enqueue_base`` the base runs as a trial, so each choice it meets must offer the
+        base's value (Optuna would refuse it only when the study runs): as the sampler walks the space
+        (``when`` included), or in a grid every axis, since the base is one of its cells."""
+        if not self.search.enqueue_base:
+            return
+        base = self.base.model_dump(mode="json")
+        if self.search.algorithm == "grid":
+            choices = grid_axes(self)
+        else:
+            choices, taken = {}, {}
+            for entry in self.space:
+                if not isinstance(entry, FixedEntry) and entry.applies(taken):
+                    taken[entry.name] = get_path(base, entry.name)
+                    if isinstance(entry, ChoiceEntry):
+                        choices[entry.name] = entry.values
+        for name, values in choices.items():
+            value = get_path(base, name)
+            if value in values:
+                continue
+            if name in self.search_space:
+                raise FieldError(
+                    f"search_space.{name}",
+                    f"the base value {value!r} (base.{name}) is not one of the choices {values}; "
+                    f"search.enqueue_base runs the base as a trial: add it to the values or change base.{name}",
+                )
+            raise FieldError(  # a grid's own axis: train.seed for repeats
+                f"base.{name}",
+                f"{value!r} is not one of the grid's values {values} (search.repeats: {self.search.repeats}); "
+                "search.enqueue_base runs the base as one of the grid's cells: set it to one of them",
+            )
 
     def _check_objective(self) -> None:
         """Pareto metrics are registry metrics with a direction, and the scheduler ranks what the study optimises."""
@@ -359,17 +402,28 @@ def grid_axes(study: StudyConfig) -> dict[str, list]:
     return axes
 
 
+def grid_cells(study: StudyConfig) -> list[dict]:
+    """Every cell of the grid (axis name -> value), in order: the last axis varies fastest."""
+    axes = grid_axes(study)
+    return [dict(zip(axes, cell, strict=True)) for cell in itertools.product(*axes.values())]
+
+
 def num_trials(study: StudyConfig) -> int:
-    """Trials the study runs: the grid's cells, or ``search.num_samples``."""
+    """Trials the study runs: the grid's cells (an enqueued base is one of them), or ``search.num_samples``
+    (an enqueued base is the first of them); see ``SearchConfig.enqueue_base``."""
     if study.search.algorithm == "grid":
-        return max(1, math.prod(len(values) for values in grid_axes(study).values()))
+        return len(grid_cells(study))
     return study.search.num_samples
 
 
 def base_values(study: StudyConfig) -> dict:
-    """The base configuration's value of every entry that is not fixed (the base as a trial)."""
+    """The base configuration's value of every entry that is not fixed (the base as a trial); in a grid,
+    also of its own axes (``train.seed`` for repeats), so that it is one of the grid's cells."""
     base = study.base.model_dump(mode="json")
-    return {e.name: get_path(base, e.name) for e in study.space if not isinstance(e, FixedEntry)}
+    names = [e.name for e in study.space if not isinstance(e, FixedEntry)]
+    if study.search.algorithm == "grid":
+        names += [name for name in grid_axes(study) if name not in names]
+    return {name: get_path(base, name) for name in names}
 
 
 def resolved_study(study: StudyConfig) -> dict:

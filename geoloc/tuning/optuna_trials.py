@@ -4,12 +4,10 @@ parameters from the search space, and the trials enqueued before sampling (the b
 
 from __future__ import annotations
 
-import itertools
-
 import optuna
 
 from geoloc.study.space import ChoiceEntry, FloatEntry, IntEntry
-from geoloc.study.studyfile import StudyConfig, base_values, grid_axes
+from geoloc.study.studyfile import StudyConfig, base_values, grid_axes, grid_cells
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # Ray's trial table is the progress display
 TrialState = optuna.trial.TrialState
@@ -67,9 +65,12 @@ def sample(trial: optuna.Trial, study: StudyConfig) -> dict:
 
 def enqueued(study: StudyConfig) -> list[dict]:
     """The fixed parameters of the trials enqueued when the study is created, in order (they get the
-    lowest numbers): the base configuration (``search.enqueue_base``), then every grid cell."""
+    lowest numbers): the base configuration (``search.enqueue_base``), then every grid cell, the base's
+    own cell only once (``SearchConfig.enqueue_base``): a grid's queue is its ``num_trials`` cells."""
     queue = [base_values(study)] if study.search.enqueue_base else []
     if study.search.algorithm == "grid":
-        axes = grid_axes(study)
-        queue += [dict(zip(axes, cell, strict=True)) for cell in itertools.product(*axes.values())]
+        cells = grid_cells(study)
+        if queue:
+            cells.remove(queue[0])  # validation made the base one of the cells; it runs first
+        queue += cells
     return queue

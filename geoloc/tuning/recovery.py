@@ -19,7 +19,7 @@ added:
 | trial folder ``trial_<ray id>/`` | rebuilt Optuna trial |
 | --- | --- |
 | ``status.json`` finished | COMPLETE, value = the last epoch's ``score`` (a pareto study: its objective values) |
-| stopped (by ASHA) | PRUNED, value = the last epoch's ``score`` as ``Study.tell`` records it (a pareto study: none) |
+| stopped (by the scheduler) | PRUNED, value = the last epoch's ``score`` as ``Study.tell`` records it (pareto: none) |
 | errored | FAIL, user attribute ``fail_reason`` = the status's reason |
 | running, missing or unreadable | RUNNING: cut short by the crash; the searcher's resume handles it |
 
@@ -66,6 +66,7 @@ from pathlib import Path
 import optuna
 import sqlalchemy.exc
 
+from geoloc.common.atomic import atomic_path
 from geoloc.study.folders import Status, StudyFolder, TrialFolder
 from geoloc.study.studyfile import StudyConfig
 
@@ -163,15 +164,9 @@ def rebuild_optuna_storage(study: StudyConfig, study_dir: str | Path) -> Rebuilt
     folder = StudyFolder(study_dir)
     folders = folder.trials()  # .orphaned/ lies a level deeper, so set-aside reruns are not among them
     trials = _rebuilt_trials(study, folders)
-    fresh = folder.path / f"{folder.OPTUNA_DB}.rebuilding"
-    _remove(fresh)  # left by an interrupted rebuild
-    try:
+    with atomic_path(folder.optuna_db) as fresh:  # in place when the damaged one is kept aside
         _write(study, trials, fresh)
-    except BaseException:
-        _remove(fresh)
-        raise
-    damaged = _keep_aside(folder.optuna_db)
-    os.replace(fresh, folder.optuna_db)
+        damaged = _keep_aside(folder.optuna_db)
     states = Counter(t.state.name for t in trials)
     order = ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
     return Rebuilt(study.name, len(folders), {s: states[s] for s in order if states[s]}, damaged)
@@ -188,11 +183,6 @@ def _write(study: StudyConfig, trials: list[optuna.trial.FrozenTrial], db: Path)
             record.add_trial(trial)  # numbered as added
     finally:
         storage.engine.dispose()
-
-
-def _remove(db: Path) -> None:
-    for path in (db, *(Path(f"{db}{s}") for s in SIDECARS)):
-        path.unlink(missing_ok=True)
 
 
 def _keep_aside(db: Path) -> Path:

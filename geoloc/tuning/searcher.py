@@ -3,7 +3,8 @@
 The Optuna storage (``STUDY_DIR/optuna.db``) is the study's durable record: a trial's result is
 written there the moment the trial ends, so a driver killed at any time loses nothing that
 finished. Ray's ``OptunaSearch`` is not used because it reports an ASHA-stopped trial to Optuna
-as COMPLETE with its partial value, which misleads TPE; here such a trial is PRUNED with its
+as COMPLETE with its partial value, which misleads TPE; here such a trial (stopped by ASHA or
+MOASHA, which its ``status.json`` names) is PRUNED with its
 per-epoch intermediate values, and an errored one FAIL with the reason in ``fail_reason``.
 A pareto study (``objective.type: pareto``) is a multi-objective Optuna study: a finished trial
 is told its objective values, and the per-epoch values, which Optuna keeps only for one
@@ -140,7 +141,7 @@ class OptunaStudySearcher(Searcher):
             reason = recorded.reason if recorded and recorded.status is Status.ERRORED else None
             outcome = StatusRecord(Status.ERRORED, epochs, self.study.epochs, reason=reason or WORKER_FAILED)
         elif epochs < self.study.epochs:
-            outcome = StatusRecord(Status.STOPPED, epochs, self.study.epochs)
+            outcome = StatusRecord(Status.STOPPED, epochs, self.study.epochs, stopped_by=self.study.scheduler.name)
         else:
             outcome = StatusRecord(Status.FINISHED, epochs, self.study.epochs)
         if folder.exists():
