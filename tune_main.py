@@ -1,7 +1,9 @@
 """The study launcher: validate a study, start or join Ray, run or resume it, say where results are.
 
     python tune_main.py studies/NAME.yaml [--address ADDR] [--storage PATH] [--resume [--rebuild-optuna]] [--dry-run]
-                        [--set key.path=value ...] [--num-samples N] [--max-concurrent N] [--no-analysis]
+                        [--set key.path=value ...] [--num-samples N] [--max-concurrent N] [--no-analysis] [--verbose]
+    python tune_main.py status STUDY_DIR     (where a study stands; exit 0 running or finished, 1 interrupted
+                                              or damaged, 2 not a study: geoloc/tuning/status.py)
 
 Everything a user can get wrong (study file, data, storage path, resources) is checked before
 any trial starts: exit status 2 and one line naming the key, file or row; nothing is written.
@@ -66,6 +68,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, help="override search.num_samples")
     p.add_argument("--max-concurrent", type=int, help="override search.max_concurrent")
     p.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's trial table and logs instead of one line per trial event"
+    )
     p.add_argument(
         "--rebuild-optuna",
         action="store_true",
@@ -320,12 +325,18 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: lis
     folder.write_study(yaml.safe_dump(resolved_study(study), sort_keys=False))
     registry = study.registry
     registry.save(folder.path / folder.REGISTRY)
-    reporter = tune.CLIReporter(
-        metric_columns=registry.progress_columns(), max_report_frequency=10, max_progress_rows=20
-    )
+    reporter, callbacks = None, []
+    if args.verbose:
+        reporter = tune.CLIReporter(
+            metric_columns=registry.progress_columns(), max_report_frequency=10, max_progress_rows=20
+        )
+    else:
+        from geoloc.tuning.progress import QuietProgress
+
+        callbacks.append(QuietProgress(study, study_dir.resolve()))
     stop_gracefully_on_sigterm()
     try:
-        make_tuner(study, study_dir.resolve(), args.resume, reporter).fit()
+        make_tuner(study, study_dir.resolve(), args.resume, reporter, callbacks).fit()
     except KeyboardInterrupt:
         pass  # a second Ctrl-C: Tune did not finish saving; resuming still works (as after a killed driver)
     except BaseException:
@@ -350,8 +361,20 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: lis
     return 0
 
 
+def status(argv: list[str]) -> int:
+    from geoloc.tuning.status import report
+
+    p = argparse.ArgumentParser(
+        prog="tune_main.py status", description="where a study stands: its launcher, trials, best so far, commands"
+    )
+    p.add_argument("study_dir", help="the study's folder (STORAGE/NAME)")
+    return report(p.parse_args(argv).study_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["status"]:  # where a study stands, without Ray and without its lock (geoloc.tuning.status)
+        return status(argv[1:])
     args = parse_args(argv)
     try:
         study = load(args)

@@ -31,6 +31,7 @@ ONE_AT_A_TIME = {
     "test_recovery.py",
     "test_reliability.py",
     "test_slurm.py",
+    "test_status.py",
     "test_tuning.py",
 }
 

@@ -1,8 +1,10 @@
-"""Optuna without Ray: a study's sampler, directions and objective values, the sampling of one trial's
+"""Optuna without Ray: a study's sampler, directions, metric names and objective values, the sampling of one trial's
 parameters from the search space, and the trials enqueued before sampling (the base, the grid).
 ``geoloc.tuning.searcher`` (Ray's side) and ``geoloc.tuning.recovery`` both use it."""
 
 from __future__ import annotations
+
+import warnings
 
 import optuna
 
@@ -34,6 +36,16 @@ def make_sampler(study: StudyConfig, trials_so_far: int = 0) -> optuna.samplers.
 def optuna_directions(study: StudyConfig) -> list[str]:
     """The Optuna study's directions, one per objective (``StudyConfig.objectives``)."""
     return ["maximize" if how == "max" else "minimize" for how in study.objectives().values()]
+
+
+def name_metrics(record: optuna.Study, study: StudyConfig) -> None:
+    """Optuna's metric names: the objectives' metric keys (``score``, or each objective of a pareto study),
+    so optuna-dashboard and Optuna's plots show them instead of "Objective 0"."""
+    names = list(study.objectives())
+    if record.metric_names != names:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            record.set_metric_names(names)
 
 
 def objective_values(keys: list[str], row: dict | None) -> list[float] | None:

@@ -174,11 +174,12 @@ def rebuild_optuna_storage(study: StudyConfig, study_dir: str | Path) -> Rebuilt
 
 def _write(study: StudyConfig, trials: list[optuna.trial.FrozenTrial], db: Path) -> None:
     """A new storage holding the study as the searcher creates it, with ``trials`` added in order."""
-    from geoloc.tuning.optuna_trials import optuna_directions
+    from geoloc.tuning.optuna_trials import name_metrics, optuna_directions
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
     try:
         record = optuna.create_study(study_name=study.name, storage=storage, directions=optuna_directions(study))
+        name_metrics(record, study)
         for trial in trials:
             record.add_trial(trial)  # numbered as added
     finally:

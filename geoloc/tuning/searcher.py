@@ -32,6 +32,7 @@ from geoloc.tuning.optuna_trials import (
     TrialState,
     enqueued,
     make_sampler,
+    name_metrics,
     objective_values,
     optuna_directions,
     sample,
@@ -54,6 +55,7 @@ class OptunaStudySearcher(Searcher):
             sampler=make_sampler(study),
             load_if_exists=True,
         )
+        name_metrics(self.optuna, study)
         if self.optuna.trials:  # a resumed study
             self.optuna.sampler = make_sampler(study, len(self.optuna.trials))
         self.study_id = self.storage.get_study_id_from_name(study.name)

@@ -55,8 +55,10 @@ def make_scheduler(study: StudyConfig):
     )
 
 
-def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None) -> tune.Tuner:
-    """A new Tuner, or the interrupted one restored (``resume``) with a fresh searcher on the same Optuna storage."""
+def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None, callbacks=()) -> tune.Tuner:
+    """A new Tuner, or the interrupted one restored (``resume``) with a fresh searcher on the same Optuna storage.
+    ``reporter``: Ray's trial table (``--verbose``); else Ray prints nothing and ``callbacks`` (the quiet progress
+    of ``geoloc.tuning.progress``) show the trials. A restored Tuner takes this launcher's choice, not the first's."""
     folder = StudyFolder(study_dir)
     searcher = ConcurrencyLimiter(
         OptunaStudySearcher(study, study_dir, folder.optuna_url), max_concurrent=study.search.max_concurrent
@@ -66,13 +68,18 @@ def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None)
         {"cpu": study.resources.cpu, "gpu": study.resources.gpu},
     )
     if resume and tune.Tuner.can_restore(str(study_dir)):
-        return tune.Tuner.restore(
+        tuner = tune.Tuner.restore(
             str(study_dir),
             trainable,
             resume_unfinished=True,
             resume_errored=False,
             restart_errored=False,
         )
+        run_config = getattr(getattr(tuner, "_local_tuner", None), "_run_config", None)
+        if run_config is not None:  # the console of this launcher (--verbose or not), not the pickled one
+            run_config.progress_reporter, run_config.verbose = reporter, 1 if reporter else 0
+            run_config.callbacks = list(callbacks)
+        return tuner
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
@@ -91,6 +98,7 @@ def make_tuner(study: StudyConfig, study_dir: Path, resume: bool, reporter=None)
             failure_config=tune.FailureConfig(max_failures=study.failure.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),  # markers of bytes: see trainable.py
             progress_reporter=reporter,
+            callbacks=list(callbacks),
             verbose=1 if reporter else 0,
         ),
     )
