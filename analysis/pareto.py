@@ -34,7 +34,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 
 from geoloc.common.metrics import MetricRegistry
-from geoloc.study.studyfile import ObjectiveConfig
+from geoloc.study.sections import ObjectiveConfig
 from geoloc.tuning import pareto as pareto_helpers
 
 from .budget import full_epochs, trials_at

@@ -39,7 +39,7 @@ import yaml
 from analysis import analyse, read_study
 from analysis.pareto import front, reference_point, usable
 from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
-from geoloc.study.studyfile import ObjectiveConfig
+from geoloc.study.sections import ObjectiveConfig
 from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 PNG = b"\x89PNG\r\n\x1a\n"
