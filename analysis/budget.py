@@ -7,7 +7,7 @@ importance, Pareto front, the ceiling and the summary compare the trials that re
 each with its values at that epoch; the others are counted as left out, and their curves are in
 the learning-curve plot.
 
-The default epoch: when every counted trial (finished or stopped by ASHA) ran the same number of
+The default epoch: when every counted trial (finished or stopped early by the scheduler) ran the same number of
 epochs, that epoch; otherwise the highest epoch that at least half of them reached. Why half:
 after the first rung, the trials still training are the ones ASHA kept, a group selected for being
 good early. An epoch that most trials reached compares (nearly) the whole study on one budget;
@@ -243,6 +243,6 @@ def counted_words(study: Study) -> str:
     left = len(study.trials) - len(study.counted())
     return (
         f"the {len(study.counted())} trials that finished ({counts.get(Status.FINISHED.value, 0)}) "
-        f"or were stopped early by ASHA ({counts.get(Status.STOPPED.value, 0)}); "
+        f"or were {study.stopped_words} ({counts.get(Status.STOPPED.value, 0)}); "
         f"{left} running or errored trial(s) left out"
     )

@@ -37,6 +37,7 @@ _TRIAL_COLUMNS = (
     "trial_id",
     "status",
     "status_detail",
+    "stopped_by",
     "epochs",
     "max_epochs",
     "node",
@@ -90,8 +91,17 @@ class Study:
         """The primary evaluation set's ceiling keys that the trials reported, finest first."""
         return [key for key in self.registry.ceilings() if key in self.metrics]
 
+    @property
+    def stopped_words(self) -> str:
+        """How the study's early stops are named: by the scheduler their status records name ("stopped
+        early by ASHA", or MOASHA), else the study file's, else "stopped early"."""
+        named = sorted(set(self.trials["stopped_by"].dropna())) if "stopped_by" in self.trials else []
+        if not named and self.config is not None and self.config.scheduler.name:
+            named = [self.config.scheduler.name]  # records written before they named it
+        return f"stopped early by {' and '.join(named)}" if named else "stopped early"
+
     def counted(self) -> pd.DataFrame:
-        """Trials that finished or were stopped by ASHA: the ones tables and statistics use."""
+        """Trials that finished or were stopped early by the scheduler: the ones tables and statistics use."""
         return self.trials[self.trials["status"].isin([s.value for s in Status if s.counted])]
 
     def every_epoch(self) -> pd.DataFrame:
@@ -226,6 +236,7 @@ def _read_trial(trial: TrialFolder, warnings: list[str]):
         "trial_id": str(meta.get("trial_id") or trial.name),
         "status": record.status.value,
         "status_detail": record.describe(),
+        "stopped_by": record.stopped_by,
         "epochs": record.epochs,
         "max_epochs": record.max_epochs,
         # A resumed trial may move; all nodes are kept, last one last.

@@ -101,7 +101,7 @@ def learning_curves(study: Study, budget: Budget | None = None) -> Chart | None:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     handles = [
-        Line2D([], [], ls="", marker="x", color="k", label="stopped by ASHA"),
+        Line2D([], [], ls="", marker="x", color="k", label=study.stopped_words),
         Line2D([], [], ls="", marker="o", mfc="none", color="crimson", label="errored"),
         Line2D([], [], ls=":", color="grey", label="running"),
     ]

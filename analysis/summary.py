@@ -26,7 +26,7 @@ from .tables import MIN_RUNS, START_LABEL, before_training, fmt_value
 # How the summary names each status, in the order it lists them.
 STATUS_WORDS = {
     Status.FINISHED: "finished",
-    Status.STOPPED: "stopped early by ASHA",
+    Status.STOPPED: "stopped early",  # by the study's scheduler: Study.stopped_words
     Status.ERRORED: "errored",
     Status.RUNNING: "running",
 }
@@ -53,7 +53,8 @@ def summary(study: Study, budget: Budget, found: Findings, section_lines=(), evi
     """The summary's lines: the generic ones, a task section's ``section_lines`` after the effects,
     and the strength of evidence with the section's ``evidence`` clause."""
     counts = study.trials["status"].value_counts()
-    parts = [f"{counts.get(s.value, 0)} {word}" for s, word in STATUS_WORDS.items() if counts.get(s.value, 0)]
+    words = {**STATUS_WORDS, Status.STOPPED: study.stopped_words}
+    parts = [f"{counts.get(s.value, 0)} {word}" for s, word in words.items() if counts.get(s.value, 0)]
     lines = [f"**Trials:** {len(study.trials)} in all: {', '.join(parts)}."]
     used = budget.trials
     if budget.epoch is None:

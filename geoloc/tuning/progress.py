@@ -31,7 +31,7 @@ class QuietProgress(tune.Callback):
 
     def __init__(self, study: StudyConfig, study_dir, out=None):
         self.trials, self.epochs = num_trials(study), study.epochs
-        self.scheduler = {"asha": "ASHA", "moasha": "MOASHA"}.get(study.scheduler.type, "the scheduler")
+        self.scheduler = study.scheduler.name or "the scheduler"
         self.key = "score" if "score" in study.objectives() else next(iter(study.objectives()))
         self.mode = study.objectives()[self.key]
         self.folder = StudyFolder(study_dir)
