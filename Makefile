@@ -23,7 +23,7 @@ run: $(STAMP)
 
 # Two workers: the tests that start Ray run one at a time on one of them (tests/conftest.py).
 test: lint
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=25
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
