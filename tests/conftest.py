@@ -43,7 +43,7 @@ NO_RAY_TESTS = {"test_dry_run_of_every_shipped_study"}
 def starts_ray(item: pytest.Item) -> bool:
     name = item.path.name
     if "shared_ray" in getattr(item, "fixturenames", ()):
-        return True
+        return False  # a launcher on the worker's own shared instance: kills nothing, safe beside the others
     if name not in ONE_AT_A_TIME or getattr(item, "originalname", item.name) in NO_RAY_TESTS:
         return False
     return name not in RAY_FIXTURES or bool(RAY_FIXTURES[name] & set(getattr(item, "fixturenames", ())))
@@ -61,7 +61,7 @@ def shared_ray():
     killing Ray or the launcher: they pass ``--address shared_ray.address`` and ``env=shared_ray.env``.
     Tests that kill drivers or workers, check the launcher's own start of Ray, or start Ray in the test's
     process start their own (this process's environment is left as it is). It lives on the worker that
-    runs the Ray tests."""
+    runs the test: each pytest worker that runs such a test starts one."""
     from .studyutil import RayHead
 
     head = RayHead()

@@ -171,3 +171,13 @@ class RayHead:
         except ProcessLookupError:
             pass
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def wait_for(condition, timeout=300, what=""):
+    """Poll ``condition`` every half second until it holds; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")

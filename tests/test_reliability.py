@@ -26,20 +26,12 @@ from .studyutil import (
     read_status,
     start_study,
     trial_dirs,
+    wait_for,
     write_study,
 )
 from .studyutil import tune_main as run_tune_main
 
 pytestmark = pytest.mark.slow
-
-
-def wait_for(condition, timeout=300, what=""):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # A pareto study (issue 15): multi-objective TPE, MOASHA at epochs 1 and 2, both accuracies recorded.

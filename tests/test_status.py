@@ -11,13 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from geoloc.study.folders import StudyFolder, TrialFolder
 
-from .studyutil import ROOT, TINY_STUDY, start_study, trial_dirs, write_study
+from .studyutil import ROOT, TINY_STUDY, start_study, trial_dirs, wait_for, write_study
 from .studyutil import tune_main as run_tune_main
 
 pytestmark = pytest.mark.slow
@@ -35,15 +34,6 @@ def status(study_dir) -> subprocess.CompletedProcess:
     return proc
 
 
-def wait_for(condition, timeout=300, what=""):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def verdict(proc) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
@@ -54,7 +44,6 @@ def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_p
     study["search"]["max_concurrent"] = 1  # one trial after another: long enough to be seen running
     study["scheduler"] = {"type": "none"}
     study["base"]["train"]["epochs"] = 3
-    study["base"]["data"]["offline"]["n_train"] = 8000  # epochs long enough to be seen running
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
     storage, study_dir = tmp_path / "results", tmp_path / "results" / "tiny"
 
