@@ -17,22 +17,23 @@ SMALL = {
 }
 
 
-# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The tests that start Ray (local
-# instances, two-node clusters, SLURM allocations) or check that no Ray process is left run one after
-# another on one worker; every other test trains or analyses in its own folders and goes to whichever
-# worker is free, in the time the Ray tests spend waiting. They are the tests of these files, except
-# those named below, which start no Ray: dry runs, and in two files every test without a Ray fixture.
-ONE_AT_A_TIME = {
-    "test_bad_input.py",
-    "test_bench_smoke.py",
-    "test_cluster.py",
-    "test_figures_unchanged.py",
-    "test_pareto.py",
-    "test_recovery.py",
-    "test_reliability.py",
-    "test_slurm.py",
-    "test_status.py",
-    "test_tuning.py",
+# `make test` runs two pytest workers (pytest-xdist, --dist loadgroup). The tests that start Ray of their own
+# (local instances, two-node clusters, SLURM allocations), kill drivers or workers, or check that no Ray
+# process is left, run one after another within their group: two groups, balanced by their measured time,
+# so that each worker runs one of them; every other test trains or analyses in its own folders and goes to
+# whichever worker is free, in the time the Ray tests spend waiting. They are the tests of these files,
+# except dry runs, the tests without a Ray fixture in two files, and those on the shared instance.
+ONE_AT_A_TIME = {  # file -> its group; the two groups run side by side, one on each worker
+    "test_reliability.py": "ray",
+    "test_recovery.py": "ray",
+    "test_status.py": "ray",
+    "test_slurm.py": "ray",
+    "test_bench_smoke.py": "ray2",
+    "test_cluster.py": "ray2",
+    "test_tuning.py": "ray2",
+    "test_pareto.py": "ray2",
+    "test_bad_input.py": "ray2",
+    "test_figures_unchanged.py": "ray2",
 }
 
 
@@ -52,7 +53,7 @@ def starts_ray(item: pytest.Item) -> bool:
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if starts_ray(item):
-            item.add_marker(pytest.mark.xdist_group("ray"))
+            item.add_marker(pytest.mark.xdist_group(ONE_AT_A_TIME[item.path.name]))
 
 
 @pytest.fixture(scope="session")

@@ -40,7 +40,7 @@ def verdict(proc) -> str:
 
 def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_path, offline_root_session):
     study = copy.deepcopy(TINY_STUDY)
-    study["search"]["num_samples"] = 6
+    study["search"]["num_samples"] = 4
     study["search"]["max_concurrent"] = 1  # one trial after another: long enough to be seen running
     study["scheduler"] = {"type": "none"}
     study["base"]["train"]["epochs"] = 3
@@ -63,7 +63,7 @@ def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_p
         assert verdict(proc) == "status: running", proc.stdout
         assert f"pid {driver.pid}" in proc.stdout and ": alive" in proc.stdout, proc.stdout
         assert re.search(r"\d+ running", proc.stdout), proc.stdout
-        assert "(of 6 planned)" in proc.stdout
+        assert "(of 4 planned)" in proc.stdout
         assert (study_dir / StudyFolder.LOCK).exists()  # the launcher still holds its lock
     finally:
         os.killpg(driver.pid, signal.SIGKILL)  # the driver and its Ray, like a lost SSH session
