@@ -105,7 +105,8 @@ def train(
 def format_metrics(m: dict, registry: MetricRegistry) -> str:
     """One epoch's line on the command line: every metric with a direction of the training and of the
     primary evaluation set, in the registry's order; the epoch-0 row (``eval.at_start``) has no training keys."""
-    keys = [x.key for x in registry if x.direction and (x.primary or x.eval_set is None) and x.key in m]
+    training = [x.key for x in registry if x.direction and x.eval_set is None]
+    keys = [k for k in training + registry.headline() if k in m]
     values = " ".join(f"{k}={m[k]:.4g}" for k in keys)
     took = f"{m['train_s']:.1f}s + {m['eval_s']:.1f}s" if "train_s" in m else f"before training, {m['eval_s']:.1f}s"
     return f"epoch {m['epoch']}: {values} ({took})"
