@@ -1,0 +1,88 @@
+"""What every seed of a cross-view run reads: the two splits, and in cached mode their feature caches.
+
+``load_crossview_data`` reads the splits in their published layout (building the offline benchmark
+first when it is named) and, in cached mode, extracts the frozen backbone's features of both views
+once per data set, split, backbone and image sizes under ``data.cache_root``
+(``geoloc.data.crossview.extract``: resumable, reused by every later trial and study). The launcher
+calls it once before trials start (``CrossViewTask.prepare``), so the trials only open what is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from geoloc.data.cache import FeatureCache
+from geoloc.data.crossview import CrossViewSet, read_split
+from geoloc.data.derived import fingerprint
+from geoloc.data.images import file_sha256
+from geoloc.tasks.cross_view.config import CrossViewConfig
+
+EXTRACTION_SEED = 0  # the augmentations of the cached views: fixed, so every trial and seed reads the same cache
+
+
+@dataclass
+class CrossViewData:
+    train: CrossViewSet
+    val: CrossViewSet
+    features: dict[str, tuple[FeatureCache, FeatureCache]] | None = None
+    """Cached mode: per split, the (queries, references) feature caches; None end to end."""
+
+
+def data_root(cfg: CrossViewConfig) -> Path:
+    """The data set's folder (the offline benchmark is built there first, once)."""
+    if cfg.data.layout == "offline":
+        from geoloc.data.crossview.offline import build_offline_crossview
+
+        return build_offline_crossview(cfg.data.offline)
+    return Path(cfg.data.root).expanduser()
+
+
+def read_splits(cfg: CrossViewConfig) -> tuple[CrossViewSet, CrossViewSet]:
+    root = data_root(cfg)
+    return tuple(read_split(cfg.data.layout, root, split, area=cfg.data.vigor.area) for split in ("train", "val"))
+
+
+def load_crossview_data(cfg: CrossViewConfig, device: torch.device | None = None, progress: bool = False) -> CrossViewData:
+    """The run's splits, and in cached mode their features (extracted on ``device`` when missing)."""
+    train, val = read_splits(cfg)
+    if not cfg.cached:
+        return CrossViewData(train, val)
+    from geoloc.data.crossview.extract import extract_crossview
+    from geoloc.tasks.cross_view.model import create_backbone
+
+    backbone_cfg = cfg.model.backbone
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(EXTRACTION_SEED)  # a random-initialised backbone is the same for every trial
+        backbone = create_backbone(backbone_cfg)
+    weights = file_sha256(Path(backbone_cfg.weights).expanduser()) if backbone_cfg.weights else None
+    features = {}
+    for split, views in ((train, cfg.data.views), (val, 1)):
+        identity = {
+            "backbone": backbone_cfg.name,
+            "weights": weights,
+            "init_seed": EXTRACTION_SEED,
+            "query_size": list(cfg.model.query_size),
+            "reference_size": list(cfg.model.reference_size),
+            "views": views,
+            "seed": EXTRACTION_SEED,
+            "split": split.name,
+            "files": fingerprint([str(p) for p in split.queries], [str(p) for p in split.references]),
+        }
+        out = Path(cfg.data.cache_root).expanduser() / f"{split.name.replace('/', '-')}-{fingerprint(identity)}"
+        features[split.name] = extract_crossview(
+            split,
+            backbone,
+            out,
+            views=views,
+            query_size=cfg.model.query_size,
+            reference_size=cfg.model.reference_size,
+            seed=EXTRACTION_SEED,
+            batch_size=cfg.eval.batch_size,
+            device=device or torch.device("cpu"),
+            identity=identity,
+            progress=progress,
+        )
+    return CrossViewData(train, val, features)
