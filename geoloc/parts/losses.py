@@ -4,6 +4,9 @@ Every loss sees the same columns: image i of the batch is scored against the loc
 of the batch and the queue (shared by all images; column i is its own GPS) and against its own
 mined negatives (``geoloc.parts.negatives``), appended after them. ``val_loss`` stays the published
 InfoNCE (``geoloc.tasks.geoclip.evaluate``), so it compares across losses.
+
+``symmetric_infonce`` is the cross-view task's loss (Sample4Geo): pairs of a batch, query against
+reference and reference against query, with no queue and no mined columns.
 """
 
 from __future__ import annotations
@@ -53,3 +56,21 @@ def training_loss(
         gps_to_image = logits[:, : len(target)].T
         loss = (loss + F.cross_entropy(gps_to_image.float(), target, label_smoothing=cfg.label_smoothing)) / 2
     return loss
+
+
+def symmetric_infonce(
+    query_emb: torch.Tensor, reference_emb: torch.Tensor, logit_scale: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Sample4Geo's symmetric InfoNCE of a batch of pairs (its ``InfoNCE``): query i's positive is
+    reference i, every other reference of the batch a negative, and the other way round.
+
+    ``(cross_entropy(L, i) + cross_entropy(L.T, i)) / 2`` with ``label_smoothing``, where
+    ``L = logit_scale * normalize(query_emb) @ normalize(reference_emb).T``: the embeddings are
+    normalised here, as Sample4Geo does, and ``logit_scale`` is the multiplier itself (Sample4Geo's
+    trainer passes ``model.logit_scale.exp()``), not its log as ``training_loss`` takes it.
+    A 0-d float32 tensor (the cross-entropies in fp32 whatever the embeddings' dtype).
+    """
+    logits = (logit_scale * F.normalize(query_emb, dim=-1) @ F.normalize(reference_emb, dim=-1).T).float()
+    target = torch.arange(len(logits), device=logits.device)
+    forward = F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    return (forward + F.cross_entropy(logits.T, target, label_smoothing=label_smoothing)) / 2
