@@ -33,7 +33,7 @@ class CrossViewTask(Task):
         features, and build the GPS lists the sampler keeps, once before any trial."""
         from geoloc.data.cache import DataError
         from geoloc.tasks.cross_view.batches import PairSampler
-        from geoloc.tasks.cross_view.data import load_crossview_data
+        from geoloc.tasks.cross_view.data import lists_folder, load_crossview_data
 
         from geoloc.common.devices import pick_device
 
@@ -45,7 +45,7 @@ class CrossViewTask(Task):
             raise DataError(str(e)) from None
         import torch
 
-        PairSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator())
+        PairSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator(), lists_folder(cfg, data.train))
 
     def trainer(self, cfg: CrossViewConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
         from geoloc.tasks.cross_view.trainer import CrossViewTrainer

@@ -40,6 +40,12 @@ def data_root(cfg: CrossViewConfig) -> Path:
     return Path(cfg.data.root).expanduser()
 
 
+def lists_folder(cfg: CrossViewConfig, split: CrossViewSet) -> Path:
+    """Where the sampler keeps a split's GPS lists (``derived/`` inside): beside the caches, never in the
+    data set's own folder, which stays as published."""
+    return Path(cfg.data.cache_root).expanduser() / f"{split.name.replace('/', '-')}-lists"
+
+
 def read_splits(cfg: CrossViewConfig) -> tuple[CrossViewSet, CrossViewSet]:
     root = data_root(cfg)
     return tuple(read_split(cfg.data.layout, root, split, area=cfg.data.vigor.area) for split in ("train", "val"))

@@ -23,7 +23,7 @@ from geoloc.parts.precision import precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.tasks.cross_view.batches import PairSampler
 from geoloc.tasks.cross_view.config import CrossViewConfig
-from geoloc.tasks.cross_view.data import CrossViewData, load_crossview_data
+from geoloc.tasks.cross_view.data import CrossViewData, lists_folder, load_crossview_data
 from geoloc.tasks.cross_view.encode import Encoder
 from geoloc.tasks.cross_view.metrics import weighted_score
 from geoloc.tasks.cross_view.model import CrossViewModel
@@ -59,7 +59,9 @@ class CrossViewTrainer(Resumable):
         )
         # One CPU stream for batches, view choice and augmentation: the same seed gives the same run anywhere.
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.sampler = PairSampler(cfg.train.batches, cfg.train.batch_size, self.data.train, self.generator)
+        self.sampler = PairSampler(
+            cfg.train.batches, cfg.train.batch_size, self.data.train, self.generator, lists_folder(cfg, self.data.train)
+        )
         self.encoder = Encoder(cfg, self.data, self.device)
         self.epoch = 0
 
