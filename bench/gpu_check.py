@@ -65,6 +65,9 @@ feed is the one a trial uses.
   extraction runs it, batches of 256 random 224x224 images: images/s and MFU. Where open_clip
   cannot be imported on the node (it needs torchvision built for the node's torch), the same
   architecture in plain torch (``PlainViT``, same layers and FLOPs) is timed, and the row says so.
+- **cross-view epoch**: one end-to-end epoch of the cross-view task (Sample4Geo's ConvNeXt-B,
+  random weights, 384 x 768 panoramas and 384 x 384 tiles, batch 32, bf16) on 256 pairs of the
+  offline cross-view benchmark and its evaluation on 128: seconds, pairs/s, peak GPU memory.
 
 ``--device cpu --quick`` runs every check at tiny sizes on the CPU (2 processes instead of 4,
 a tiny ViT), the script's own test (tests/test_gpu_check.py), so that the GPU run meets no code
@@ -132,6 +135,9 @@ WHEEL_MODULES = {
     "wcwidth": "wcwidth",
     "regex": "regex",
     "torchvision": "torchvision",
+    "timm": "timm",  # the cross-view backbones
+    "huggingface_hub": "huggingface_hub",  # timm imports it (nothing is downloaded)
+    "safetensors": "safetensors",
 }
 ONLY_IF_MISSING = {"torchvision"}
 NEEDED = ("pydantic", "open_clip", "geoclip")  # modules the checks need beyond the node's own
@@ -1216,6 +1222,54 @@ def check_extraction(ctx: Context) -> Row:
     return row
 
 
+CROSS_VIEW = {  # one end-to-end epoch of the cross-view task: Sample4Geo's architecture and image sizes
+    "published": {"backbone": "convnext_base.fb_in22k_ft_in1k_384", "query": [384, 768], "reference": [384, 384],
+                  "pairs": 256, "batch": 32, "val": 128},
+    "quick": {"backbone": "test_convnext", "query": [32, 64], "reference": [32, 32], "pairs": 32, "batch": 8, "val": 16},
+}  # fmt: skip
+
+
+def check_cross_view(ctx: Context) -> Row:
+    """One end-to-end epoch of the cross-view task (``CrossViewTrainer.run_epoch``: decoding, paired
+    augmentation, bf16 forward and backward of both views, AdamW, then the retrieval evaluation) on
+    the offline cross-view benchmark, the backbone randomly initialised (no weights on the node)."""
+    from geoloc.study.config import parse_job
+    from geoloc.tasks.cross_view.trainer import CrossViewTrainer
+
+    size = CROSS_VIEW[ctx.sizes.name]
+    row = Row("cross-view epoch")
+    cfg = parse_job(
+        {
+            "task": "cross_view",
+            "data": {
+                "layout": "offline",
+                "offline": {"n_train": size["pairs"], "n_val": size["val"], "root": str(ctx.work / "crossview")},
+                "cache_root": str(ctx.work / "crossview-cache"),
+            },
+            "model": {
+                "backbone": {"name": size["backbone"], "trainable": True},
+                "query_size": size["query"],
+                "reference_size": size["reference"],
+            },
+            "train": {"epochs": 1, "batch_size": size["batch"], "precision": "bf16", "device": ctx.device.type},
+        }
+    )
+    trainer = CrossViewTrainer(cfg)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    metrics = trainer.run_epoch()
+    sync(ctx.device)
+    if not math.isfinite(metrics["train_loss"]) or not 0 <= metrics["recall_1"] <= 1:
+        row.fail(f"train_loss {metrics['train_loss']}, recall_1 {metrics['recall_1']}")
+    steps = -(-size["pairs"] // size["batch"])
+    row.add(f"{size['backbone']} shared, {size['query']} + {size['reference']} px, batch {size['batch']}, bf16")
+    row.add(f"{steps} steps in {metrics['train_s']:.1f} s ({size['pairs'] / metrics['train_s']:.1f} pairs/s)")
+    row.add(f"evaluation of {size['val']} pairs {metrics['eval_s']:.1f} s, recall_1 {metrics['recall_1']:.3f}")
+    if ctx.device.type == "cuda":
+        row.add(f"peak {mib(torch.cuda.max_memory_allocated(ctx.device))}")
+    return row
+
+
 def checks(sizes: Sizes) -> list[tuple[str, Callable[[Context], Row]]]:
     steps = [(f"step {p}", lambda ctx, p=p: check_step(ctx, p)) for p in ("bf16", "fp32", "tf32")]
     return [
@@ -1230,6 +1284,7 @@ def checks(sizes: Sizes) -> list[tuple[str, Callable[[Context], Row]]]:
         ("memory per trial", check_memory),
         (f"packing 1 vs {sizes.packed}", check_packing),
         ("extraction", check_extraction),
+        ("cross-view epoch", check_cross_view),
     ]
 
 
