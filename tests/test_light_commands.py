@@ -50,7 +50,8 @@ def planted_study(tmp_path):
     shutil.copy(ROOT / "studies" / "quickstart.yaml", study_dir / "study.yaml")
     (trial / "trial.json").write_text(json.dumps({"trial_id": "abc_00000", "number": 0, "params": {"train.lr": 1e-3}}))
     (trial / "status.json").write_text(json.dumps({"status": "finished", "epochs": 4, "max_epochs": 4}))
-    (trial / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "score": e / 10}) + "\n" for e in (1, 2, 3, 4)))
+    rows = [{"epoch": e, "score": e / 10} for e in (1, 2, 3, 4)]
+    (trial / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return study_dir
 
 
