@@ -33,7 +33,6 @@ os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 from geoloc.common.validation import ConfigError  # noqa: E402
-from geoloc.data import DataError  # noqa: E402
 from geoloc.study.folders import Status, StudyFolder, TrialFolder  # noqa: E402
 from geoloc.study.space import ChoiceEntry, FixedEntry, IntEntry  # noqa: E402
 from geoloc.study.studyfile import (  # noqa: E402
@@ -126,6 +125,8 @@ def check_study_folder(study_dir: Path, resume: bool) -> None:
 def check_data(study: StudyConfig) -> None:
     """The task's data built and checked once in the driver, before any trial (``Task.prepare``): the
     offline benchmark, the caches and the gallery, and what every trial reads beside them."""
+    from geoloc.data import DataError  # here: status, --help and --dry-run need no data readers
+
     try:
         trial_config(study, {})
         task_of(study.base).prepare(study.base)

@@ -18,6 +18,7 @@ from geoloc.study.folders import Status, StudyFolder
 
 from . import budget as budgets
 from . import names
+from .canvas import overlaps
 from .findings import Findings, compute
 from .formats import write_ablation, write_table
 from .load import AnalysisError, Study, read_study
@@ -66,6 +67,9 @@ def analyse(
 
     out = Path(out_dir) if out_dir is not None else study.path / StudyFolder.ANALYSIS
     files, table_paths, plot_paths = _write(page, out, formats)
+    # Every figure checked as drawn: a label over its tick labels is a figure the reader cannot read.
+    for name, chart in page.charts.items():
+        warnings += [f"warning: {name}.png: {pair} overlap" for pair in overlaps(chart.figure)]
     if echo_warnings:
         for w in warnings:
             print(w, file=sys.stderr)

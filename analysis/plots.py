@@ -6,7 +6,6 @@ whose metrics the registry lacks is not drawn.
 
 from __future__ import annotations
 
-import matplotlib.cm
 import matplotlib.colors
 import matplotlib.ticker
 import numpy as np
@@ -18,7 +17,7 @@ from geoloc.study.folders import Status
 
 from . import names, roles
 from .budget import Budget
-from .canvas import CMAP, Chart, colour_key, figure, norm
+from .canvas import CMAP, Chart, colouring, figure
 from .frames import START
 from .importance import Importance
 from .load import Study
@@ -76,14 +75,12 @@ def learning_curves(study: Study, budget: Budget | None = None) -> Chart | None:
     epochs = study.every_epoch()
     if not panels or not len(epochs):
         return None
-    key, colour = colour_key(study)
-    scale = norm(colour)
-    cmap = matplotlib.colormaps[CMAP]
+    colours = colouring(study)
     fig, axes = figure(1, len(panels), (5 * len(panels), 4.2))
     status = study.trials.set_index("trial_id")["status"]
     for ax, metric in zip(axes[0], panels, strict=True):
         for trial_id, curve in epochs.groupby("trial_id", sort=False):
-            c = cmap(scale(colour.get(trial_id, 0.0)))
+            c = colours.of(trial_id) if colours.key else "steelblue"
             style = ":" if status[trial_id] == Status.RUNNING.value else "-"
             y = pd.to_numeric(curve[metric], errors="coerce")
             ax.plot(curve["epoch"], y, style, color=c, lw=1.2, alpha=0.85)
@@ -114,9 +111,8 @@ def learning_curves(study: Study, budget: Budget | None = None) -> Chart | None:
         for ax in axes[0]:
             ax.set_xlim(lo, hi)
     axes[0][-1].legend(handles=handles, fontsize=8)
-    if key:
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=scale, cmap=cmap), ax=axes[0].tolist(), label=key)
-    return Chart(names.LEARNING_CURVES, fig, names.alt(names.LEARNING_CURVES), tight=False)
+    colours.explain(fig, axes[0].tolist())
+    return Chart(names.LEARNING_CURVES, fig, names.alt(names.LEARNING_CURVES))
 
 
 def metrics_vs_param(study: Study, budget: Budget, param: str) -> Chart | None:

@@ -6,9 +6,13 @@ Coordinates are ``(lat, lon)`` in degrees, in the last axis; distances and noise
 from __future__ import annotations
 
 import math
+import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 EARTH_RADIUS_KM = 6371.0088  # IUGG mean radius; great-circle distances differ from the
 # ellipsoidal geodesic by at most ~0.5%, which is the tolerance band used against geopy.
@@ -18,13 +22,20 @@ A1, A2, A3, A4 = 1.340264, -0.081106, 0.000893, 0.003796
 SF = 66.50336
 
 
+def _torch_if_tensor(*values):
+    """torch when one of ``values`` is a tensor, else None. torch is imported by whoever made a tensor,
+    so the numpy paths (validating a study, reading coordinates, ``tune_main.py status``) never load it."""
+    torch = sys.modules.get("torch")
+    return torch if torch is not None and any(isinstance(v, torch.Tensor) for v in values) else None
+
+
 def haversine_km(a, b):
     """Great-circle distance in km between ``a`` and ``b`` of shape (..., 2), (lat, lon) degrees.
 
     Works on numpy arrays (float64 math) and torch tensors (in their own dtype and device);
     shapes broadcast.
     """
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+    if torch := _torch_if_tensor(a, b):
         a, b = torch.as_tensor(a), torch.as_tensor(b)
         lat1, lon1 = torch.deg2rad(a[..., 0]), torch.deg2rad(a[..., 1])
         lat2, lon2 = torch.deg2rad(b[..., 0]), torch.deg2rad(b[..., 1])
@@ -39,7 +50,7 @@ def haversine_km(a, b):
 def unit_vectors(latlon):
     """(N, 3) points on the unit sphere for (N, 2) (lat, lon) degrees: float64 numpy, or a tensor in
     the input's dtype and device."""
-    if isinstance(latlon, torch.Tensor):
+    if torch := _torch_if_tensor(latlon):
         lat, lon = torch.deg2rad(latlon).unbind(-1)
         return torch.stack([lat.cos() * lon.cos(), lat.cos() * lon.sin(), lat.sin()], dim=-1)
     lat, lon = np.radians(np.asarray(latlon, dtype=np.float64)).T
@@ -49,7 +60,7 @@ def unit_vectors(latlon):
 def chord_km(squared_chord):
     """Great-circle km of the squared chord between two unit vectors (numpy or torch): the chord is
     monotonic in the distance, so a median or minimum of chords is that of the distances."""
-    if isinstance(squared_chord, torch.Tensor):
+    if torch := _torch_if_tensor(squared_chord):
         return 2 * EARTH_RADIUS_KM * torch.asin(squared_chord.clamp(0, 4).sqrt() / 2)
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(squared_chord, 0, 4)) / 2)
 
@@ -60,6 +71,8 @@ def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
     The operation order follows the published code so that its weights see the same inputs
     (embeddings agree to 1e-5, see tests/test_parity.py).
     """
+    import torch  # here, not at the top: see _torch_if_tensor
+
     lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
     # A Python float, not a tensor made on the device each call (a host-to-device copy per step):
     # as a scalar operand it is rounded to the tensor's dtype, which gives the published values bitwise.
@@ -97,6 +110,8 @@ def displace(latlon: torch.Tensor, north_km: torch.Tensor, east_km: torch.Tensor
     the other side) and wraps longitude into [-180, 180), so the result is always valid and
     its great-circle distance from the start equals hypot(north, east) exactly.
     """
+    import torch  # here, not at the top: see _torch_if_tensor
+
     lat, lon = torch.deg2rad(latlon[..., 0]), torch.deg2rad(latlon[..., 1])
     delta = torch.hypot(north_km, east_km) / EARTH_RADIUS_KM
     bearing = torch.atan2(east_km, north_km)
@@ -118,6 +133,8 @@ def gps_noise(latlon: torch.Tensor, sigma_km: float, generator: torch.Generator 
     """
     if sigma_km == 0:
         return latlon
+    import torch  # here, not at the top: see _torch_if_tensor
+
     # Computed in float64: a 150 m step is 1e-6 of the earth's radius, near float32's resolution.
     x = latlon.to(torch.float64)
     # Drawn on the CPU so that a seed gives the same noise on every device; copied to a GPU from

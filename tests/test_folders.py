@@ -9,6 +9,7 @@ import pytest
 
 from geoloc.common.metrics import MetricRegistry
 from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.study.runname import run_name, short_keys
 from geoloc.tasks.geoclip.metrics import geoclip_registry
 
 
@@ -100,3 +101,39 @@ def test_registry_follows_the_thresholds_and_evaluation_sets(tmp_path):
     assert registry.progress_columns() == ["epoch", "score", "acc_0.5km", "acc_100km", "val_loss"]
     registry.save(tmp_path / StudyFolder.REGISTRY)
     assert MetricRegistry.load(tmp_path / StudyFolder.REGISTRY) == registry
+
+
+def test_run_names_hold_the_number_and_the_values_with_keys_shortened_only_where_they_clash():
+    keys = ["train.noise.batch_sigma", "train.lr", "model.lr", "train.loss.type", "model.rff_scales"]
+    assert short_keys(keys) == {
+        "train.noise.batch_sigma": "batch_sigma",
+        "train.lr": "train.lr",
+        "model.lr": "model.lr",
+        "train.loss.type": "type",
+        "model.rff_scales": "rff_scales",
+    }
+    assert short_keys(["a.b.c", "x.b.c", "c"]) == {"a.b.c": "a.b.c", "x.b.c": "x.b.c", "c": "c"}
+    params = {"train.noise.batch_sigma": 5.0, "train.lr": 0.001, "model.rff_scales": [1, 16, 256]}
+    assert run_name(3, params, keys) == "t0003 batch_sigma=5 train.lr=0.001 rff_scales=1,16,256"
+    assert run_name(12345, {"train.loss.type": "a/b: c"}) == "t12345 type=a_b__c"  # no / : or spaces in a value
+
+
+def test_a_long_run_name_leaves_out_whole_items_from_the_end():
+    params = {f"train.k{i}": 0.123456789 for i in range(20)}
+    name = run_name(7, params, limit=52)
+    assert name == "t0007 k0=0.123457 k1=0.123457 k2=0.123457"  # 41 characters; the next item makes 53
+    assert run_name(7, params, limit=53).endswith("k2=0.123457 k3=0.123457")
+    assert len(run_name(7, params)) <= 100
+    assert all(item.split("=")[1] == "0.123457" for item in name.split()[1:])
+
+
+def test_a_trial_writes_its_events_to_its_named_run_and_a_plain_run_to_its_folder(tmp_path):
+    trial = TrialFolder(tmp_path / "trial_a")
+    trial.path.mkdir()
+    assert trial.events_dir() == trial.path and trial.seed_dir(1) == trial.path / "seed_1"
+    trial.write_trial("a", 3, {"train.lr": 0.01}, run="t0003 lr=0.01")
+    assert trial.events_dir() == trial.path / "t0003 lr=0.01"
+    assert trial.seed_dir(1) == trial.path / "t0003 lr=0.01" / "seed_1"
+    assert trial.read_trial()["run"] == "t0003 lr=0.01"
+    trial.write_trial("a", 3, {}, run="../elsewhere")  # a hand-edited trial.json names no folder outside
+    assert trial.events_dir() == trial.path

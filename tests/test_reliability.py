@@ -242,7 +242,7 @@ def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offl
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     for trial in trial_dirs(study_dir):
-        events = EventAccumulator(str(trial))
+        events = EventAccumulator(str(TrialFolder(trial).events_dir()))
         events.Reload()
         content = events.PluginTagToContent("hparams")["_hparams_/experiment"]
         tags = {m.name.tag for m in plugin_data_pb2.HParamsPluginData.FromString(content).experiment.metric_infos}
@@ -280,7 +280,8 @@ def test_tensorboard_serves_every_trial_with_the_study_thresholds(tmp_path, offl
             return json.loads(r.read())
 
     try:
-        names = sorted(t.name for t in trial_dirs(study_dir))
+        # TensorBoard's run: the trial folder's named event folder (trial_<id>/t0003 lr=... batch_sigma=...)
+        names = sorted(str(TrialFolder(t).events_dir().relative_to(study_dir)) for t in trial_dirs(study_dir))
 
         def runs_listed():
             try:

@@ -13,9 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
 
 import tune_main as tune_main_module
-from geoloc.study.folders import Status, StatusRecord, StudyFolder
+from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
 from geoloc.study.studyfile import load_study_file, num_trials
 from geoloc.tuning.searcher import OptunaStudySearcher
 
@@ -62,7 +63,7 @@ def test_every_trial_ran_with_records_in_ray_optuna_and_tensorboard(tiny_study):
         if expected_state == "COMPLETE":
             assert ot.value == pytest.approx(metrics[-1]["score"])
 
-        events = EventAccumulator(str(trial))
+        events = EventAccumulator(str(TrialFolder(trial).events_dir()))
         events.Reload()
         tags = set(events.Tags()["scalars"])
         assert {
@@ -83,6 +84,21 @@ def test_every_trial_ran_with_records_in_ray_optuna_and_tensorboard(tiny_study):
         assert start.hparams["train.lr"].number_value == pytest.approx(ot.params["train.lr"])
         assert ("_hparams_/session_end_info" in hp) == (status.status is Status.FINISHED)
     assert "best trial:" in proc.stdout and "tensorboard --logdir" in proc.stdout
+
+
+def test_tensorboard_names_each_run_by_its_trial_number_and_searched_values(tiny_study):
+    """TensorBoard's run names (the event folders under the printed --logdir, as its multiplexer reads
+    them) hold each trial's Optuna number and its values, so the run selector's filter finds them."""
+    study_dir, _ = tiny_study
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ostudy = optuna.load_study(study_name="tiny", storage=StudyFolder(study_dir).optuna_url)
+    expected = set()
+    for trial in ostudy.trials:
+        lr, sigma = trial.params["train.lr"], trial.params["train.noise.batch_sigma"]
+        named = f"t{trial.number:04d} lr={lr:g} batch_sigma={sigma:g}"  # the search space's order
+        expected.add(f"trial_{trial.user_attrs['ray_trial_id']}/{named}")
+    runs = EventMultiplexer().AddRunsFromDirectory(str(study_dir)).Runs()
+    assert set(runs) == expected
 
 
 def test_same_study_and_seed_give_the_same_configurations(tmp_path):

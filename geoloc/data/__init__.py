@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from geoloc.data.cache import DataError, FeatureCache, open_cache
 from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, DataConfig, eval_set_name
@@ -76,6 +75,8 @@ def load_gallery(cfg: DataConfig, train: FeatureCache, benchmark: Path | None) -
 
 def read_coordinate_csv(path: str | Path) -> np.ndarray:
     """(N, 2) coordinates from a CSV with LAT and LON columns (any case), checked row by row."""
+    import pandas as pd  # here: validating a study imports this package, and needs no pandas
+
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"{path}: gallery file not found")

@@ -37,7 +37,8 @@ def train(
     epoch it logs TensorBoard, appends ``metrics.jsonl`` and ``curves.jsonl``, saves
     ``checkpoint.pt``, then calls ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there).
     ``seeds`` > 1 trains that many seeds in lock-step (``LockStep``): the metrics are their mean,
-    and each seed's own go to ``seeds.jsonl`` and its TensorBoard folder ``seed_<s>/``.
+    and each seed's own go to ``seeds.jsonl`` and its TensorBoard folder (``TrialFolder.seed_dir``).
+    TensorBoard's events go to ``TrialFolder.events_dir`` (a trial's named run, from its ``trial.json``).
     ``resume`` continues from the folder's own checkpoint, so no epoch runs twice. ``hparams`` are
     what TensorBoard's HParams tab shows (default: the whole configuration, flattened); ``context``
     is added to every metrics row (the trial's node). ``gpu_share`` is the trial's share of its GPU
@@ -58,7 +59,7 @@ def train(
         folder.clear_metrics()
     folder.write_config(cfg.model_dump(mode="json"))
     hparams = flatten(cfg.model_dump(mode="json")) if hparams is None else hparams
-    logger = EventLogger(folder.path, hparams, runs.registry)
+    logger = EventLogger(folder.events_dir(), hparams, runs.registry)
     seed_loggers = (
         [EventLogger(folder.seed_dir(seed), {**hparams, "seed": seed}, runs.registry) for seed in runs.seeds]
         if seeds > 1

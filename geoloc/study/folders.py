@@ -15,15 +15,15 @@ A trial folder (``TrialFolder``; also the ``--out`` folder of ``python -m geoloc
 
 | file | written by | what |
 | --- | --- | --- |
-| ``trial.json`` | the trial's worker, at its start | ``trial_id``, ``number``, ``params`` (flat dotted keys) |
+| ``trial.json`` | the trial's worker, at its start | ``trial_id``, ``number``, ``params`` (flat dotted keys), ``run`` |
 | ``config.json`` | the run, at its start | the resolved run configuration |
 | ``metrics.jsonl`` | the run, one line as each epoch ends | the epoch's flat metrics dict (mean over seeds) |
 | ``seeds.jsonl`` | the run, with ``search.seeds`` > 1 | each seed's own metrics dict of each epoch, with ``seed`` |
 | ``curves.jsonl`` | the run, as each epoch ends | fine error curves: ``epoch``, ``seed``, ``set``, ``km``, ``acc`` |
-| ``seed_<s>/`` | the run, with ``search.seeds`` > 1 | each seed's TensorBoard events |
+| ``<run>/`` | the run | its TensorBoard events: scalars and the HParams session (``events_dir``) |
+| ``<run>/seed_<s>/`` | the run, with ``search.seeds`` > 1 | each seed's TensorBoard events |
 | ``checkpoint.pt`` | the run, as each epoch ends (torch) | the state to resume from |
 | ``status.json`` | two writers, see below | ``StatusRecord`` |
-| TensorBoard events | the run | scalars and the HParams session |
 
 ``status.json`` has two writers, in this order. The worker writes ``running`` when the trial
 starts and ``errored`` when it stops itself (a diverged loss). The driver's searcher writes the
@@ -35,6 +35,10 @@ after Ray has been told, so the driver's record is the last word.
 The three ``.jsonl`` logs are append-only while a run lives. A resumed run first drops the lines
 after its checkpoint's epoch (``truncate_after``); readers tolerate a half-written last line and
 let a later line of the same key (epoch; epoch and seed; epoch, seed and set) win.
+
+``<run>`` is ``trial.json``'s ``run``, the TensorBoard run's name (``t0003 batch_sigma=5 lr=0.001``,
+``geoloc.study.runname``), so that TensorBoard's run selector shows each trial's number and values; a
+folder without it (``python -m geoloc.train --out DIR``) keeps its events in the folder itself.
 """
 
 from __future__ import annotations
@@ -143,14 +147,22 @@ class TrialFolder:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def events_dir(self) -> Path:
+        """The run's TensorBoard folder: ``trial.json``'s ``run`` inside this folder, else the folder itself."""
+        run = (self.read_trial() or {}).get("run")
+        safe = isinstance(run, str) and run not in ("", ".", "..") and Path(run).name == run
+        return self.path / run if safe else self.path
+
     def seed_dir(self, seed: int) -> Path:
-        """The TensorBoard folder of one seed of a trial that trains several."""
-        return self.path / f"seed_{seed}"
+        """The TensorBoard folder of one seed of a trial that trains several: inside the run's (its name holds both)."""
+        return self.events_dir() / f"seed_{seed}"
 
     # -- trial.json and config.json: written once at the start ----------------------------------
 
-    def write_trial(self, trial_id: str, number: int | None, params: dict) -> None:
-        write_json(self.path / self.TRIAL, {"trial_id": trial_id, "number": number, "params": params})
+    def write_trial(self, trial_id: str, number: int | None, params: dict, run: str | None = None) -> None:
+        """``run``: the TensorBoard run's folder name (``geoloc.study.runname.run_name``), if any."""
+        doc = {"trial_id": trial_id, "number": number, "params": params}
+        write_json(self.path / self.TRIAL, doc | ({"run": run} if run else {}))
 
     def read_trial(self) -> dict | None:
         """``trial.json``, or None when it is missing or not a JSON object."""

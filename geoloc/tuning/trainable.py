@@ -20,6 +20,7 @@ from ray import tune
 from geoloc.parts.resumable import DivergenceError
 from geoloc.run.loop import train
 from geoloc.study.folders import Status, StatusRecord, StudyFolder
+from geoloc.study.runname import run_name
 from geoloc.study.studyfile import StudyConfig, trial_config
 
 REPORT_PREFIX = ".report-"  # a trial's temporary folder handing its checkpoint to Ray
@@ -41,7 +42,9 @@ def train_trial(config: dict, study: StudyConfig, study_dir: str) -> None:
     folder.path.mkdir(parents=True, exist_ok=True)
     params = config["params"]
     cfg = trial_config(study, params)
-    folder.write_trial(context.get_trial_id(), config["number"], params)
+    # The TensorBoard run's name: the same on every restart (number, values and the study's keys are).
+    run = run_name(config["number"], params, keys=[entry.name for entry in study.space])
+    folder.write_trial(context.get_trial_id(), config["number"], params, run=run)
 
     last = folder.read_metrics().last
     if last is not None and (folder.ended() or last["epoch"] >= cfg.train.epochs):

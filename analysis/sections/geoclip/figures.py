@@ -7,7 +7,7 @@ import pandas as pd
 
 from analysis import names
 from analysis.budget import Budget
-from analysis.canvas import CMAP, Chart, colour_key, figure, norm
+from analysis.canvas import Chart, colouring, figure
 from analysis.load import Study
 
 from .tradeoff import LOSSES, pareto_mask
@@ -21,15 +21,13 @@ def loss_vs_fine(study: Study, budget: Budget) -> Chart | None:
     used = budget.trials
     if fine is None or not losses or not len(used):
         return None
-    key, colour = colour_key(study)
-    scale = norm(colour)
+    colours = colouring(study)
     fig, axes = figure(1, len(losses), (5.5 * len(losses), 4.5))
     for ax, loss in zip(axes[0], losses, strict=True):
         part = used.dropna(subset=[loss, fine])
         x, y = part[loss].astype(float), part[fine].astype(float)
-        dots = ax.scatter(
-            x, y, c=colour[part["trial_id"]].to_numpy(), cmap=CMAP, norm=scale, s=45, edgecolors="k", linewidths=0.4
-        )
+        dots = [colours.of(t) if colours.key else "steelblue" for t in part["trial_id"]]
+        ax.scatter(x, y, c=dots, s=45, edgecolors="k", linewidths=0.4)
         for xi, yi, number in zip(x, y, part["number"], strict=True):
             ax.annotate(f"#{number}", (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
         if len(part):
@@ -40,9 +38,6 @@ def loss_vs_fine(study: Study, budget: Budget) -> Chart | None:
         ax.set_xlabel(f"{loss}, {budget.label}")
         ax.set_ylabel(f"{fine}, {budget.label}")
         ax.grid(alpha=0.3)
-    if key:
-        fig.colorbar(dots, ax=axes[0].tolist(), label=key)
-        fig.suptitle(f"loss versus {fine}, coloured by {key}")
-    else:
-        fig.suptitle(f"loss versus {fine}")
-    return Chart(names.LOSS_VS_ACC, fig, names.alt(names.LOSS_VS_ACC), tight=False)
+    colours.explain(fig, axes[0].tolist())
+    fig.suptitle(f"loss versus {fine}" + (f", coloured by {colours.key}" if colours.key else ""))
+    return Chart(names.LOSS_VS_ACC, fig, names.alt(names.LOSS_VS_ACC))
