@@ -25,7 +25,7 @@ TINY = {
     "data": {"layout": "offline", "offline": {"n_train": 256, "n_val": 64}, "views": 2},
     "model": {
         "backbone": {"name": "test_convnext", "weights": None, "trainable": False},
-        "query_size": [16, 64],
+        "query_size": [32, 128],
         "reference_size": [32, 32],
         "head_dim": 64,
     },

@@ -73,7 +73,7 @@ def rank_and_top1(
         for start in range(0, n, chunk):
             scores = query_emb[start : start + chunk].float() @ references_t
             rows = torch.arange(len(scores), device=device)
-            own = scores[rows, torch.from_numpy(positive[start : start + len(scores)]).to(device)]
+            own = scores[rows, torch.tensor(positive[start : start + len(scores)], device=device)]
             rank[start : start + len(scores)] = (scores > own[:, None]).sum(dim=1).cpu().numpy()
             top1[start : start + len(scores)] = scores.argmax(dim=1).cpu().numpy()  # the first of equal maxima
     return rank, top1

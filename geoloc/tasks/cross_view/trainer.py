@@ -135,7 +135,7 @@ class CrossViewTrainer(Resumable):
         """The symmetric InfoNCE without label smoothing over the validation pairs in index order, in
         chunks of ``train.batch_size`` (each query against the true references of its chunk), at the
         current temperature: comparable across trials whatever their training loss's smoothing."""
-        positive = torch.as_tensor(self.data.val.positive, device=references.device)
+        positive = torch.tensor(self.data.val.positive, device=references.device)
         scale, size, total = self.model.logit_scale.detach().exp(), self.cfg.train.batch_size, 0.0
         with torch.no_grad():
             for start in range(0, len(queries), size):
