@@ -15,7 +15,8 @@ Resumable like ``geoloc.data.features``: each cache is built in shards of ``shar
 by atomic renames); batches never straddle a shard, so a killed extraction, rerun with the same
 arguments, keeps the finished shards and ends with the same bytes as an uninterrupted one. A
 finished cache whose manifest matches the identity is reused without running the backbone; one made
-for another identity (or a partial folder of another job) is refused with a DataError. The identity
+for another identity, or a partial folder of another job (identity, shard size or device type), is
+refused with a DataError. The identity
 is the caller's (backbone name, weights hash, ...) plus what this module knows: the role, split
 name, a hash of the file lists and positives (``split_fingerprint``), image size, views, seed and
 ``EXTRACTOR_VERSION`` (a caller's ``views``, ``seed`` or ``split`` must agree with the arguments).
@@ -129,6 +130,8 @@ def extract_crossview(
             f"augmented views need a square tile and a panorama width divisible by 4, got tile {tuple(reference_size)}"
             f" and panorama {tuple(query_size)}"
         )
+    if len(split) == 0 or len(split.references) == 0:
+        raise ValueError(f"{split.name}: no queries or no references to extract")
     out, device = Path(out).expanduser(), torch.device(device)
     augmentations = [[view_augmentation(seed, j, v) for v in range(views)] for j in range(len(split.references))]
     jobs = {

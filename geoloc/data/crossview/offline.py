@@ -39,8 +39,9 @@ Gaussian random projection to 256 dimensions: 0.2 % and 0.05 %, chance. A learna
 exists: the tile resampled at the panorama's sample points (the known polar transform, nearest
 pixel) and both views standardised per image and channel: 100 % on both splits.
 
-Places closer than about a tile's side are dropped (one place per cell of that size, so no two
-pairs are copies), then the validation places are held out from the training places. Layout
+At most one place per cell of about a tile's side (a grid in latitude and longitude) is kept, so
+no two pairs are copies (places in neighbouring cells may overlap, as neighbouring tiles do), then
+the validation places are held out from the training places. Layout
 (what ``geoloc.data.crossview.read_split("offline", folder, split)`` reads, via the CVUSA reader)::
 
     splits/train-19zl.csv, splits/val-19zl.csv   no header: bingmap/19/0000001.png,streetview/panos/0000001.png,
@@ -56,7 +57,9 @@ panoramas): 3.0 to 4.2 s on the development machine (2 cores shared with other w
 3.11), reading the MP-16 coordinates included; 2 * 2500 PNG files, 21 MB on disk. Built once per
 configuration, keyed and published like ``geoloc.data.synthetic`` (hash of the configuration and
 ``GENERATOR_VERSION``, a file lock, a temporary folder renamed into place), so concurrent trials
-share one build. The module imports no torch (the task's configuration imports it).
+share one build. The same configuration gives the same bytes on one machine (another CPU's
+float32 cosines may round a rare pixel the other way). The module imports no torch (the task's
+configuration imports it).
 """
 
 from __future__ import annotations
