@@ -22,14 +22,14 @@ from .studyutil import ROOT
 TIMES = ("train_s", "eval_s")
 TINY = {
     "task": "cross_view",
-    "data": {"layout": "offline", "offline": {"n_train": 256, "n_val": 64}, "views": 2},
+    "data": {"layout": "offline", "offline": {"n_train": 1000, "n_val": 100}, "views": 2},
     "model": {
         "backbone": {"name": "test_convnext", "weights": None, "trainable": False},
         "query_size": [32, 128],
         "reference_size": [32, 32],
         "head_dim": 64,
     },
-    "train": {"epochs": 3, "batch_size": 32, "lr": 1e-3, "device": "cpu", "threads": 1},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 3e-3, "device": "cpu", "threads": 1},
     "eval": {"at_start": True},
 }
 
@@ -70,10 +70,10 @@ def test_cached_mode_learns_in_every_seed(tiny, tmp_path):
     rows = TrialFolder(tmp_path / "run").read_seeds().rows
     for seed in (0, 1, 2):
         start = next(r for r in rows if r["seed"] == seed and r["epoch"] == 0)
-        last = next(r for r in rows if r["seed"] == seed and r["epoch"] == 3)
+        last = next(r for r in rows if r["seed"] == seed and r["epoch"] == 4)
         chance = 1 / tiny["data"]["offline"]["n_val"]
-        assert last["recall_1"] >= start["recall_1"] + 0.15, (seed, start["recall_1"], last["recall_1"])
-        assert last["recall_1"] > 5 * chance
+        assert last["recall_1"] >= start["recall_1"] + 0.08, (seed, start["recall_1"], last["recall_1"])
+        assert last["recall_1"] > 10 * chance
         assert last["recall_top1pct"] >= last["recall_1"] and last["recall_10"] >= last["recall_5"] >= last["recall_1"]
 
 
