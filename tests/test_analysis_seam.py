@@ -201,7 +201,7 @@ def test_diagnostics_constant_in_every_run_are_left_out_of_tables_and_comparison
     table = pd.read_csv(tmp_path / "out" / "ablation_train_noise_batch_sigma.csv")
     columns = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
     # encoder_resolution_km (50 in every run) and batch_median_km go; negative_median_km varies and stays.
-    assert columns == ["acc_1km", *[f"acc_{t}km" for t in THRESHOLDS[1:]], "median_km", "score", "negative_median_km"]
+    assert columns == ["acc_1km", *[f"acc_{t}km" for t in THRESHOLDS[1:]], "median_km", "mean_km", "score", "negative_median_km"]
     assert table["negative_median_km_mean"].tolist() == [7005.0, 7025.0]
     md = (tmp_path / "out" / "ablation_train_noise_batch_sigma.md").read_text()
     assert "The same in every trial, so left out: encoder_resolution_km = 50, batch_median_km = 7115.9." in md
