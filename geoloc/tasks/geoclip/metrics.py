@@ -7,8 +7,9 @@ everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature`
 and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``geoscore``, ``score``
 and ``ceiling_<t>km``. ``geoscore`` is OSV-5M's GeoScore, the mean over images of
 5000 exp(-d / 1492.7 km), d the great-circle error (``geoloc.tasks.geoclip.evaluate.geoscore``):
-0..5000 points, kind "points" (maximised, not a share, not part of ``score``). The first evaluation set's keys are plain; each further set's are prefixed
-with its name (``yfcc4k-vitl14_acc_1km``).
+0..5000 points, kind "points" (maximised, not a share, not part of ``score``). The first
+evaluation set's keys are plain; each further set's are prefixed with its name
+(``yfcc4k-vitl14_acc_1km``).
 """
 
 from __future__ import annotations
