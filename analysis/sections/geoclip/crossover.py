@@ -219,7 +219,7 @@ def is_stated(row, comparison: pd.DataFrame, thresholds: dict[str, float]) -> tu
     if pd.isna(row["crossover_km"]):
         return False, str(row["note"])
     if not (np.isfinite(row["ci_low_km"]) and np.isfinite(row["ci_high_km"])):
-        return False, f"its 95 % interval is not finite ({_span(row)})"
+        return False, f"its 95 % interval, {_span(row)}, is not finite"
     below, above = ("worse", "better") if row["direction"] == "worse-to-better" else ("better", "worse")
     mine = comparison[(comparison["param"] == row["param"]) & (comparison["arm"].astype(str) == str(row["arm"]))]
     for r in mine.itertuples():
