@@ -34,6 +34,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 from geoloc.common.validation import ConfigError  # noqa: E402
 from geoloc.study.folders import Status, StudyFolder, TrialFolder  # noqa: E402
+from geoloc.study.manifest import record_session  # noqa: E402
 from geoloc.study.space import ChoiceEntry, FixedEntry, IntEntry  # noqa: E402
 from geoloc.study.studyfile import (  # noqa: E402
     StudyConfig,
@@ -326,6 +327,7 @@ def run(study: StudyConfig, study_dir: Path, args: argparse.Namespace, argv: lis
     folder.write_study(yaml.safe_dump(resolved_study(study), sort_keys=False))
     registry = study.registry
     registry.save(folder.path / folder.REGISTRY)
+    record_session(study_dir, task_of(study.base).data_files(study.base))  # manifest.json: this session
     reporter, callbacks = None, []
     if args.verbose:
         reporter = tune.CLIReporter(

@@ -16,9 +16,9 @@ from __future__ import annotations
 import pandas as pd
 
 from . import stats
-from .stats import LEVEL, MIN_PAIRS, N_RESAMPLES, SEED, Sides
+from .stats import ALPHA, LEVEL, MIN_PAIRS, N_RESAMPLES, SEED, SMALL_N, Sides
 
-ALPHA = 0.05  # significance level of the Holm-corrected t-test (the one significance rule)
+# ALPHA (stats.py): significance level of the Holm-corrected t-test (the one significance rule)
 NO_VARIANCE = "no variance"  # what the tables show for a statistic of data without variance
 
 PAIRED_TESTS = ("paired t", "Wilcoxon signed-rank")
@@ -37,10 +37,12 @@ COLUMNS = [
     "diff",
     "ci_low",
     "ci_high",
+    "ci_method",
     "t_test",
     "p_t",
     "rank_test",
     "p_rank",
+    "rank_note",
     "p_t_holm",
     "p_rank_holm",
     "significant",
@@ -78,7 +80,7 @@ def check_units(frame: pd.DataFrame, columns: list, baseline, key: list[str]) ->
 
 
 def _row(s: Sides, n_resamples: int, seed: int) -> dict:
-    lo, hi = stats.bootstrap_interval(s, n_resamples, seed)
+    lo, hi, method = stats.interval(s, n_resamples, seed)
     p_t, p_rank = stats.p_values(s)
     t_test, rank_test = PAIRED_TESTS if s.paired else UNPAIRED_TESTS
     return {
@@ -91,10 +93,12 @@ def _row(s: Sides, n_resamples: int, seed: int) -> dict:
         "diff": stats.mean_difference(s),
         "ci_low": lo,
         "ci_high": hi,
+        "ci_method": method,
         "t_test": t_test,
         "p_t": p_t,
         "rank_test": rank_test,
         "p_rank": p_rank,
+        "rank_note": "" if stats.rank_test_reachable(s) else stats.RANK_TOO_FEW[s.paired],
     }
 
 
@@ -116,14 +120,16 @@ def compare(
     (units with a value), n_pairs (pair keys shared; the pairs used when paired); mean_arm,
     mean_baseline (over the units used: the matched pairs when paired, all units otherwise);
     diff (mean of arm - baseline; paired: the mean per-pair difference, equal to mean_arm -
-    mean_baseline up to rounding); ci_low, ci_high (``stats.bootstrap_interval``: equal exactly
-    when there is no variance); t_test, p_t, rank_test, p_rank (``stats.p_values``); p_t_holm,
+    mean_baseline up to rounding); ci_low, ci_high, ci_method (``stats.interval``: the t interval
+    below ``SMALL_N`` units, else BCa bootstrap; equal exactly when there is no variance); t_test,
+    p_t, rank_test, p_rank (``stats.p_values``: NaN when the rank test cannot reach ALPHA at this
+    number of pairs), rank_note ("too few pairs" / "too few units" then, else ""); p_t_holm,
     p_rank_holm (``stats.holm`` over all rows of this table, separately for each test);
     significant; effect (``stats.effect``).
 
-    Significance rule: ``p_t_holm < ALPHA``. The bootstrap interval is descriptive and not part
-    of the rule: it is not corrected for the table's many comparisons, and with 3 seeds a
-    percentile interval is too narrow to be a test of its own.
+    Significance rule: ``p_t_holm < ALPHA``. The interval is descriptive and not part of the rule:
+    it is not corrected for the table's many comparisons (below ``SMALL_N`` units it is the
+    uncorrected t-test's own interval).
 
     Rows follow the arm order (`arm_order`), then ``metrics``' order.
     """
@@ -147,7 +153,7 @@ def compare(
 
 def no_variance(row) -> bool:
     """A row of `compare`'s table whose data have no variance (``stats.no_variance``): the one
-    case where its bootstrap interval is a single value."""
+    case where its interval is a single value."""
     return not pd.isna(row["ci_low"]) and row["ci_low"] == row["ci_high"]
 
 
@@ -181,7 +187,8 @@ def render(table: pd.DataFrame, fractions=()) -> pd.DataFrame:
     fractions: the metrics whose values are fractions, shown in percentage points (pp).
     Columns: arm, metric, diff ("+1.23 pp" or "+12.3"), 95% CI ("[lo, hi]" in the same unit),
     p (t), p (t, Holm), p (rank), p (rank, Holm), sig ("*" when significant), effect, note. A row
-    without variance (`no_variance`) shows NO_VARIANCE for its interval and p-values.
+    without variance (`no_variance`) shows NO_VARIANCE for its interval and p-values; a rank test
+    that cannot reach ALPHA at its number of pairs shows its ``rank_note`` ("too few pairs").
     """
     rows = []
     for _, r in table.iterrows():
@@ -198,6 +205,8 @@ def render(table: pd.DataFrame, fractions=()) -> pd.DataFrame:
             "p (rank)": p_text(r["p_rank"]),
             "p (rank, Holm)": p_text(r["p_rank_holm"]),
         }
+        if r.get("rank_note"):
+            shown.update(dict.fromkeys(["p (rank)", "p (rank, Holm)"], r["rank_note"]))
         if no_variance(r):
             shown.update(dict.fromkeys(["95% CI", "p (t)", "p (t, Holm)", "p (rank)", "p (rank, Holm)"], NO_VARIANCE))
         shown.update({"sig": "*" if r["significant"] else "", "effect": r["effect"], "note": note(r)})
@@ -210,12 +219,19 @@ def caption(table: pd.DataFrame) -> str:
     """The rule behind the table's numbers and stars, for its caption."""
     base = ", ".join(dict.fromkeys(map(str, table["baseline"]))) or "the baseline"
     text = (
-        f"Differences arm − {base} (pp for accuracies), with {LEVEL:.0%} percentile bootstrap intervals "
-        f"(not corrected for multiplicity). p-values: paired t and Wilcoxon "
+        f"Differences arm − {base} (pp for accuracies), with {LEVEL:.0%} intervals (not corrected for "
+        f"multiplicity): the t-test's (paired t or Welch) below {SMALL_N} pairs, BCa bootstrap from "
+        f"{SMALL_N} on. p-values: paired t and Wilcoxon "
         f"signed-rank when arm and baseline share at least {MIN_PAIRS} seeds, else Welch t and "
         f"Mann-Whitney U; Holm-corrected over the {len(table)} comparisons of this table. "
         f"* = Holm-corrected t p < {ALPHA}."
     )
+    notes = sorted({str(n) for n in table["rank_note"].dropna() if n}) if "rank_note" in table else []
+    if notes:
+        text += (
+            f" {' / '.join(notes)}: an exact rank test cannot give p < {ALPHA} on so few (Wilcoxon: fewer than 6 "
+            "non-zero differences), so its p-value is not reported and not in Holm's family."
+        )
     if any(no_variance(r) for _, r in table.iterrows()):
         text += (
             f" {NO_VARIANCE}: every paired difference (or every value of each arm) is the same, so no test can "

@@ -91,6 +91,7 @@ _LATEX = {
     SIGNIFICANT: r"$^{\dagger}$",
     "×": r"$\times$",
     "≤": r"$\leq$",
+    "∞": r"$\infty$",
     "–": "--",
     "−": "$-$",
     # A cell starting with "[" right after \\ or \midrule would be read as their optional argument.
@@ -101,7 +102,7 @@ _LATEX = {
 
 def latex_escape(text: str) -> str:
     # One pass, so the backslashes it adds are never escaped again.
-    return re.sub(r"[\\&%$#_{}~^±≥≤–−ρ†×\[\]]", lambda m: _LATEX[m.group()], text)
+    return re.sub(r"[\\&%$#_{}~^±≥≤∞–−ρ†×\[\]]", lambda m: _LATEX[m.group()], text)
 
 
 def to_latex(ab: Ablation) -> str:

@@ -26,6 +26,7 @@ import pandas as pd
 
 from geoloc.common.metrics import MetricRegistry
 from geoloc.study.folders import Status, StatusRecord, StudyFolder, TrialFolder
+from geoloc.study.manifest import MANIFEST, differences, read_manifest
 from geoloc.study.studyfile import StudyConfig
 
 from . import frames
@@ -74,6 +75,7 @@ class Study:
     registry: MetricRegistry  # what each metric key means: direction, fraction, threshold (metrics.json)
     config: StudyConfig | None = None  # study.yaml, validated; None without a valid one (definition.py)
     warnings: list[str] = field(default_factory=list)
+    manifest: dict | None = None  # manifest.json (geoloc.study.manifest); None for a study made before it
 
     @property
     def primary_set(self) -> str | None:
@@ -159,6 +161,12 @@ def read_study(study_dir: str | Path) -> Study:
 
     definition = read_definition(folder)
     warnings += definition.warnings
+    manifest = read_manifest(path)
+    if manifest is not None and differences(manifest):
+        warnings.append(
+            f"the study's {len(manifest['sessions'])} launcher sessions were made by different code or data: "
+            f"{'; '.join(differences(manifest))} ({MANIFEST})"
+        )
     registry = definition.registry
     params = list(dict.fromkeys(k for p in raw_params for k in p))
     clashes = [k for k in params if k in _TRIAL_COLUMNS or k.startswith(("final_", "best_"))]
@@ -204,6 +212,7 @@ def read_study(study_dir: str | Path) -> Study:
         registry=registry,
         config=config,
         warnings=warnings,
+        manifest=manifest,
     )
 
 

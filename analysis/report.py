@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from geoloc.study.manifest import MANIFEST, describe
+
 from . import names, roles
 from .budget import Budget
 from .canvas import Chart
@@ -47,7 +49,9 @@ def report_text(
 ) -> str:
     """report.md's text. comparisons: the paired comparisons (when there are any); charts: the generic
     figures by name; part: the task section's contribution; objective: a Pareto study's block."""
-    out = [f"# Study analysis: {study.name}", "", f"Study directory: `{study.path}`", "", "## Summary", ""]
+    made = describe(study.manifest) if study.manifest else f"no {MANIFEST} (a study made before manifests)"
+    out = [f"# Study analysis: {study.name}", "", f"Study directory: `{study.path}`", "", f"Made by: {made}."]
+    out += ["", "## Summary", ""]
     out += [f"- {line}" for line in summary_lines] + [""]
     if warnings:
         out += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]

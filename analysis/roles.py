@@ -6,7 +6,8 @@ Metrics (only those the trials reported):
 - the *headline*: the key the report leads with, the task's ``headline`` (GeoCLIP: acc_1km);
   when the trials did not report it (other thresholds), the registry's first accuracy, else ``score``.
 - *outcomes*: what a run achieved, the keys with a better direction that the registry lists for
-  TensorBoard's HParams (``hparam``), losses aside (GeoCLIP: the accuracies, median_km, score).
+  TensorBoard's HParams (``hparam``), losses aside (GeoCLIP: the accuracies, median_km, mean_km, geoscore,
+  score).
 - *diagnostics*: what a run did, measured: keys without a better direction, neither training
   settings, times nor ceilings (GeoCLIP: the encoder's resolution, what the batch sampler did). A
   diagnostic the registry lists for HParams is the task's mechanism: it sits beside the headline

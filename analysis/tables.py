@@ -152,6 +152,9 @@ def _caption(study: Study, budget: Budget, param: str, binned: bool, columns: li
         scales.append(f"{'Accuracies and score' if accuracies else _listing(percent)} in %")
     if distances:
         scales.append(f"{_listing(distances)} in km")
+    points = [m for m in columns if registry.get(m) is not None and registry.get(m).kind == "points"]
+    if points:
+        scales.append(f"{_listing(points)} in points (0 to 5000, higher is better)")
     caption = (
         f"Ablation by {param}{' (quantile bins)' if binned else ''}: mean ± std over {what}, "
         f"{budget.describe()}. {', '.join(scales) + '; ' if scales else ''}"

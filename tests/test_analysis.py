@@ -641,7 +641,7 @@ def test_other_thresholds_are_the_columns_finest_first_with_best_in_their_direct
 
     table = read(tmp_path / "out", "ablation_train_noise_batch_sigma.csv")
     means = [c[: -len("_mean")] for c in table.columns if c.endswith("_mean")]
-    assert means == [*OTHER_ACCS, "median_km", "score"]
+    assert means == [*OTHER_ACCS, "median_km", "mean_km", "score"]
     assert table.loc[0, "acc_0.5km_mean"] == pytest.approx(0.06)  # trials 0 and 2, final epoch
     assert list(table["acc_0.5km_best"]) == [False, True] and list(table["median_km_best"]) == [True, True]
     assert "6.00 ± 1.41" in (tmp_path / "out" / "ablation_train_noise_batch_sigma.md").read_text()  # a fraction: in %

@@ -333,7 +333,8 @@ def test_error_curve_crossover(seeded):
     assert "error_curve_train_noise_batch_sigma" in result["plots"]
     assert (out / "error_curve_train_noise_batch_sigma.png").read_bytes()[:4] == b"\x89PNG"
     report = (out / "report.md").read_text()
-    assert "1: worse below, better above 31.6 km" in report and "5: none (better everywhere)" in report
+    assert "1: worse below, better above 31.6 km (95 % interval 31.6 km to 31.6 km)" in report
+    assert "5: none (better everywhere)" in report
 
 
 def test_baseline_option_and_its_errors(seeded, tmp_path, capsys):

@@ -3,7 +3,8 @@ intervals; GeoCLIP's section (analysis/sections/geoclip/crossover.py): crossover
 
 The planted study: baseline arm "0" and arms "5" and "25", five seeds each (pairs s0..s4). Arm
 "5" beats the baseline at acc_25km by a planted per-seed difference that is positive for every
-seed, so the exact Wilcoxon p is 2 / 2^5 = 0.0625; rows are shuffled so that pairs can only be
+seed, so the exact Wilcoxon p would be 2 / 2^5 = 0.0625: it cannot reach 0.05 with five pairs,
+so the table says "too few pairs" instead (analysis/stats.py); rows are shuffled so that pairs can only be
 matched by key, never by position.
 """
 
@@ -84,14 +85,14 @@ def test_paired_p_values_equal_direct_scipy_calls(table):
     assert r["paired"] and r["n_pairs"] == 5 and r["n_arm"] == 5 and r["n_baseline"] == 5
     assert (r["t_test"], r["rank_test"]) == ("paired t", "Wilcoxon signed-rank")
     assert r["p_t"] == stats.ttest_rel(arm, BASE_25).pvalue
-    assert r["p_rank"] == stats.wilcoxon(arm - BASE_25).pvalue
-    assert r["p_rank"] == pytest.approx(2 / 2**5)  # all five differences positive: exact two-sided p
+    assert stats.wilcoxon(arm - BASE_25).pvalue == pytest.approx(2 / 2**5)  # its smallest p: all five positive
+    assert math.isnan(r["p_rank"]) and r["rank_note"] == "too few pairs"  # so it is not reported
     assert r["diff"] == pytest.approx(GAIN_25.mean(), abs=1e-15)
     assert r["mean_arm"] - r["mean_baseline"] == pytest.approx(r["diff"], abs=1e-15)
     # Mixed-sign differences: again exactly scipy's numbers.
     r1 = row(table, "5", "acc_1km")
     assert r1["p_t"] == stats.ttest_rel(BASE_1 + LOSS_1, BASE_1).pvalue
-    assert r1["p_rank"] == stats.wilcoxon(BASE_1 + LOSS_1 - BASE_1).pvalue
+    assert math.isnan(r1["p_rank"]) and r1["rank_note"] == "too few pairs"
     assert r1["effect"] == "worse" and r["effect"] == "better"
     assert row(table, "5", "median_km")["effect"] == "better"  # lower median error
 
@@ -114,13 +115,14 @@ def test_holm_across_the_whole_table_and_significance(table):
     assert not row(table, "5", "acc_1km")["significant"]
 
 
-def test_bootstrap_interval_reproducible_and_contains_the_difference(table):
+def test_interval_of_five_pairs_is_the_paired_t_tests_own(table):
     again = compare(planted_units(), "0", ["acc_1km", "acc_25km", "median_km"])
     pd.testing.assert_series_equal(table["ci_low"], again["ci_low"])
     pd.testing.assert_series_equal(table["ci_high"], again["ci_high"])
     r = row(table, "5", "acc_25km")
-    assert r["ci_low"] < r["diff"] < r["ci_high"]
-    assert GAIN_25.min() <= r["ci_low"] and r["ci_high"] <= GAIN_25.max()  # a mean of the differences
+    expected = stats.ttest_rel(BASE_25 + GAIN_25, BASE_25).confidence_interval(0.95)
+    assert r["ci_method"] == "t"
+    assert (r["ci_low"], r["ci_high"]) == pytest.approx((expected.low, expected.high), abs=1e-12)
 
 
 def test_degenerate_inputs_give_fixed_answers_without_warnings():
@@ -138,13 +140,14 @@ def test_degenerate_inputs_give_fixed_answers_without_warnings():
         warnings.simplefilter("error")
         table = compare(units, "0", ["acc_1km", "acc_25km"])
     same = row(table, "a", "acc_1km")
-    assert (same["diff"], same["ci_low"], same["ci_high"], same["p_t"], same["p_rank"]) == (0, 0, 0, 1, 1)
+    assert (same["diff"], same["ci_low"], same["ci_high"], same["p_t"]) == (0, 0, 0, 1)
+    assert math.isnan(same["p_rank"])  # three pairs: too few for Wilcoxon
     constant = row(table, "a", "acc_25km")
     assert constant["ci_low"] == constant["ci_high"] == 0.125
     lone = row(table, "b", "acc_25km")
     assert not lone["paired"] and lone["n_arm"] == 1 and lone["n_pairs"] == 1
     assert math.isnan(lone["ci_low"]) and math.isnan(lone["p_t"])  # Welch needs 2 units per arm
-    assert lone["p_rank"] == stats.mannwhitneyu([0.5], [0.25, 0.5, 0.75]).pvalue
+    assert math.isnan(lone["p_rank"]) and lone["rank_note"] == "too few units"  # 1 vs 3: p >= 2 / 4
 
 
 def test_unpaired_when_no_pair_keys_are_shared():
@@ -155,7 +158,8 @@ def test_unpaired_when_no_pair_keys_are_shared():
     assert not r["paired"] and r["n_pairs"] == 0 and (r["n_arm"], r["n_baseline"]) == (3, 4)
     assert (r["t_test"], r["rank_test"]) == ("Welch t", "Mann-Whitney U")
     assert r["p_t"] == stats.ttest_ind(arm, base, equal_var=False).pvalue
-    assert r["p_rank"] == stats.mannwhitneyu(arm, base).pvalue
+    assert stats.mannwhitneyu(arm, base).pvalue == pytest.approx(2 / 35)  # its smallest p: C(7, 3) = 35
+    assert math.isnan(r["p_rank"]) and r["rank_note"] == "too few units"
     assert r["diff"] == pytest.approx(np.mean(arm) - np.mean(base))
     assert r["ci_low"] < r["diff"] < r["ci_high"]
     shown = render(pd.DataFrame([r]), fractions=["acc"]).iloc[0]
@@ -176,7 +180,7 @@ def test_render_strings(table):
     shown = render(table, fractions=["acc_1km", "acc_25km"])
     r = shown[(shown["arm"] == "5") & (shown["metric"] == "acc_25km")].iloc[0]
     assert r["diff"] == "+2.20 pp"
-    assert r["p (rank)"] == "0.0625"
+    assert r["p (rank)"] == r["p (rank, Holm)"] == "too few pairs"
     assert r["note"] == "paired (n=5)"
     assert r["95% CI"].startswith("[+") and r["95% CI"].endswith("]")
     assert r["sig"] == ("*" if row(table, "5", "acc_25km")["significant"] else "")

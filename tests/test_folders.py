@@ -96,6 +96,8 @@ def test_registry_follows_the_thresholds_and_evaluation_sets(tmp_path):
         "val/acc_10km",
         "val/acc_100km",
         "val/median_km",
+        "val/mean_km",
+        "val/geoscore",
         "val/score",
     }
     assert registry.progress_columns() == ["epoch", "score", "acc_0.5km", "acc_100km", "val_loss"]

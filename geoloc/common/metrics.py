@@ -18,7 +18,9 @@ from typing import Literal
 
 from geoloc.common.atomic import write_json
 
-Kind = Literal["loss", "accuracy", "score", "distance", "ceiling", "train", "time"]
+# "points": a score on a fixed scale of its own, neither a share nor a distance (GeoScore, 0..5000), maximised
+# like an accuracy but not one (no threshold: it is no point of the error curve and not part of ``score``).
+Kind = Literal["loss", "accuracy", "score", "points", "distance", "ceiling", "train", "time"]
 
 
 def accuracy_key(threshold_km: float) -> str:

@@ -7,6 +7,7 @@ A study folder ``STORAGE/<study>/`` (``StudyFolder``) holds:
 | --- | --- | --- |
 | ``study.yaml`` | the launcher, before Ray starts | the resolved study that ran |
 | ``metrics.json`` | the launcher, before Ray starts | the metric registry (``geoloc.common.metrics``) |
+| ``manifest.json`` | the launcher, at each start and resume | what made it (``geoloc.study.manifest``) |
 | ``optuna.db`` | the searcher (driver) | Optuna's SQLite storage |
 | ``.lock``, ``driver.json`` | the launcher, while it runs | the study lock and its holder (``geoloc.tuning.lock``) |
 | ``trial_<id>/`` | see below | one folder per trial |

@@ -23,6 +23,8 @@ A task provides:
 - ``trainer(cfg, gpu_share, shared)``: a ``TaskTrainer`` (one seed's model, optimiser and random
   streams: one epoch, an evaluation, a resumable state). ``shared`` is the first seed's trainer
   when several seeds train in lock-step, so they can share data already loaded.
+- ``data_files(cfg)``: every data file a run of ``cfg`` reads (caches, galleries), for the study's
+  manifest (``geoloc.study.manifest``); empty by default.
 - ``headline``: the registry key the report leads with.
 - ``analysis``: the name of its optional analysis section (``analysis/sections/``), or None.
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from geoloc.common.metrics import MetricRegistry
@@ -97,6 +100,10 @@ class Task(ABC):
     @abstractmethod
     def trainer(self, cfg: TaskConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
         """One seed's trainer (see the module docstring)."""
+
+    def data_files(self, cfg: TaskConfig) -> list[Path]:
+        """Every data file a run of ``cfg`` reads (see the module docstring); none by default."""
+        return []
 
     def describe(self, cfg: TaskConfig) -> str:
         """What ``--dry-run`` prints about the run's data (one line)."""

@@ -82,7 +82,9 @@ def render(study: Study, budget: Budget, numbers: Numbers, found: Findings, plot
         "Crossover distance of the error curves",
         f"Where each arm's mean error curve (accuracy within a distance, on {study.primary_set}) crosses "
         f"the baseline's, at {budget.label}: below it the arm is worse, above it better ('none' when the "
-        f"curves do not cross; ties within {100 * crossover.TIE_TOL:g} pp are skipped).",
+        f"curves do not cross; ties within {100 * crossover.TIE_TOL:g} pp are skipped); 95 % interval: bootstrap "
+        f"over seeds ({crossover.N_RESAMPLES} resamples, seed {crossover.SEED}), ∞ where more than 2.5 % of the "
+        "resamples do not cross the same way.",
         numbers.crossovers,
         _crossover_display(numbers.crossovers),
     )
@@ -167,6 +169,7 @@ def _crossover_display(crossovers: pd.DataFrame) -> pd.DataFrame:
     view = crossovers[["param", "arm", "baseline", "note"]].astype(str)
     km = pd.to_numeric(crossovers["crossover_km"], errors="coerce")
     view.insert(3, "crossover", km.map(lambda v: "none" if pd.isna(v) else km_text(v)))
+    view.insert(4, "95 % CI", [crossover.interval_text(r) for _, r in crossovers.iterrows()])
     view["paired"] = crossovers["paired"].map({True: "yes", False: "no"})
     return view
 

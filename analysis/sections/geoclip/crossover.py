@@ -8,6 +8,14 @@ distance below which the arm is worse than the baseline and above which it is be
 Input, built by ``analysis/arms.py``: ``curves``, the units of ``analysis/compare.py`` as
 accuracy-against-distance curves, long: columns ``arm``, ``pair``, ``km``, ``acc`` (a fraction),
 one row per unit and distance. Each distance is compared by ``analysis/stats.py``'s pairing rule.
+
+A crossover located on mean curves is a point estimate: `crossover_interval` bootstraps it over
+the units (seeds: the pairs, resampled together; unpaired, each arm on its own), and a resample
+whose mean curve has no crossing in the same direction counts as "no crossover" (+inf), so the
+interval is finite only where at least 97.5 % of the resamples cross the same way. The summary
+states a crossover only where that interval is finite *and* the arm differs significantly (the
+comparison table's rule) on at least one side of it in the crossover's direction:
+worse at a threshold below it, or better at one above it (`is_stated`).
 """
 
 from __future__ import annotations
@@ -23,12 +31,25 @@ from analysis import names, stats
 from analysis.canvas import Chart, figure
 from analysis.compare import arm_order, check_units
 from analysis.formats import km_text
+from analysis.summary import stated as effect_stated
 
 # An accuracy difference of at most 0.1 percentage point counts as a tie when locating a
 # crossover: the mean of a few seeds is not resolved more finely than that, and a crossing
 # located on such a wiggle would be noise.
 TIE_TOL = 1e-3
-COLUMNS = ["arm", "baseline", "crossover_km", "direction", "crossings", "note", "paired"]
+N_RESAMPLES = 2000  # bootstrap resamples of a crossover (each a find_crossing on ~48 points: ~0.1 s per arm)
+SEED = 0  # fixed: the same curves give the same crossover interval every time
+COLUMNS = [
+    "arm",
+    "baseline",
+    "crossover_km",
+    "ci_low_km",
+    "ci_high_km",
+    "direction",
+    "crossings",
+    "note",
+    "paired",
+]
 
 
 @dataclass
@@ -123,13 +144,47 @@ def difference_curve(curves: pd.DataFrame, arm, baseline) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["km", "paired", "n_pairs", "diff", "lo", "hi"])
 
 
+def crossover_interval(
+    curves: pd.DataFrame, arm, baseline, direction: str, tol: float = TIE_TOL, n_resamples: int = N_RESAMPLES, seed=SEED
+) -> tuple[float, float]:
+    """The bootstrap 95 % interval (stats.LEVEL) of an arm's crossover distance (module docstring).
+
+    Units whose curve lacks a distance are left out; the arm is paired with the baseline when they
+    share ``stats.MIN_PAIRS`` pair keys (the pairs resampled together), else each arm is resampled
+    on its own. Each resample's mean difference curve gets `find_crossing`; one without a crossing
+    in ``direction`` counts as +inf. The interval is the resamples' 2.5 and 97.5 % quantiles (of the
+    sorted values, no interpolation, so +inf stays +inf). NaN, NaN without a direction or with fewer
+    than 2 units on a side."""
+    if not direction:
+        return np.nan, np.nan
+    wide = _wide(curves, baseline).dropna()
+    km = np.asarray(_kms(wide), dtype=float)
+    a = wide[wide["arm"] == arm].set_index("pair")[list(km)]
+    b = wide[wide["arm"] == baseline].set_index("pair")[list(km)]
+    shared = a.index.intersection(b.index, sort=False)
+    rng = np.random.default_rng(seed)
+    if len(shared) >= stats.MIN_PAIRS:
+        d = a.loc[shared].to_numpy(float) - b.loc[shared].to_numpy(float)
+        means = d[rng.integers(0, len(d), size=(n_resamples, len(d)))].mean(axis=1)
+    elif min(len(a), len(b)) >= 2:
+        x, y = a.to_numpy(float), b.to_numpy(float)
+        means = x[rng.integers(0, len(x), (n_resamples, len(x)))].mean(axis=1)
+        means = means - y[rng.integers(0, len(y), (n_resamples, len(y)))].mean(axis=1)
+    else:
+        return np.nan, np.nan
+    found = [find_crossing(km, curve, tol) for curve in means]
+    values = np.array([c.km if c.direction == direction else np.inf for c in found])
+    tail = (1 - stats.LEVEL) / 2
+    lo, hi = np.quantile(values, [tail, 1 - tail], method="inverted_cdf")
+    return float(lo), float(hi)
+
+
 def crossovers(curves: pd.DataFrame, baseline, tol: float = TIE_TOL) -> pd.DataFrame:
-    """Per arm other than the baseline, the crossover of its mean difference curve (`find_crossing`).
+    """Per arm other than the baseline, the crossover of its mean difference curve (`find_crossing`)
+    and its bootstrap interval (`crossover_interval`).
 
-    The crossover is located on the mean curve alone; the difference's uncertainty (see
-    `difference_curve`) is not carried into it.
-
-    Columns (COLUMNS): arm, baseline, crossover_km (NaN when there is no crossing), direction,
+    Columns (COLUMNS): arm, baseline, crossover_km (NaN when there is no crossing), ci_low_km,
+    ci_high_km (+inf when too many resamples do not cross; NaN without a crossing), direction,
     crossings, note, paired (True when the difference at every distance was paired).
     """
     rows = []
@@ -138,11 +193,14 @@ def crossovers(curves: pd.DataFrame, baseline, tol: float = TIE_TOL) -> pd.DataF
             continue
         curve = difference_curve(curves, arm, baseline)
         crossing = find_crossing(curve["km"], curve["diff"], tol)
+        lo, hi = crossover_interval(curves, arm, baseline, crossing.direction, tol)
         rows.append(
             {
                 "arm": arm,
                 "baseline": baseline,
                 "crossover_km": crossing.km,
+                "ci_low_km": lo,
+                "ci_high_km": hi,
                 "direction": crossing.direction,
                 "crossings": crossing.crossings,
                 "note": crossing.note,
@@ -150,6 +208,35 @@ def crossovers(curves: pd.DataFrame, baseline, tol: float = TIE_TOL) -> pd.DataF
             }
         )
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def is_stated(row, comparison: pd.DataFrame, thresholds: dict[str, float]) -> tuple[bool, str]:
+    """Whether the summary states a crossover (module docstring), and why not when it does not.
+
+    row: a row of `crossovers` (with ``param``); comparison: the comparison table (param, arm,
+    metric, effect, significant, ci_low, ci_high); thresholds: accuracy key -> its threshold in km.
+    """
+    if pd.isna(row["crossover_km"]):
+        return False, str(row["note"])
+    if not (np.isfinite(row["ci_low_km"]) and np.isfinite(row["ci_high_km"])):
+        return False, f"its 95 % interval, {_span(row)}, is not finite"
+    below, above = ("worse", "better") if row["direction"] == "worse-to-better" else ("better", "worse")
+    mine = comparison[(comparison["param"] == row["param"]) & (comparison["arm"].astype(str) == str(row["arm"]))]
+    for r in mine.itertuples():
+        km = thresholds.get(r.metric)
+        if km is not None and effect_stated(r) and r.effect == (below if km < row["crossover_km"] else above):
+            return True, ""
+    return False, f"no accuracy differs significantly on either side of {km_text(row['crossover_km'])}"
+
+
+def _span(row) -> str:
+    lo, hi = row["ci_low_km"], row["ci_high_km"]
+    return " to ".join("∞" if np.isinf(v) else km_text(v) for v in (lo, hi))
+
+
+def interval_text(row) -> str:
+    """A crossover's interval for tables and sentences: "4.1 km to 52 km", "3 km to ∞", "–"."""
+    return "–" if pd.isna(row["ci_low_km"]) else _span(row)
 
 
 def plot_error_curves(curves: pd.DataFrame, baseline, param: str, tol: float = TIE_TOL) -> Chart:

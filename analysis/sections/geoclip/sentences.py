@@ -15,6 +15,7 @@ from analysis.load import Study
 from analysis.summary import difference, interval, pct, signed, stated
 from analysis.tables import MIN_RUNS
 
+from .crossover import interval_text, is_stated
 from .tradeoff import LOSSES
 
 
@@ -30,7 +31,7 @@ def lines(study: Study, budget: Budget, numbers, found: Findings) -> list[str]:
             if sentence:
                 out.append(sentence)
     if len(numbers.crossovers):
-        out.append(_crossover_line(study, budget, numbers.crossovers))
+        out.append(_crossover_line(study, budget, numbers.crossovers, found.comparison))
     for loss in LOSSES:
         sentence = _divergence_sentence(numbers.divergence, loss, fine)
         if sentence:
@@ -82,16 +83,25 @@ def _tradeoff_line(budget: Budget, comparison: pd.DataFrame, fine: str, coarse: 
     return f"**What trades {fine} against coarse accuracy at {budget.label}:** {text}."
 
 
-def _crossover_line(study: Study, budget: Budget, crossovers: pd.DataFrame) -> str:
+def _crossover_line(study: Study, budget: Budget, crossovers: pd.DataFrame, comparison: pd.DataFrame) -> str:
+    """Each arm's crossover, stated only where its interval is finite and the arm differs significantly
+    on a side of it (``crossover.is_stated``); otherwise "none stated" and why."""
+    thresholds = {m.key: m.threshold_km for m in study.registry if m.kind == "accuracy" and m.primary}
     parts = []
     for param, group in crossovers.groupby("param", sort=False):
-        arms = [
-            f"{r.arm}: none ({r.note})" if pd.isna(r.crossover_km) else f"{r.arm}: {r.note}" for r in group.itertuples()
-        ]
+        arms = []
+        for _, r in group.iterrows():
+            ok, why = is_stated(r, comparison, thresholds)
+            if ok:
+                found = f"{r['note']} (95 % interval {interval_text(r)})"
+            else:  # "none" where the mean curves do not cross, "none stated" where they cross but the rule says no
+                found = f"none ({why})" if pd.isna(r["crossover_km"]) else f"none stated ({why})"
+            arms.append(f"{r['arm']}: {found}")
         parts.append(f"{param} against {group['baseline'].iloc[0]}: " + ", ".join(arms))
     return (
         f"**Crossover distance** (mean error curves on {study.primary_set} at {budget.label}; below it the arm is "
-        f"worse than the baseline, above it better): " + "; ".join(parts) + "."
+        f"worse than the baseline, above it better; stated only where its bootstrap interval over seeds is finite "
+        f"and an accuracy differs significantly on a side of it): " + "; ".join(parts) + "."
     )
 
 

@@ -9,9 +9,11 @@ trainer is made, so validating a study and analysing one need none.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from geoloc.common.metrics import MetricRegistry
 from geoloc.common.validation import ConfigError
-from geoloc.data.config import eval_set_name
+from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, eval_set_name
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
 from geoloc.tasks.geoclip.metrics import geoclip_registry
 from geoloc.tasks.seam import Task, TaskTrainer, register
@@ -39,6 +41,30 @@ class GeoCLIPTask(Task):
         except ConfigError as e:
             raise DataError(str(e)) from None
         prepare_sampling(cfg, data)
+
+    def data_files(self, cfg: GeoCLIPConfig) -> list[Path]:
+        """The files of the training and evaluation caches (``geoloc.data.cache``: manifest, features,
+        coordinates), of the offline benchmark where it is named, the gallery's file and, with
+        ``model.warm_start``, the published weights. Files derived
+        from a cache (``geoloc.data.derived``) are left out: each is named by a digest of its inputs."""
+        from geoloc.data.cache import MANIFEST
+        from geoloc.data.synthetic import benchmark_dir, geoclip_package_dir
+
+        data = cfg.data
+        benchmark = benchmark_dir(data.offline)
+        caches = [benchmark / "train" if data.train == OFFLINE else Path(data.train)]
+        caches += [benchmark / OFFLINE_VAL_SET if spec == OFFLINE else Path(spec) for spec in data.val]
+        files = [Path(c).expanduser() / name for c in caches for name in (MANIFEST, "features.npy", "coords.npy")]
+        if data.gallery == OFFLINE:
+            files.append(benchmark / "gallery.npy")
+        elif data.gallery == "geoclip":
+            files.append(geoclip_package_dir() / "gps_gallery" / "coordinates_100K.csv")
+        elif data.gallery != "train":
+            files.append(Path(data.gallery).expanduser())
+        if cfg.model.warm_start:  # the published weights (geoloc.tasks.geoclip.model.load_geoclip_weights)
+            weights = geoclip_package_dir() / "weights"
+            files += [weights / f"{n}_weights.pth" for n in ("location_encoder", "image_encoder_mlp", "logit_scale")]
+        return files
 
     def trainer(self, cfg: GeoCLIPConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
         from geoloc.data import load_data

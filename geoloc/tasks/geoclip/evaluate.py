@@ -26,6 +26,8 @@ from geoloc.tasks.geoclip.model import GeoCLIP
 VAL_NEGATIVES_SEED = 0  # the same val_loss candidates for every trial, so val_loss compares
 CURVE_RANGE_KM = (0.1, 20_000.0)  # from well below 1 km to half the earth's circumference
 CURVE_POINTS_PER_DECADE = 8
+GEOSCORE_MAX = 5000.0  # OSV-5M's GeoScore: GEOSCORE_MAX * exp(-d / GEOSCORE_SCALE_KM) points per image
+GEOSCORE_SCALE_KM = 1492.7
 
 
 def curve_thresholds(thresholds_km) -> np.ndarray:
@@ -54,12 +56,19 @@ class Evaluation:
 
 
 def accuracy_metrics(errors_km: np.ndarray, cfg: EvalConfig) -> dict[str, float]:
-    """acc_<t>km per threshold, median_km, mean_km and the weighted score from per-image errors."""
+    """acc_<t>km per threshold, median_km, mean_km, geoscore and the weighted score from per-image errors."""
     metrics = {accuracy_key(t): float(np.mean(errors_km <= t)) for t in cfg.thresholds_km}
     metrics["median_km"] = float(np.median(errors_km))
     metrics["mean_km"] = float(np.mean(errors_km))
+    metrics["geoscore"] = geoscore(errors_km)
     metrics["score"] = weighted_score(metrics, cfg)
     return metrics
+
+
+def geoscore(errors_km: np.ndarray) -> float:
+    """GeoScore (OSV-5M, PLONK): the mean over images of 5000 exp(-d / 1492.7 km), d each image's
+    great-circle error; 5000 for a perfect prediction, 5000/e at 1492.7 km, near 0 across the globe."""
+    return float(np.mean(GEOSCORE_MAX * np.exp(-np.asarray(errors_km, dtype=float) / GEOSCORE_SCALE_KM)))
 
 
 def weighted_score(metrics: dict[str, float], cfg: EvalConfig) -> float:

@@ -4,9 +4,12 @@ Built from the evaluation configuration (``eval.thresholds_km`` and the ``data.v
 study with thresholds 0.5 / 10 / 100 km gets ``acc_0.5km``, ``acc_10km`` and ``acc_100km``
 everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``, ``eval_s``,
 ``encoder_resolution_km``, ``batch_median_km``, ``negative_median_km``, ``negative_min_km``,
-and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``score`` and
-``ceiling_<t>km``. The first evaluation set's keys are plain; each further set's are prefixed
-with its name (``yfcc4k-vitl14_acc_1km``).
+and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``geoscore``, ``score``
+and ``ceiling_<t>km``. ``geoscore`` is OSV-5M's GeoScore, the mean over images of
+5000 exp(-d / 1492.7 km), d the great-circle error (``geoloc.tasks.geoclip.evaluate.geoscore``):
+0..5000 points, kind "points" (maximised, not a share, not part of ``score``). The first
+evaluation set's keys are plain; each further set's are prefixed with its name
+(``yfcc4k-vitl14_acc_1km``).
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ def geoclip_registry(thresholds_km: list[float], eval_sets: list[str]) -> Metric
             ("val_loss", "loss", "min", False, None, True),
             *[(accuracy_key(t), "accuracy", "max", True, t, True) for t in thresholds],
             ("median_km", "distance", "min", False, None, True),
-            ("mean_km", "distance", "min", False, None, False),
+            ("mean_km", "distance", "min", False, None, True),
+            ("geoscore", "points", "max", False, None, True),
             ("score", "score", "max", True, None, True),
             *[(ceiling_key(t), "ceiling", None, True, t, False) for t in thresholds],
         ]
