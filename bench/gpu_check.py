@@ -1225,7 +1225,8 @@ def check_extraction(ctx: Context) -> Row:
 CROSS_VIEW = {  # one end-to-end epoch of the cross-view task: Sample4Geo's architecture and image sizes
     "published": {"backbone": "convnext_base.fb_in22k_ft_in1k_384", "query": [384, 768], "reference": [384, 384],
                   "pairs": 256, "batch": 32, "val": 128},
-    "quick": {"backbone": "test_convnext", "query": [32, 64], "reference": [32, 32], "pairs": 32, "batch": 8, "val": 16},
+    "quick": {"backbone": "test_convnext", "query": [32, 64], "reference": [32, 32], "pairs": 32, "batch": 8,
+              "val": 16},
 }  # fmt: skip
 
 

@@ -1,7 +1,7 @@
 """The model families the harness studies, behind one seam (``geoloc.tasks.seam``).
 
-``geoclip`` (``geoloc/tasks/geoclip/``) and ``cross_view`` (``geoloc/tasks/cross_view/``) are registered here; a new family is a folder beside it
-with a ``Task`` subclass decorated with ``register`` and imported below.
+``geoclip`` (``geoloc/tasks/geoclip/``) and ``cross_view`` (``geoloc/tasks/cross_view/``) are registered
+here; a new family is a folder beside them with a ``Task`` subclass decorated with ``register`` and imported below.
 """
 
 from geoloc.tasks.cross_view import CrossViewTask

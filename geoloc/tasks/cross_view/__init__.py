@@ -22,7 +22,14 @@ from geoloc.tasks.seam import Task, TaskTrainer, register
 class CrossViewTask(Task):
     name = "cross_view"
     config = CrossViewConfig
-    score_keys = ("eval.recall_at", "eval.thresholds_km", "eval.score_weights", "data.layout", "data.root", "data.vigor")
+    score_keys = (
+        "eval.recall_at",
+        "eval.thresholds_km",
+        "eval.score_weights",
+        "data.layout",
+        "data.root",
+        "data.vigor",
+    )
     headline = "recall_1"
 
     def registry(self, cfg: CrossViewConfig) -> MetricRegistry:
@@ -31,11 +38,9 @@ class CrossViewTask(Task):
     def prepare(self, cfg: CrossViewConfig) -> None:
         """Read and check both splits (building the offline benchmark if named), extract cached mode's
         features, and build the GPS lists the sampler keeps, once before any trial."""
-        from geoloc.data.cache import DataError
-        from geoloc.tasks.cross_view.batches import PairSampler
-        from geoloc.tasks.cross_view.data import lists_folder, load_crossview_data
-
         from geoloc.common.devices import pick_device
+        from geoloc.data.cache import DataError
+        from geoloc.tasks.cross_view.data import load_crossview_data, prepare_sampling
 
         try:
             data = load_crossview_data(cfg, pick_device(cfg.train.device, "train.device"), progress=True)
@@ -43,9 +48,7 @@ class CrossViewTask(Task):
             if str(e).startswith("model."):
                 raise
             raise DataError(str(e)) from None
-        import torch
-
-        PairSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator(), lists_folder(cfg, data.train))
+        prepare_sampling(cfg, data)
 
     def trainer(self, cfg: CrossViewConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
         from geoloc.tasks.cross_view.trainer import CrossViewTrainer

@@ -208,7 +208,9 @@ class CrossViewConfig(TaskConfig):
         known = self.eval.score_candidates(self.data.layout == "vigor")
         unknown = [key for key in self.eval.score_weights if key not in known]
         if unknown:
-            raise FieldError("eval.score_weights", f"{unknown[0]!r} is not a metric of this run (known: {', '.join(known)})")
+            raise FieldError(
+                "eval.score_weights", f"{unknown[0]!r} is not a metric of this run (known: {', '.join(known)})"
+            )
         return self
 
     @property

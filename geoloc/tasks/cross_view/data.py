@@ -51,7 +51,9 @@ def read_splits(cfg: CrossViewConfig) -> tuple[CrossViewSet, CrossViewSet]:
     return tuple(read_split(cfg.data.layout, root, split, area=cfg.data.vigor.area) for split in ("train", "val"))
 
 
-def load_crossview_data(cfg: CrossViewConfig, device: torch.device | None = None, progress: bool = False) -> CrossViewData:
+def load_crossview_data(
+    cfg: CrossViewConfig, device: torch.device | None = None, progress: bool = False
+) -> CrossViewData:
     """The run's splits, and in cached mode their features (extracted on ``device`` when missing)."""
     train, val = read_splits(cfg)
     if not cfg.cached:
@@ -92,3 +94,11 @@ def load_crossview_data(cfg: CrossViewConfig, device: torch.device | None = None
             progress=progress,
         )
     return CrossViewData(train, val, features)
+
+
+def prepare_sampling(cfg: CrossViewConfig, data: CrossViewData) -> None:
+    """Build the GPS lists the run's sampler keeps (``lists_folder``) and check ``train.batches`` against
+    the training split (ConfigError naming the key), once before trials start."""
+    from geoloc.tasks.cross_view.batches import PairSampler
+
+    PairSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator(), lists_folder(cfg, data.train))

@@ -50,7 +50,9 @@ class CrossViewTrainer(Resumable):
             torch.manual_seed(cfg.train.seed)
             self.model = CrossViewModel(cfg.model, feature_dim).to(self.device)
         self.optimizer = torch.optim.AdamW(
-            [p for p in self.model.parameters() if p.requires_grad], lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
         )
         steps = -(-len(self.data.train) // cfg.train.batch_size)
         warmup, total = round(cfg.train.warmup_epochs * steps), cfg.train.epochs * steps
@@ -93,10 +95,14 @@ class CrossViewTrainer(Resumable):
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
-        batches = self.sampler.epoch(self.epoch + 1, lambda: self.encoder.embed(self.model, self.data.train, self.precision))
+        batches = self.sampler.epoch(
+            self.epoch + 1, lambda: self.encoder.embed(self.model, self.data.train, self.precision)
+        )
         losses = []
         pairs = self.encoder.training_pairs(batches, self.data.train, self.generator)
-        for queries, references in tqdm(pairs, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress):
+        for queries, references in tqdm(
+            pairs, total=len(batches), desc=f"epoch {self.epoch + 1}", disable=not progress
+        ):
             losses.append(self.train_step(queries, references))
         stacked = torch.stack(losses).double().cpu()
         if not torch.isfinite(stacked).all():
@@ -159,7 +165,11 @@ class CrossViewTrainer(Resumable):
 
     def signature(self) -> dict:
         """What a checkpoint must match to load: the model's shape and the data it was trained on."""
-        return {"model": self.cfg.model.model_dump(mode="json"), "train": self.data.train.name, "pairs": len(self.data.train)}
+        return {
+            "model": self.cfg.model.model_dump(mode="json"),
+            "train": self.data.train.name,
+            "pairs": len(self.data.train),
+        }
 
     def state_dict(self) -> dict:
         return {
