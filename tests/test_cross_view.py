@@ -15,7 +15,8 @@ import yaml
 from geoloc.common.validation import ConfigError
 from geoloc.run.loop import train
 from geoloc.study.config import parse_job, registry_of
-from geoloc.study.folders import TrialFolder
+from geoloc.study.folders import StudyFolder, TrialFolder
+from geoloc.tasks import task_of
 
 from .studyutil import ROOT
 
@@ -75,6 +76,9 @@ def test_cached_mode_learns_in_every_seed(tiny, tmp_path):
         assert last["recall_1"] >= start["recall_1"] + 0.08, (seed, start["recall_1"], last["recall_1"])
         assert last["recall_1"] > 10 * chance
         assert last["recall_top1pct"] >= last["recall_1"] and last["recall_10"] >= last["recall_5"] >= last["recall_1"]
+    files = task_of(cfg).data_files(cfg)  # what the study's manifest hashes: the splits, coordinates and caches
+    assert all(f.is_file() for f in files) and len(files) == 3 + 2 * 2 * 3
+    assert {f.name for f in files} >= {"train-19zl.csv", "val-19zl.csv", "all.csv", "features.npy"}
 
 
 def end_to_end(tiny: dict, epochs: int) -> dict:
@@ -131,3 +135,46 @@ def test_a_weights_file_that_is_missing_or_does_not_fit_exits_2(tiny, tmp_path):
 
     loaded = create_backbone(BackboneConfig(name="test_convnext", weights=str(fits)))
     assert torch.equal(loaded.stem[0].weight, published.stem[0].weight)
+
+
+@pytest.mark.slow
+def test_a_cross_view_study_runs_through_the_launcher_like_a_geoclip_one(tiny, tmp_path, shared_ray):
+    """Two grid trials (random and GPS-neighbour batches), two seeds in lock-step each, ASHA, through the
+    launcher on a real Ray instance: each trial's metrics equal the same configuration run directly (the
+    known answer), Optuna holds the scores, TensorBoard the recall scalars and HParams, and the analysis
+    leads with recall_1."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from .studyutil import optuna_trials, tune_main
+
+    base = copy.deepcopy(tiny)
+    base["train"].update(epochs=2, batches={"neighbours": 7, "draw": 8, "range": 32})
+    study = {
+        "name": "cv",
+        "storage": str(tmp_path / "results"),
+        "base": base,
+        "search_space": {"train.batches.type": {"type": "choice", "values": ["random", "gps_neighbours"]}},
+        "search": {"algorithm": "grid", "seeds": 2, "max_concurrent": 2},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "resources": {"cpu": 1},
+    }
+    path = tmp_path / "cv.yaml"
+    path.write_text(yaml.safe_dump(study))
+    done = tune_main(path, "--address", shared_ray.address, env=shared_ray.env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    folder = StudyFolder(tmp_path / "results" / "cv")
+    scores = {}
+    for trial in folder.trials():
+        rows = trial.read_metrics().rows
+        kind = trial.read_trial()["params"]["train.batches.type"]
+        direct = copy.deepcopy(base)
+        direct["train"]["batches"]["type"] = kind
+        expected = train(parse_job(direct), tmp_path / f"direct-{kind}", seeds=2)
+        expected = without_times(expected)
+        assert {k: rows[-1][k] for k in expected} == pytest.approx(expected, rel=1e-12), kind
+        scores[rows[-1]["score"]] = kind
+        events = EventAccumulator(str(trial.events_dir() / "seed_0")).Reload()
+        assert "val/recall_1" in events.Tags()["scalars"]
+    assert sorted(t.values[0] for t in optuna_trials(folder.path, "cv")) == sorted(scores)
+    report = (folder.path / folder.ANALYSIS / "report.md").read_text()
+    assert "recall_1" in report.split("## Trials")[0]

@@ -20,7 +20,9 @@ from geoloc.common.atomic import write_json
 
 # "points": a score on a fixed scale of its own, neither a share nor a distance (GeoScore, 0..5000), maximised
 # like an accuracy but not one (no threshold: it is no point of the error curve and not part of ``score``).
-Kind = Literal["loss", "accuracy", "score", "points", "distance", "ceiling", "train", "time"]
+Kind = Literal["loss", "accuracy", "recall", "score", "points", "distance", "ceiling", "train", "time"]
+"""``accuracy``: the share within a distance threshold (``threshold_km``); ``recall``: a retrieval's share of
+queries whose true match ranks among the top k (no threshold)."""
 
 
 def accuracy_key(threshold_km: float) -> str:

@@ -11,6 +11,8 @@ training (``trainer.py``). Torch is imported only when a trainer is made.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from geoloc.common.metrics import MetricRegistry
 from geoloc.common.validation import ConfigError
 from geoloc.tasks.cross_view.config import CrossViewConfig
@@ -49,6 +51,11 @@ class CrossViewTask(Task):
                 raise
             raise DataError(str(e)) from None
         prepare_sampling(cfg, data)
+
+    def data_files(self, cfg: CrossViewConfig) -> list[Path]:
+        from geoloc.tasks.cross_view.data import data_files
+
+        return data_files(cfg)
 
     def trainer(self, cfg: CrossViewConfig, gpu_share: float = 1.0, shared: TaskTrainer | None = None) -> TaskTrainer:
         from geoloc.tasks.cross_view.trainer import CrossViewTrainer

@@ -51,6 +51,29 @@ def read_splits(cfg: CrossViewConfig) -> tuple[CrossViewSet, CrossViewSet]:
     return tuple(read_split(cfg.data.layout, root, split, area=cfg.data.vigor.area) for split in ("train", "val"))
 
 
+def feature_caches(cfg: CrossViewConfig, splits: tuple[CrossViewSet, ...]) -> dict[str, tuple[Path, dict, int]]:
+    """Cached mode: per split, the folder of its (queries, references) caches, their identity (what a
+    reused cache must match) and the views extracted (augmented views for training, view 0 to evaluate)."""
+    backbone = cfg.model.backbone
+    weights = file_sha256(Path(backbone.weights).expanduser()) if backbone.weights else None
+    out = {}
+    for split, views in zip(splits, (cfg.data.views, 1), strict=True):
+        identity = {
+            "backbone": backbone.name,
+            "weights": weights,
+            "init_seed": EXTRACTION_SEED,
+            "query_size": list(cfg.model.query_size),
+            "reference_size": list(cfg.model.reference_size),
+            "views": views,
+            "seed": EXTRACTION_SEED,
+            "split": split.name,
+            "files": fingerprint([str(p) for p in split.queries], [str(p) for p in split.references]),
+        }
+        folder = Path(cfg.data.cache_root).expanduser() / f"{split.name.replace('/', '-')}-{fingerprint(identity)}"
+        out[split.name] = folder, identity, views
+    return out
+
+
 def load_crossview_data(
     cfg: CrossViewConfig, device: torch.device | None = None, progress: bool = False
 ) -> CrossViewData:
@@ -61,29 +84,15 @@ def load_crossview_data(
     from geoloc.data.crossview.extract import extract_crossview
     from geoloc.tasks.cross_view.model import create_backbone
 
-    backbone_cfg = cfg.model.backbone
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(EXTRACTION_SEED)  # a random-initialised backbone is the same for every trial
-        backbone = create_backbone(backbone_cfg)
-    weights = file_sha256(Path(backbone_cfg.weights).expanduser()) if backbone_cfg.weights else None
+        backbone = create_backbone(cfg.model.backbone)
     features = {}
-    for split, views in ((train, cfg.data.views), (val, 1)):
-        identity = {
-            "backbone": backbone_cfg.name,
-            "weights": weights,
-            "init_seed": EXTRACTION_SEED,
-            "query_size": list(cfg.model.query_size),
-            "reference_size": list(cfg.model.reference_size),
-            "views": views,
-            "seed": EXTRACTION_SEED,
-            "split": split.name,
-            "files": fingerprint([str(p) for p in split.queries], [str(p) for p in split.references]),
-        }
-        out = Path(cfg.data.cache_root).expanduser() / f"{split.name.replace('/', '-')}-{fingerprint(identity)}"
+    for split, (folder, identity, views) in zip((train, val), feature_caches(cfg, (train, val)).values(), strict=True):
         features[split.name] = extract_crossview(
             split,
             backbone,
-            out,
+            folder,
             views=views,
             query_size=cfg.model.query_size,
             reference_size=cfg.model.reference_size,
@@ -94,6 +103,34 @@ def load_crossview_data(
             progress=progress,
         )
     return CrossViewData(train, val, features)
+
+
+LAYOUT_FILES = {  # what each reader reads besides the images (geoloc.data.crossview)
+    "cvusa": ("splits/train-19zl.csv", "splits/val-19zl.csv", "split_locations/all.csv"),
+    "offline": ("splits/train-19zl.csv", "splits/val-19zl.csv", "split_locations/all.csv"),
+    "cvact": ("ACT_data.mat",),
+    "vigor": ("splits/*/*.txt",),
+}
+
+
+def data_files(cfg: CrossViewConfig) -> list[Path]:
+    """The files a run reads, for the study's manifest: the layout's split and coordinate files (the
+    images themselves are too many to hash; their list is in the splits), the weights file, and in
+    cached mode the feature caches' files."""
+    from geoloc.data.cache import MANIFEST
+
+    root = data_root(cfg)
+    files = sorted(p for pattern in LAYOUT_FILES[cfg.data.layout] for p in root.glob(pattern))
+    if cfg.model.backbone.weights:
+        files.append(Path(cfg.model.backbone.weights).expanduser())
+    if cfg.cached:
+        for folder, _, _ in feature_caches(cfg, read_splits(cfg)).values():
+            files += [
+                folder / view / name
+                for view in ("queries", "references")
+                for name in (MANIFEST, "features.npy", "coords.npy")
+            ]
+    return files
 
 
 def prepare_sampling(cfg: CrossViewConfig, data: CrossViewData) -> None:
