@@ -55,7 +55,7 @@ def test_quick_cpu_run_runs_every_check_and_writes_one_row_each(tmp_path):
     done = run("--device", "cpu", "--quick", "--out", str(out), timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     names = [name for name, _ in gpu_check.checks(gpu_check.QUICK)]
-    assert len(names) == 13
+    assert len(names) == 14
     verdicts = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
     assert verdicts == [f"PASS {name}" for name in names], done.stdout
     text = out.read_text()
