@@ -96,6 +96,10 @@ def test_end_to_end_runs_and_resumes_exactly(tiny, tmp_path):
     resumed = train(parse_job(end_to_end(tiny, 2)), tmp_path / "split", resume=True)
     assert without_times(resumed) == without_times(straight)
     assert straight["epoch"] == 2 and 0 < straight["train_loss"] < 10
+    # Gradient checkpointing recomputes the same forward in the backward: the same run, to the last digit.
+    checkpointed = end_to_end(tiny, 2)
+    checkpointed["model"]["backbone"]["grad_checkpointing"] = True
+    assert without_times(train(parse_job(checkpointed), tmp_path / "checkpointed")) == without_times(straight)
 
 
 def run_cli(cfg: dict, tmp_path) -> subprocess.CompletedProcess:
