@@ -129,7 +129,7 @@ def test_lists_longer_than_the_split_are_refused():
     with pytest.raises(ConfigError, match="train.batches.range"):
         PairSampler(cfg, 8, SPLIT, torch.Generator())
     other = vigor_like(1)
-    with pytest.raises(ValueError, match="not this training split"):
+    with pytest.raises(ValueError, match="not this training set"):
         PairSampler(config("gps_neighbours"), 8, other, torch.Generator()).load_state_dict(
             PairSampler(config("gps_neighbours"), 8, SPLIT, torch.Generator()).state_dict()
         )

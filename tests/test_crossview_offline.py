@@ -83,8 +83,10 @@ def test_built_once_reproducible_and_keyed(bench, tmp_path):
 
 
 def test_config_errors_name_the_key(tmp_path):
-    with pytest.raises(ConfigError, match="panorama_width"):
-        build_offline_crossview(OfflineCrossViewConfig(root=str(tmp_path), panorama_width=30))
+    from geoloc.study.config import parse_job
+
+    with pytest.raises(ConfigError, match=r"^data.offline.panorama_width: must be a multiple of 4, got 30"):
+        parse_job({"task": "cross_view", "data": {"offline": {"root": str(tmp_path), "panorama_width": 30}}})
     with pytest.raises(ConfigError, match="n_train"):
         build_offline_crossview(OfflineCrossViewConfig(root=str(tmp_path), n_train=200_000))
     assert not [p for p in tmp_path.glob("crossview-*") if p.is_dir()]  # nothing built

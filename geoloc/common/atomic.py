@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -107,3 +108,30 @@ def file_lock(path: str | Path):
     from filelock import FileLock
 
     return FileLock(f"{path}.lock")
+
+
+def build_once(final: str | Path, build: Callable[[Path], None], what: str, progress: bool = False) -> Path:
+    """The folder ``final``, built by ``build(tmp)`` unless it is there (it holds ``DONE``).
+
+    Safe to call from several processes at once (the trials of a study, two studies on one cache
+    root, nodes sharing it): the first builds it under a file lock (``final.lock``) into a temporary
+    folder that is renamed into place when complete; the others wait for the lock and return the
+    finished folder. ``progress``: say on stderr (naming ``what``) when this call builds it.
+    """
+    final = Path(final)
+    if (final / "DONE").exists():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final):
+        if (final / "DONE").exists():  # built by another process while this one waited
+            return final
+        if progress:
+            print(f"building {what} in {final} (once)", file=sys.stderr, flush=True)
+        tmp = temporary_dir(final)
+        try:
+            build(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        publish_dir(tmp, final, "DONE")
+    return final

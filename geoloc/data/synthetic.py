@@ -21,13 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from geoloc.common.atomic import file_lock, publish_dir, temporary_dir
+from geoloc.common.atomic import build_once
 from geoloc.data.cache import CacheWriter
 from geoloc.data.config import OfflineBenchmarkConfig
 from geoloc.geo import EARTH_RADIUS_KM, unit_vectors
@@ -60,30 +58,9 @@ def benchmark_dir(cfg: OfflineBenchmarkConfig) -> Path:
 
 
 def build_offline_benchmark(cfg: OfflineBenchmarkConfig, progress: bool = False) -> Path:
-    """Build (once) and return the benchmark folder: ``train/``, ``val/`` caches and ``gallery.npy``.
-
-    Safe to call from several processes at once (the trials of a study, two studies on one cache root,
-    nodes sharing it): the first builds it under a file lock (``ROOT/offline-<digest>.lock``) into a
-    temporary folder that is renamed into place when complete; the others wait for the lock and
-    return the finished folder. ``progress``: say on stderr when this call builds it.
-    """
-    final = benchmark_dir(cfg)
-    if (final / "DONE").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(final):
-        if (final / "DONE").exists():  # built by another process while this one waited
-            return final
-        if progress:
-            print(f"building the offline benchmark in {final} (once)", file=sys.stderr, flush=True)
-        tmp = temporary_dir(final)
-        try:
-            _build(cfg, tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish_dir(tmp, final, "DONE")
-    return final
+    """Build (once, safe from several processes at once: ``geoloc.common.atomic.build_once``) and return
+    the benchmark folder: ``train/``, ``val/`` caches and ``gallery.npy``."""
+    return build_once(benchmark_dir(cfg), lambda tmp: _build(cfg, tmp), "the offline benchmark", progress)
 
 
 def _build(cfg: OfflineBenchmarkConfig, tmp: Path) -> None:

@@ -33,7 +33,49 @@ SIMILARITY_CHUNK_BYTES = 2**30  # float32 scores of a chunk of images against ev
 Embed = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # -> (image embeddings, location embeddings), (n, D) each
 
 
-class BatchSampler:
+class ListSchedule:
+    """When a sampler's similarity lists are used and rebuilt, and the lists' part of a resumable state:
+    what GeoCLIP's ``BatchSampler`` and the cross-view ``PairSampler`` share. A subclass sets ``cfg``,
+    ``gps_key`` (the GPS lists' identity; "" for random batches), ``similarity`` (the current lists or
+    None) and ``similarity_epoch`` (the epoch they were built for)."""
+
+    cfg: BatchesConfig
+    gps_key: str
+    similarity: np.ndarray | None
+    similarity_epoch: int
+
+    def uses_similarity(self, epoch: int) -> bool:
+        return self.cfg.type == "similarity" and epoch >= self.cfg.similarity_from_epoch
+
+    def rebuilds(self, epoch: int) -> bool:
+        """Whether the similarity lists are built anew for ``epoch`` (1-based)."""
+        due = (epoch - self.cfg.similarity_from_epoch) % self.cfg.similarity_every == 0
+        return self.uses_similarity(epoch) and (due or self.similarity is None)
+
+    def state_dict(self) -> dict:
+        """Empty for random batches, else the GPS lists' identity and the current similarity lists."""
+        if self.cfg.type == "random":
+            return {}
+        state: dict = {"gps_lists": self.gps_key}
+        if self.similarity is not None:
+            state["similarity"] = torch.from_numpy(self.similarity.astype(np.int32))
+            state["similarity_epoch"] = self.similarity_epoch
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """ValueError when the state's GPS lists are not this training set's."""
+        if self.cfg.type == "random":
+            return
+        if state.get("gps_lists") != self.gps_key:
+            raise ValueError(
+                f"its neighbour lists ({state.get('gps_lists')}) are not this training set's ({self.gps_key})"
+            )
+        similarity = state.get("similarity")
+        self.similarity = None if similarity is None else similarity.numpy().astype(np.int64)
+        self.similarity_epoch = state.get("similarity_epoch", 0)
+
+
+class BatchSampler(ListSchedule):
     """The batches of each epoch of one run (``epoch``), drawn on the trainer's ``generator``; the GPS
     lists are read from beside the cache (built there by the first run that needs them)."""
 
@@ -56,14 +98,6 @@ class BatchSampler:
                 self.gps_key,
                 lambda: nearest(cache.coords, cache.coords, cfg.range, exclude_self=True),
             )
-
-    def uses_similarity(self, epoch: int) -> bool:
-        return self.cfg.type == "similarity" and epoch >= self.cfg.similarity_from_epoch
-
-    def rebuilds(self, epoch: int) -> bool:
-        """Whether the similarity lists are built anew for ``epoch`` (1-based)."""
-        due = (epoch - self.cfg.similarity_from_epoch) % self.cfg.similarity_every == 0
-        return self.uses_similarity(epoch) and (due or self.similarity is None)
 
     def epoch(self, epoch: int, embed: Embed) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(indices, views) of each batch of ``epoch`` (1-based); ``embed`` is called when lists are rebuilt."""
@@ -90,27 +124,6 @@ class BatchSampler:
         for start in range(0, n, bs):
             idx = order[start : start + bs].sort().values
             yield idx.numpy(), views[idx].numpy()
-
-    def state_dict(self) -> dict:
-        """Empty for random batches, else the lists' identity and the current similarity lists."""
-        if self.cfg.type == "random":
-            return {}
-        state: dict = {"gps_lists": self.gps_key}
-        if self.similarity is not None:
-            state["similarity"] = torch.from_numpy(self.similarity.astype(np.int32))
-            state["similarity_epoch"] = self.similarity_epoch
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.cfg.type == "random":
-            return
-        if state.get("gps_lists") != self.gps_key:
-            raise ValueError(
-                f"its neighbour lists ({state.get('gps_lists')}) are not this training set's ({self.gps_key})"
-            )
-        similarity = state.get("similarity")
-        self.similarity = None if similarity is None else similarity.numpy()
-        self.similarity_epoch = state.get("similarity_epoch", 0)
 
 
 def embed_training_set(model, cache: FeatureCache, device: torch.device, precision, chunk: int = 8192) -> Embed:

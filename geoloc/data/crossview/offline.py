@@ -66,14 +66,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
-from pydantic import Field, StrictInt, StrictStr
+from pydantic import Field, StrictInt, StrictStr, field_validator
 
-from geoloc.common.atomic import file_lock, publish_dir, temporary_dir
+from geoloc.common.atomic import build_once
 from geoloc.common.validation import ConfigError, Float, Section
 
 EARTH_RADIUS_KM = 6371.0088  # as geoloc.geo (not imported: it imports torch)
@@ -103,6 +101,14 @@ class OfflineCrossViewConfig(Section):
     """Rows of a panorama (distance from the place, far at the top)."""
     panorama_width: StrictInt = Field(64, ge=4)
     """Columns of a panorama (azimuth); a multiple of 4 so that a 90-degree rotation is an exact roll."""
+
+    @field_validator("panorama_width")
+    @classmethod
+    def _quarter_turns(cls, width: int) -> int:
+        if width % 4:
+            raise ValueError(f"must be a multiple of 4, got {width}")
+        return width
+
     tile_km: Float = Field(0.4, gt=0.0, le=50.0)
     """Side of an aerial tile on the ground, km; the panorama sees the inscribed disc."""
     seed: StrictInt = 0
@@ -119,31 +125,9 @@ def benchmark_dir(cfg: OfflineCrossViewConfig) -> Path:
 
 
 def build_offline_crossview(cfg: OfflineCrossViewConfig, progress: bool = False) -> Path:
-    """Build (once) and return the benchmark folder, in CVUSA's layout.
-
-    Safe to call from several processes at once: the first builds it under a file lock into a
-    temporary folder renamed into place when complete; the others wait and return it. ``progress``:
-    say on stderr when this call builds it.
-    """
-    if cfg.panorama_width % 4:
-        raise ConfigError(f"panorama_width: must be a multiple of 4, got {cfg.panorama_width}")
-    final = benchmark_dir(cfg)
-    if (final / "DONE").exists():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(final):
-        if (final / "DONE").exists():  # built by another process while this one waited
-            return final
-        if progress:
-            print(f"building the offline cross-view benchmark in {final} (once)", file=sys.stderr, flush=True)
-        tmp = temporary_dir(final)
-        try:
-            _build(cfg, tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        publish_dir(tmp, final, "DONE")
-    return final
+    """Build (once, safe from several processes at once: ``geoloc.common.atomic.build_once``) and return
+    the benchmark folder, in CVUSA's layout."""
+    return build_once(benchmark_dir(cfg), lambda tmp: _build(cfg, tmp), "the offline cross-view benchmark", progress)
 
 
 def _build(cfg: OfflineCrossViewConfig, tmp: Path) -> None:

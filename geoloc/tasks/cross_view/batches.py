@@ -50,6 +50,7 @@ from geoloc.data.crossview import CrossViewSet
 from geoloc.data.derived import cached_array, fingerprint
 from geoloc.parts.config import BatchesConfig
 from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.parts.sampler import ListSchedule
 
 SIMILARITY_CHUNK_BYTES = 2**30  # float32 scores of a chunk of queries against every listed reference
 Embed = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # -> (query embeddings (n, D), reference embeddings (m, D))
@@ -104,7 +105,7 @@ def unique_reference_batches(stream: np.ndarray, positive: np.ndarray, batch_siz
     return batches
 
 
-class PairSampler:
+class PairSampler(ListSchedule):
     """The pair batches of each epoch of one run (``epoch``), drawn on the trainer's ``generator``.
 
     ``split`` is the training split; ``lists_folder`` (optional) keeps its GPS lists
@@ -146,14 +147,6 @@ class PairSampler:
             build() if lists_folder is None else cached_array(lists_folder, "gps-neighbours", self.gps_key, build)
         )
 
-    def uses_similarity(self, epoch: int) -> bool:
-        return self.cfg.type == "similarity" and epoch >= self.cfg.similarity_from_epoch
-
-    def rebuilds(self, epoch: int) -> bool:
-        """Whether the similarity lists are built anew for ``epoch`` (1-based)."""
-        due = (epoch - self.cfg.similarity_from_epoch) % self.cfg.similarity_every == 0
-        return self.uses_similarity(epoch) and (due or self.similarity is None)
-
     def epoch(self, epoch: int, embed: Embed) -> list[np.ndarray]:
         """The batches of ``epoch`` (1-based): sorted int64 query indices; ``embed`` is called only
         when the similarity lists are rebuilt."""
@@ -189,24 +182,3 @@ class PairSampler:
         cols = np.arange(span)
         kept = np.take_along_axis(ranked, cols + (cols >= at[:, None]), axis=1)
         return self.first_query[kept].astype(np.int64)
-
-    def state_dict(self) -> dict:
-        """Empty for random batches, else the GPS lists' identity and the current similarity lists."""
-        if self.cfg.type == "random":
-            return {}
-        state: dict = {"gps_lists": self.gps_key}
-        if self.similarity is not None:
-            state["similarity"] = torch.from_numpy(self.similarity.astype(np.int32))
-            state["similarity_epoch"] = self.similarity_epoch
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.cfg.type == "random":
-            return
-        if state.get("gps_lists") != self.gps_key:
-            raise ValueError(
-                f"its neighbour lists ({state.get('gps_lists')}) are not this training split's ({self.gps_key})"
-            )
-        similarity = state.get("similarity")
-        self.similarity = None if similarity is None else similarity.numpy().astype(np.int64)
-        self.similarity_epoch = state.get("similarity_epoch", 0)
