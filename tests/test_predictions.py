@@ -4,6 +4,8 @@ reproduces the run's logged accuracies to the last digit."""
 import numpy as np
 
 from geoloc.common.metrics import accuracy_key
+from geoloc.data import load_data
+from geoloc.data.regions import regions_of
 from geoloc.run.loop import train
 from geoloc.study.folders import TrialFolder
 from geoloc.study.predictions import COLUMNS, prediction_epochs, read_predictions
@@ -35,6 +37,8 @@ def test_predictions_reproduce_every_logged_accuracy_and_follow_resume(small_con
     n_val = small_config["data"]["offline"]["n_val"]
     assert list(frame.columns) == ["epoch", *COLUMNS]
     assert len(frame) == 3 * 2 * n_val  # epochs x seeds x images
+    data = load_data(cfg.data)
+    gallery, true_regions = data.gallery, regions_of(data.val["val"].coords)
     for row in folder.read_seeds().rows:
         mine = frame[(frame.epoch == row["epoch"]) & (frame.seed == row["seed"]) & (frame.set == "val")]
         errors = mine.error_km.to_numpy()
@@ -44,6 +48,10 @@ def test_predictions_reproduce_every_logged_accuracy_and_follow_resume(small_con
         assert float(np.median(errors)) == row["median_km"]
         assert float(np.mean(errors)) == row["mean_km"]
         assert geoscore(errors) == row["geoscore"]
+        # Country and continent accuracy: the true place's region against the predicted gallery point's.
+        (country, continent), (got_country, got_continent) = true_regions, regions_of(gallery[mine.gallery_index])
+        assert float(np.mean(country == got_country)) == row["country_acc"]
+        assert float(np.mean(continent == got_continent)) == row["continent_acc"]
     # The true coordinates are the evaluation cache's; a prediction is a gallery point.
     first = frame[(frame.epoch == 1) & (frame.seed == cfg.train.seed)]
     assert first.true_lat.dtype == np.float32 and first.error_km.dtype == np.float64

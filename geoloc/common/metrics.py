@@ -20,7 +20,8 @@ from geoloc.common.atomic import write_json
 
 # "points": a score on a fixed scale of its own, neither a share nor a distance (GeoScore, 0..5000), maximised
 # like an accuracy but not one (no threshold: it is no point of the error curve and not part of ``score``).
-Kind = Literal["loss", "accuracy", "score", "points", "distance", "ceiling", "train", "time"]
+# "region": the share of images whose prediction lies in their own country or continent (not at a threshold).
+Kind = Literal["loss", "accuracy", "score", "points", "region", "distance", "ceiling", "train", "time"]
 
 
 def accuracy_key(threshold_km: float) -> str:

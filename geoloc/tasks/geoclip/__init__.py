@@ -28,7 +28,8 @@ class GeoCLIPTask(Task):
     analysis = "geoclip"
 
     def registry(self, cfg: GeoCLIPConfig) -> MetricRegistry:
-        return geoclip_registry(list(cfg.eval.thresholds_km), [eval_set_name(v) for v in cfg.data.val])
+        sets = [eval_set_name(v) for v in cfg.data.val]
+        return geoclip_registry(list(cfg.eval.thresholds_km), sets, cfg.eval.regions)
 
     def prepare(self, cfg: GeoCLIPConfig) -> None:
         """Open every cache and the gallery once (building the offline benchmark if named), then build

@@ -96,7 +96,7 @@ class Trainer(Resumable):
         self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
         self.distances = NegativeDistances()
         negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
-        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
+        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk, self.data.train.path)
         self.evaluators = {
             name: Evaluator(cfg.eval, cache, self.gallery, negatives, self.device)
             for name, cache in self.data.val.items()
