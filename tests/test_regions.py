@@ -48,3 +48,40 @@ def test_regions_are_kept_beside_the_cache_and_read_back(tmp_path):
     assert [f.name for f in (tmp_path / "derived").glob("regions-*.json")]
     again = cached_regions(tmp_path, coords)
     assert [list(a) for a in first] == [list(a) for a in again] == [["FR", "AU"], ["Europe", "Oceania"]]
+
+
+def test_accuracy_by_region_is_the_hand_count_with_wilson_intervals():
+    from types import SimpleNamespace
+
+    import pandas as pd
+    from scipy.stats import binomtest
+
+    from analysis.sections.geoclip.regions import by_region, display
+    from geoloc.tasks.geoclip.metrics import geoclip_registry
+
+    study = SimpleNamespace(registry=geoclip_registry([1.0, 25.0], ["val"]), primary_set="val")
+    places = [(48.8566, 2.3522), (45.764, 4.8357), (-33.8688, 151.2093), (0.0, -30.0)]  # FR, FR, AU, sea
+    errors = {0: [0.5, 30.0, 0.2, 900.0], 1: [2.0, 10.0, 0.9, 900.0]}  # per seed, image by image
+    rows = [
+        {"trial_id": "t", "arm": "a", "seed": seed, "image": i, "true_lat": lat, "true_lon": lon, "error_km": e}
+        for seed, errs in errors.items()
+        for i, ((lat, lon), e) in enumerate(zip(places, errs, strict=True))
+    ]
+    table = by_region(study, None, pd.DataFrame(rows)).set_index(["level", "region", "threshold_km"])
+    europe = table.loc[("continent", "Europe", 1.0)]
+    # Europe at 1 km: seed 0 hits Paris (0.5), seed 1 neither: 1 hit of 2 runs x 2 images.
+    assert (europe.n_images, europe.runs, europe.accuracy) == (2, 2, 0.25)
+    low, high = binomtest(round(1 / 2), 2).proportion_ci(0.95, method="wilson")
+    assert (europe.ci_low, europe.ci_high) == (low, high)
+    assert table.loc[("continent", "Europe", 25.0)].accuracy == 3 / 4
+    assert table.loc[("continent", "Oceania", 1.0)].accuracy == 1.0
+    assert table.loc[("continent", "sea", 25.0)].accuracy == 0.0
+    assert "country" not in set(table.index.get_level_values("level"))  # no country reaches 30 images
+    assert list(display(by_region(study, None, pd.DataFrame(rows))).columns) == [
+        "arm",
+        "level",
+        "region",
+        "n",
+        "acc_1km",
+        "acc_25km",
+    ]
