@@ -37,8 +37,7 @@ def budget_predictions(study: Study, budget: Budget) -> pd.DataFrame:
     (the first factor's value, "all" without one); empty where the runs kept none."""
     factor = study.varied[0] if study.varied else None
     frames = []
-    for trial in budget.trials.itertuples(index=False):
-        row = trial._asdict()
+    for row in budget.trials.to_dict("records"):  # records: parameter names are dotted, no identifiers
         epoch = row.get("epoch", budget.epoch)
         if not isinstance(epoch, int | np.integer):
             continue
