@@ -32,6 +32,7 @@ DIVERGENCE_SUMMARY = "divergence_summary"
 DIVERGENCE_CSV = "divergence.csv"
 PARETO = "pareto"
 CEILING = "ceiling"
+REGIONS = "accuracy_by_region"
 LOSS_VS_ACC = "loss_vs_acc"
 
 # How report.md describes each figure (its alt text); per-parameter figures are described by `alt`.

@@ -18,11 +18,12 @@ from typing import Literal
 
 from geoloc.common.atomic import write_json
 
-# "points": a score on a fixed scale of its own, neither a share nor a distance (GeoScore, 0..5000), maximised
-# like an accuracy but not one (no threshold: it is no point of the error curve and not part of ``score``).
-Kind = Literal["loss", "accuracy", "recall", "score", "points", "distance", "ceiling", "train", "time"]
-"""``accuracy``: the share within a distance threshold (``threshold_km``); ``recall``: a retrieval's share of
-queries whose true match ranks among the top k (no threshold)."""
+Kind = Literal["loss", "accuracy", "recall", "score", "points", "region", "distance", "ceiling", "train", "time"]
+"""What a metric is. ``accuracy``: the share within a distance threshold (``threshold_km``); ``recall``: a
+retrieval's share of queries whose true match ranks among the top k (no threshold); ``points``: a score on a
+fixed scale of its own, neither a share nor a distance (GeoScore, 0..5000), maximised like an accuracy but not
+one (no point of the error curve, not part of ``score``); ``region``: the share of images whose prediction lies
+in their own country or continent (no threshold)."""
 
 
 def accuracy_key(threshold_km: float) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc.data.cache import DataError, FeatureCache, open_cache
-from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, DataConfig, eval_set_name
+from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, UNION, DataConfig, eval_set_name
 from geoloc.data.synthetic import build_offline_benchmark, geoclip_gallery_coords, read_gallery
 from geoloc.geo import invalid_coordinate_rows
 
@@ -59,12 +59,16 @@ def training_subset(cache: FeatureCache, fraction: float) -> FeatureCache:
 
 
 def load_gallery(cfg: DataConfig, train: FeatureCache, benchmark: Path | None) -> np.ndarray:
+    """The gallery ``data.gallery`` names (the study dimension issue 27 calls ``eval.gallery``), thinned to
+    ``data.gallery_size`` with a fixed seed; "train" and "union" are deduplicated (sorted by ``np.unique``)."""
     if cfg.gallery == OFFLINE:
         gallery = read_gallery(benchmark)
     elif cfg.gallery == "geoclip":
         gallery = geoclip_gallery_coords()
     elif cfg.gallery == "train":
         gallery = np.unique(train.coords, axis=0)
+    elif cfg.gallery == UNION:
+        gallery = np.unique(np.concatenate([train.coords, geoclip_gallery_coords()]), axis=0)
     else:
         gallery = read_coordinate_csv(cfg.gallery)
     if cfg.gallery_size is not None and cfg.gallery_size < len(gallery):

@@ -44,9 +44,12 @@ class DataConfig(Section):
     """Evaluation caches; the first drives ``score``. "offline" is the benchmark's validation split."""
     gallery: StrictStr = OFFLINE
     """GPS gallery: "offline" (the benchmark's), "geoclip" (published 100K MP-16), "train"
-    (the training coordinates) or a CSV file with LAT and LON columns."""
+    (the training coordinates), "union" (the training coordinates and the published 100K,
+    deduplicated) or a CSV file with LAT and LON columns. Its density bounds what top-1 retrieval
+    can reach (``ceiling_<t>km``, reported each evaluation); it is no key of ``score``, so a search
+    space may vary it (issue 27's "eval.gallery": kept here, beside the data it is made of)."""
     gallery_size: StrictInt | None = Field(None, ge=1)
-    """Thin the gallery to this many points (seeded); null keeps all."""
+    """Thin the gallery to this many points (a seeded subsample, the same for every trial); null keeps all."""
     train_fraction: Float = Field(1.0, gt=0.0, le=1.0)
     """Train on this share of the training cache: a subset drawn with a fixed seed, so every trial of a
     study (and every study on that cache) gets the same images; 1.0 keeps all. ``gallery: train`` and
@@ -62,6 +65,9 @@ class DataConfig(Section):
             raise ValueError("needs at least one evaluation set")
         return val
 
+
+UNION = "union"
+"""The gallery keyword for the training coordinates together with the published 100K."""
 
 OFFLINE_VAL_SET = "val"  # the name of the offline benchmark's validation split
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from geoloc.parts.resumable import CheckpointMismatch, Resumable
 from geoloc.study.config import JobConfig, registry_of, with_seed
+from geoloc.study.predictions import epoch_table, set_rows
 from geoloc.tasks import TaskTrainer, task_of
 
 
@@ -54,6 +55,17 @@ class LockStep(Resumable):
         if all(v == values[0] for v in values):  # epoch, lr, one seed: exactly the value, not a rounded mean
             return values[0]
         return math.fsum(values) / len(values)
+
+    def predictions(self) -> tuple[dict, list[str]] | None:
+        """The last evaluation's per-image predictions of every seed as one table
+        (``geoloc.study.predictions.epoch_table``); None when the task keeps none (no ``prediction_rows``)."""
+        per_seed = []
+        for seed, trainer in zip(self.seeds, self.trainers, strict=True):
+            rows = getattr(trainer, "prediction_rows", None)
+            sets = rows() if rows else {}
+            if sets:
+                per_seed.append((seed, {name: set_rows(*arrays) for name, arrays in sets.items()}))
+        return epoch_table(per_seed) if per_seed else None
 
     def state_dict(self) -> dict:
         if len(self.trainers) == 1:

@@ -16,6 +16,7 @@ from geoloc.run.events import EventLogger, flatten
 from geoloc.run.lockstep import LockStep
 from geoloc.study.config import JobConfig
 from geoloc.study.folders import TrialFolder
+from geoloc.study.predictions import write_predictions
 
 
 def train(
@@ -34,7 +35,8 @@ def train(
     """Train ``cfg.train.epochs`` epochs into the run folder ``run_dir``; returns the last epoch's metrics.
 
     The one epoch loop of the project: ``python -m geoloc.train`` and every Ray trial run it. Each
-    epoch it logs TensorBoard, appends ``metrics.jsonl`` and ``curves.jsonl``, saves
+    epoch it logs TensorBoard, appends ``metrics.jsonl`` and ``curves.jsonl``, writes the per-image
+    predictions (``predictions/``, where the task keeps them: ``geoloc.study.predictions``), saves
     ``checkpoint.pt``, then calls ``on_epoch(metrics, checkpoint)`` (a trial reports to Ray there).
     ``seeds`` > 1 trains that many seeds in lock-step (``LockStep``): the metrics are their mean,
     and each seed's own go to ``seeds.jsonl`` and its TensorBoard folder (``TrialFolder.seed_dir``).
@@ -79,6 +81,8 @@ def train(
                 folder.append(folder.SEEDS, {**row, "seed": seed})
         for row in curves:
             folder.append(folder.CURVES, row)
+        if (predictions := runs.predictions()) is not None:
+            write_predictions(folder, metrics["epoch"], *predictions)
         folder.append_metrics(metrics)
         return metrics
 

@@ -21,6 +21,7 @@ A trial folder (``TrialFolder``; also the ``--out`` folder of ``python -m geoloc
 | ``metrics.jsonl`` | the run, one line as each epoch ends | the epoch's flat metrics dict (mean over seeds) |
 | ``seeds.jsonl`` | the run, with ``search.seeds`` > 1 | each seed's own metrics dict of each epoch, with ``seed`` |
 | ``curves.jsonl`` | the run, as each epoch ends | fine error curves: ``epoch``, ``seed``, ``set``, ``km``, ``acc`` |
+| ``predictions/epoch_<e>.npz`` | the run, as each epoch ends | per-image predictions (``geoloc.study.predictions``) |
 | ``<run>/`` | the run | its TensorBoard events: scalars and the HParams session (``events_dir``) |
 | ``<run>/seed_<s>/`` | the run, with ``search.seeds`` > 1 | each seed's TensorBoard events |
 | ``checkpoint.pt`` | the run, as each epoch ends (torch) | the state to resume from |
@@ -126,6 +127,7 @@ class TrialFolder:
     SEEDS = "seeds.jsonl"
     CURVES = "curves.jsonl"
     LOGS = {METRICS: ("epoch",), SEEDS: ("epoch", "seed"), CURVES: ("epoch", "seed", "set")}  # log -> its row key
+    PREDICTIONS = "predictions"  # a folder: one epoch_<e>.npz per evaluated epoch (geoloc.study.predictions)
     STATUS = "status.json"
     CHECKPOINT = "checkpoint.pt"
     PREFIX = "trial_"  # trial folders are named trial_<Ray trial id>
@@ -230,10 +232,15 @@ class TrialFolder:
             if (self.path / log).exists():
                 kept = [row for row in self.read_log(log).rows if row["epoch"] <= epoch]
                 write_text(self.path / log, "".join(json.dumps(row) + "\n" for row in kept))
+        for path in (self.path / self.PREDICTIONS).glob("epoch_*.npz"):
+            if path.stem.removeprefix("epoch_").isdigit() and int(path.stem.removeprefix("epoch_")) > epoch:
+                path.unlink(missing_ok=True)
 
     def clear_metrics(self) -> None:
         for log in self.LOGS:
             (self.path / log).unlink(missing_ok=True)
+        for path in (self.path / self.PREDICTIONS).glob("epoch_*.npz"):
+            path.unlink(missing_ok=True)
 
     # -- status.json -----------------------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from analysis.load import Study
 from analysis.sections import Part
 from analysis.summary import interval, signed
 
-from . import crossover, sentences, tradeoff
+from . import crossover, regions, sentences, tradeoff
 from .figures import loss_vs_fine
 
 HEADING = "Loss versus 1 km accuracy"
@@ -44,6 +44,7 @@ class Numbers:
     fronts: pd.DataFrame  # tradeoff.pareto
     ceiling: pd.DataFrame  # tradeoff.ceiling
     crossovers: pd.DataFrame  # per compared parameter: param, then crossover.COLUMNS
+    regions: pd.DataFrame  # regions.by_region: accuracy by continent and country, with intervals
 
 
 def compute(study: Study, budget: Budget, found: Findings, bins: int) -> Numbers:
@@ -59,6 +60,7 @@ def compute(study: Study, budget: Budget, found: Findings, bins: int) -> Numbers
         tradeoff.pareto(study, budget.trials),
         tradeoff.ceiling(study, budget.trials),
         _crossovers(found),
+        regions.by_region(study, budget),
     )
 
 
@@ -122,6 +124,16 @@ def render(study: Study, budget: Budget, numbers: Numbers, found: Findings, plot
             f"point) beside the mean and best accuracy reached, all in %; {used}.",
             numbers.ceiling,
             _ceiling_display(numbers.ceiling),
+        ),
+        Table(
+            names.REGIONS,
+            "Accuracy by continent and country",
+            f"Accuracy in % on {study.primary_set} by the continent and country of each image's true place "
+            "(offline: nearest GeoNames place, 'sea' beyond 150 km; geoloc/data/regions.py), per arm of the "
+            f"first factor, from the runs' per-image predictions; countries with at least "
+            f"{regions.MIN_COUNTRY_IMAGES} images; n = images; [Wilson 95 % interval of the image sample]; {used}.",
+            numbers.regions,
+            regions.display(numbers.regions),
         ),
     ]
     error_curves = [

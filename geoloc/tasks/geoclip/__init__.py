@@ -13,7 +13,7 @@ from pathlib import Path
 
 from geoloc.common.metrics import MetricRegistry
 from geoloc.common.validation import ConfigError
-from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, eval_set_name
+from geoloc.data.config import OFFLINE, OFFLINE_VAL_SET, UNION, eval_set_name
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
 from geoloc.tasks.geoclip.metrics import geoclip_registry
 from geoloc.tasks.seam import Task, TaskTrainer, register
@@ -28,7 +28,8 @@ class GeoCLIPTask(Task):
     analysis = "geoclip"
 
     def registry(self, cfg: GeoCLIPConfig) -> MetricRegistry:
-        return geoclip_registry(list(cfg.eval.thresholds_km), [eval_set_name(v) for v in cfg.data.val])
+        sets = [eval_set_name(v) for v in cfg.data.val]
+        return geoclip_registry(list(cfg.eval.thresholds_km), sets, cfg.eval.regions)
 
     def prepare(self, cfg: GeoCLIPConfig) -> None:
         """Open every cache and the gallery once (building the offline benchmark if named), then build
@@ -57,9 +58,9 @@ class GeoCLIPTask(Task):
         files = [Path(c).expanduser() / name for c in caches for name in (MANIFEST, "features.npy", "coords.npy")]
         if data.gallery == OFFLINE:
             files.append(benchmark / "gallery.npy")
-        elif data.gallery == "geoclip":
+        elif data.gallery in ("geoclip", UNION):
             files.append(geoclip_package_dir() / "gps_gallery" / "coordinates_100K.csv")
-        elif data.gallery != "train":
+        elif data.gallery not in ("train", UNION):
             files.append(Path(data.gallery).expanduser())
         if cfg.model.warm_start:  # the published weights (geoloc.tasks.geoclip.model.load_geoclip_weights)
             weights = geoclip_package_dir() / "weights"

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from geoloc.common.metrics import accuracy_key, ceiling_key
 from geoloc.data.cache import FeatureCache
+from geoloc.data.regions import cached_regions
 from geoloc.geo import EARTH_RADIUS_KM, haversine_km, unit_vectors
 from geoloc.parts.precision import exact_fp32
 from geoloc.tasks.geoclip.config import EvalConfig
@@ -71,6 +72,17 @@ def geoscore(errors_km: np.ndarray) -> float:
     return float(np.mean(GEOSCORE_MAX * np.exp(-np.asarray(errors_km, dtype=float) / GEOSCORE_SCALE_KM)))
 
 
+def region_accuracy(
+    country: np.ndarray, continent: np.ndarray, predicted_country: np.ndarray, predicted_continent: np.ndarray
+) -> dict[str, float]:
+    """``country_acc`` and ``continent_acc``: the share of images whose predicted gallery point lies in
+    their own country (continent), by ``geoloc.data.regions``'s rule ("sea" counts as one more region)."""
+    return {
+        "country_acc": float(np.mean(np.asarray(country) == np.asarray(predicted_country))),
+        "continent_acc": float(np.mean(np.asarray(continent) == np.asarray(predicted_continent))),
+    }
+
+
 def weighted_score(metrics: dict[str, float], cfg: EvalConfig) -> float:
     accs = [metrics[accuracy_key(t)] for t in cfg.thresholds_km]
     return float(np.dot(cfg.score_weights, accs) / np.sum(cfg.score_weights))
@@ -95,11 +107,20 @@ def nearest_distance_km(points: np.ndarray, gallery: np.ndarray, chunk: int = 10
 
 
 class Gallery:
-    """The GPS gallery: coordinates on the host (for distances) and on the device (to encode)."""
+    """The GPS gallery: coordinates on the host (for distances) and on the device (to encode); each
+    point's country and continent (``geoloc.data.regions``), found once and kept beside ``home`` (a
+    feature cache: the training cache's in a run)."""
 
-    def __init__(self, coords: np.ndarray, device: torch.device, chunk: int):
-        self.coords, self.chunk = coords, chunk
+    def __init__(self, coords: np.ndarray, device: torch.device, chunk: int, home: str | None = None):
+        self.coords, self.chunk, self.home = coords, chunk, home
         self.coords_t = torch.from_numpy(coords).float().to(device)
+        self._regions: tuple[np.ndarray, np.ndarray] | None = None
+
+    def regions(self, fallback_home) -> tuple[np.ndarray, np.ndarray]:
+        """(country codes, continents) of every gallery point; kept in ``fallback_home`` without a home."""
+        if self._regions is None:
+            self._regions = cached_regions(self.home or fallback_home, self.coords)
+        return self._regions
 
     def __len__(self) -> int:
         return len(self.coords)
@@ -132,6 +153,10 @@ class Evaluator:
         # gallery point within the threshold.
         nearest = nearest_distance_km(cache.coords, self.gallery.coords)
         self.ceiling = {ceiling_key(t): float(np.mean(nearest <= t)) for t in cfg.thresholds_km}
+        # Regions (eval.regions): the images' true country and continent and the gallery's, found once.
+        self.regions = None
+        if cfg.regions:
+            self.regions = (cached_regions(cache.path, cache.coords), self.gallery.regions(cache.path))
 
     @staticmethod
     def fixed_negatives(train_coords: np.ndarray, n: int) -> np.ndarray:
@@ -170,6 +195,9 @@ class Evaluator:
         predicted = best_idx.cpu().numpy()
         errors = haversine_km(self.gallery.coords[predicted], self.cache.coords)
         metrics = {"val_loss": float(loss_sum / len(self.cache)), **accuracy_metrics(errors, self.cfg), **self.ceiling}
+        if self.regions is not None:
+            (country, continent), (gallery_country, gallery_continent) = self.regions
+            metrics |= region_accuracy(country, continent, gallery_country[predicted], gallery_continent[predicted])
         return Evaluation(metrics, predicted, errors)
 
     def __call__(self, model: GeoCLIP, precision) -> Evaluation:

@@ -4,10 +4,13 @@ Built from the evaluation configuration (``eval.thresholds_km`` and the ``data.v
 study with thresholds 0.5 / 10 / 100 km gets ``acc_0.5km``, ``acc_10km`` and ``acc_100km``
 everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``, ``eval_s``,
 ``encoder_resolution_km``, ``batch_median_km``, ``negative_median_km``, ``negative_min_km``,
-and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``geoscore``, ``score``
+and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``geoscore``,
+``country_acc``, ``continent_acc``, ``score``
 and ``ceiling_<t>km``. ``geoscore`` is OSV-5M's GeoScore, the mean over images of
 5000 exp(-d / 1492.7 km), d the great-circle error (``geoloc.tasks.geoclip.evaluate.geoscore``):
-0..5000 points, kind "points" (maximised, not a share, not part of ``score``). The first
+0..5000 points, kind "points" (maximised, not a share, not part of ``score``). ``country_acc`` and
+``continent_acc`` (kind "region", with ``eval.regions``) are the shares of images whose predicted
+gallery point lies in their own country and continent (``geoloc.data.regions``). The first
 evaluation set's keys are plain; each further set's are prefixed with its name
 (``yfcc4k-vitl14_acc_1km``).
 """
@@ -17,11 +20,13 @@ from __future__ import annotations
 from geoloc.common.metrics import Metric, MetricRegistry, accuracy_key, ceiling_key
 from geoloc.parts.config import SAMPLER_DISTANCES
 
+REGION_KEYS = ("country_acc", "continent_acc")
 RESOLUTION = "encoder_resolution_km"  # the location encoder's sharpness (geoloc.tasks.geoclip.resolution)
 
 
-def geoclip_registry(thresholds_km: list[float], eval_sets: list[str]) -> MetricRegistry:
-    """The registry of a run evaluating ``eval_sets`` (names, first = primary) at ``thresholds_km``."""
+def geoclip_registry(thresholds_km: list[float], eval_sets: list[str], regions: bool = True) -> MetricRegistry:
+    """The registry of a run evaluating ``eval_sets`` (names, first = primary) at ``thresholds_km``;
+    ``regions`` (``eval.regions``) adds ``country_acc`` and ``continent_acc``."""
     out = [
         Metric("train_loss", "loss", "min", False, "train/loss", hparam=True),
         Metric("lr", "train", None, False, "lr"),
@@ -45,6 +50,7 @@ def geoclip_registry(thresholds_km: list[float], eval_sets: list[str]) -> Metric
             ("median_km", "distance", "min", False, None, True),
             ("mean_km", "distance", "min", False, None, True),
             ("geoscore", "points", "max", False, None, True),
+            *[(key, "region", "max", True, None, True) for key in REGION_KEYS if regions],
             ("score", "score", "max", True, None, True),
             *[(ceiling_key(t), "ceiling", None, True, t, False) for t in thresholds],
         ]

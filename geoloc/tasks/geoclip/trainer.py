@@ -27,7 +27,14 @@ from geoloc.parts.precision import precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.parts.sampler import BatchSampler, embed_training_set
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
-from geoloc.tasks.geoclip.evaluate import Evaluator, Gallery, accuracy_curve, curve_thresholds, evaluate_sets
+from geoloc.tasks.geoclip.evaluate import (
+    Evaluation,
+    Evaluator,
+    Gallery,
+    accuracy_curve,
+    curve_thresholds,
+    evaluate_sets,
+)
 from geoloc.tasks.geoclip.metrics import RESOLUTION
 from geoloc.tasks.geoclip.model import GeoCLIP
 from geoloc.tasks.geoclip.resolution import ResolutionProbe
@@ -89,13 +96,14 @@ class Trainer(Resumable):
         self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
         self.distances = NegativeDistances()
         negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
-        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
+        self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk, self.data.train.path)
         self.evaluators = {
             name: Evaluator(cfg.eval, cache, self.gallery, negatives, self.device)
             for name, cache in self.data.val.items()
         }
         self.curve_km = curve_thresholds(cfg.eval.thresholds_km)
         self.curves: dict[str, np.ndarray] = {}  # the last evaluation's error curve per set, at curve_km
+        self.evaluations: dict[str, Evaluation] = {}  # the last evaluation's per-image result per set
         n_probe = cfg.eval.resolution_points
         self.probe = ResolutionProbe(self.data.gallery, n_probe) if n_probe else None
 
@@ -214,6 +222,7 @@ class Trainer(Resumable):
             prefix = "" if i == 0 else f"{name}_"
             metrics.update({prefix + k: v for k, v in result.metrics.items()})
             self.curves[name] = accuracy_curve(result.errors_km, self.curve_km)
+            self.evaluations[name] = result
         if self.probe is not None:
             metrics[RESOLUTION] = self.probe(self.model)
         metrics["eval_s"] = time.perf_counter() - start
@@ -284,6 +293,17 @@ class Trainer(Resumable):
             {"epoch": epoch, "seed": seed, "set": name, "km": km, "acc": acc.tolist()}
             for name, acc in self.curves.items()
         ]
+
+    def prediction_rows(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """The last evaluation's per-image predictions per set: (true (N, 2), predicted (N, 2) coordinates,
+        predicted gallery index, error in km), for ``predictions/`` (``geoloc.study.predictions``);
+        empty with ``eval.keep_predictions`` off."""
+        if not self.cfg.eval.keep_predictions:
+            return {}
+        return {
+            name: (self.evaluators[name].cache.coords, self.gallery.coords[e.predicted], e.predicted, e.errors_km)
+            for name, e in self.evaluations.items()
+        }
 
 
 def prepare_sampling(cfg: GeoCLIPConfig, data: Data) -> None:
