@@ -1,5 +1,5 @@
 """``python -m analysis STUDY_DIR [--out DIR] [--by PARAM ...] [--format md,tex,csv] [--epoch N|final|best]
-[--baseline VALUE] [--bins N] [--no-plots]``."""
+[--baseline VALUE] [--bins N] [--min-country-images N] [--no-plots]``."""
 
 from __future__ import annotations
 
@@ -51,6 +51,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bins", type=int, default=4, help="quantile bins for a numeric parameter with many values (default: 4)"
     )
+    p.add_argument(
+        "--min-country-images",
+        type=int,
+        default=30,
+        metavar="N",
+        help="a country gets rows of its own in GeoCLIP's accuracy-by-region table from N images on the primary "
+        "evaluation set (default: 30); every continent is listed",
+    )
     p.add_argument("--no-plots", action="store_true", help="tables and report only")
     return p
 
@@ -69,6 +77,7 @@ def main(argv=None) -> int:
             baseline=args.baseline,
             bins=args.bins,
             plots=not args.no_plots,
+            min_country_images=args.min_country_images,
         )
     except AnalysisError as exc:
         print(f"error: {exc}", file=sys.stderr)

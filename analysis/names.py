@@ -33,7 +33,10 @@ DIVERGENCE_CSV = "divergence.csv"
 PARETO = "pareto"
 CEILING = "ceiling"
 REGIONS = "accuracy_by_region"
+DENSITY = "accuracy_by_density"
 LOSS_VS_ACC = "loss_vs_acc"
+DENSITY_PLOT = "density_accuracy"
+ERROR_MAP = "error_map"
 
 # How report.md describes each figure (its alt text); per-parameter figures are described by `alt`.
 ALT = {
@@ -44,6 +47,8 @@ ALT = {
     PARETO_FRONT: "Pareto front",
     HYPERVOLUME: "hypervolume against epochs spent",
     LOSS_VS_ACC: "loss against acc_1km",
+    DENSITY_PLOT: "accuracy by gallery density",
+    ERROR_MAP: "map of the best trial's errors",
 }
 
 
@@ -67,10 +72,22 @@ def error_curve(param: str) -> str:
     return f"error_curve_{slug(param)}"
 
 
+def ablation_by_continent(param: str) -> str:
+    """The by-continent ablation table of one parameter (GeoCLIP's section)."""
+    return f"{ablation(param)}_by_continent"
+
+
+def gain_map(param: str) -> str:
+    """The map of where one parameter's arms gain and lose hits against its baseline (GeoCLIP's section)."""
+    return f"gain_map_{slug(param)}"
+
+
 def alt(name: str, param: str | None = None) -> str:
     """report.md's description of a figure."""
     if name.startswith("metrics_vs_") and param is not None:
         return f"metrics against {param}"
+    if name.startswith("gain_map_") and param is not None:
+        return f"map of gains and losses against the baseline, {param}"
     if name.startswith("error_curve_"):
         return name.replace("_", " ")
     return ALT[name]

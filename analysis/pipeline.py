@@ -39,17 +39,22 @@ def analyse(
     bins: int = 4,
     plots: bool = True,
     echo_warnings: bool = True,
+    min_country_images: int = 30,
 ) -> dict:
     """Analyse STUDY_DIR into OUT_DIR (default STUDY_DIR/analysis); returns paths and headline numbers.
 
     by: hyperparameters to tabulate (default: each one the study varied); formats: any of md, tex,
     csv for the tables; epoch: the epoch trials are compared at, a number, "final" or "best"
     (default: the rule of ``budget.py``); baseline: the value of the arm every other arm is
-    compared with, for each parameter that has it (default: the base configuration's value).
+    compared with, for each parameter that has it (default: the base configuration's value);
+    min_country_images: the fewest images a country needs to get rows of its own in a task section's
+    by-region table (GeoCLIP's; --min-country-images).
     Raises AnalysisError for a user's mistake (no trials, unknown parameter, bad option), before
     anything is written.
     """
     formats = _check_options(formats, bins)
+    if isinstance(min_country_images, bool) or not isinstance(min_country_images, int) or min_country_images < 1:
+        raise AnalysisError(f"--min-country-images: expected an integer >= 1, got {min_country_images!r}")
     epoch = budgets.parse_epoch(epoch)
     study = read_study(study_dir)
     by = _check_by(study, by)
@@ -57,7 +62,7 @@ def analyse(
 
     found = compute(study, budget, by, bins, baseline)
     section = section_of(study)
-    numbers = section.compute(study, budget, found, bins) if section else None
+    numbers = section.compute(study, budget, found, bins, min_country_images=min_country_images) if section else None
 
     warnings = [w if w.startswith("warning:") else f"warning: {w}" for w in study.warnings]
     warnings += [budget.warning()] if budget.warning() else []

@@ -65,12 +65,15 @@ def chord_km(squared_chord):
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(squared_chord, 0, 4)) / 2)
 
 
-def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
+def equal_earth_projection(latlon):
     """Equal Earth projection of (N, 2) degrees, scaled by SF / 180, as published GeoCLIP computes it.
 
     The operation order follows the published code so that its weights see the same inputs
-    (embeddings agree to 1e-5, see tests/test_parity.py).
+    (embeddings agree to 1e-5, see tests/test_parity.py). A numpy array gives the same formula in
+    numpy float64 (the analysis' maps draw in it without loading torch); a tensor, the published code.
     """
+    if _torch_if_tensor(latlon) is None:
+        return _equal_earth_numpy(np.asarray(latlon, dtype=np.float64).reshape(-1, 2))
     import torch  # here, not at the top: see _torch_if_tensor
 
     lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
@@ -82,6 +85,16 @@ def equal_earth_projection(latlon: torch.Tensor) -> torch.Tensor:
     x = (2 * sqrt3 * lon * torch.cos(theta)) / denominator
     y = A4 * theta**9 + A3 * theta**7 + A2 * theta**3 + A1 * theta
     return (torch.stack((x, y), dim=1) * SF) / 180
+
+
+def _equal_earth_numpy(latlon: np.ndarray) -> np.ndarray:
+    lat, lon = np.deg2rad(latlon[:, 0]), np.deg2rad(latlon[:, 1])
+    sqrt3 = math.sqrt(3.0)
+    theta = np.arcsin(sqrt3 / 2 * np.sin(lat))
+    denominator = 3 * (9 * A4 * theta**8 + 7 * A3 * theta**6 + 3 * A2 * theta**2 + A1)
+    x = (2 * sqrt3 * lon * np.cos(theta)) / denominator
+    y = A4 * theta**9 + A3 * theta**7 + A2 * theta**3 + A1 * theta
+    return (np.stack((x, y), axis=1) * SF) / 180
 
 
 def invalid_coordinate_rows(latlon) -> np.ndarray:

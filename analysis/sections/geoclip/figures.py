@@ -1,13 +1,15 @@
-"""GeoCLIP's own figure: each loss against the finest accuracy, with the pair's Pareto front (the
-error curves are drawn by ``crossover.py``)."""
+"""GeoCLIP's own figures: each loss against the finest accuracy, with the pair's Pareto front, and accuracy
+by gallery density (the error curves are drawn by ``crossover.py``, the maps by ``maps.py``)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from analysis import names
 from analysis.budget import Budget
-from analysis.canvas import Chart, colouring, figure
+from analysis.canvas import DISCRETE_LIMIT, Chart, colouring, figure, palette
 from analysis.load import Study
 
 from .tradeoff import LOSSES, pareto_mask
@@ -41,3 +43,33 @@ def loss_vs_fine(study: Study, budget: Budget) -> Chart | None:
     colours.explain(fig, axes[0].tolist())
     fig.suptitle(f"loss versus {fine}" + (f", coloured by {colours.key}" if colours.key else ""))
     return Chart(names.LOSS_VS_ACC, fig, names.alt(names.LOSS_VS_ACC))
+
+
+def density_accuracy(table: pd.DataFrame, thresholds_km) -> Chart | None:
+    """Accuracy against the density bin within 1 km (``density.by_density``), one panel per threshold, a line
+    per arm with its Wilson interval: whether the fine hits come from images among many gallery points."""
+    from .density import BINS, RADII_KM
+
+    part = table[table["radius_km"] == RADII_KM[0]]
+    if not len(part):
+        return None
+    labels = [label for _, _, label in BINS]
+    arms = list(dict.fromkeys(part["arm"]))
+    colours = palette(arms) if len(arms) <= DISCRETE_LIMIT else {a: "steelblue" for a in arms}
+    fig, axes = figure(1, len(thresholds_km), (4.2 * len(thresholds_km) + 1.2, 3.6))
+    for ax, t in zip(axes[0], thresholds_km, strict=True):
+        for arm in arms:
+            mine = part[(part["arm"] == arm) & (part["threshold_km"] == t)].set_index("bin").reindex(labels)
+            x = np.arange(len(labels))
+            acc = 100 * mine["accuracy"].to_numpy(dtype=float)
+            below = acc - 100 * mine["ci_low"].to_numpy(dtype=float)
+            above = 100 * mine["ci_high"].to_numpy(dtype=float) - acc
+            ax.errorbar(x, acc, yerr=[below, above], marker="o", ms=4, capsize=3, color=colours[arm], label=arm)
+        ax.set_xticks(np.arange(len(labels)), labels)
+        ax.set_xlabel(f"gallery points within {RADII_KM[0]:g} km")
+        ax.set_ylabel(f"accuracy within {t:g} km (%)")
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], marker="o", color=colours[a], label=a) for a in arms]
+    fig.legend(handles=handles, title="arm", loc="outside right upper", fontsize=8, title_fontsize=8)
+    fig.suptitle("accuracy by gallery density (95 % Wilson intervals)")
+    return Chart(names.DENSITY_PLOT, fig, names.alt(names.DENSITY_PLOT))
