@@ -93,8 +93,12 @@ def regions_of(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cached_regions(home: str | Path, coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``regions_of(coords)``, computed once and kept in ``home``'s ``derived/`` folder (a feature cache)."""
+    """``regions_of(coords)``, computed once and kept in ``home``'s ``derived/`` folder (a feature cache);
+    computed each time where ``home`` is no folder (a cache made in memory, as benchmarks do), so that
+    nothing is written where the process happens to run."""
     coords = np.ascontiguousarray(coords, dtype=np.float64)
+    if not Path(home).is_dir():
+        return regions_of(coords)
 
     def build() -> dict:
         country, continent = regions_of(coords)
