@@ -98,6 +98,8 @@ def test_registry_follows_the_thresholds_and_evaluation_sets(tmp_path):
         "val/median_km",
         "val/mean_km",
         "val/geoscore",
+        "val/country_acc",
+        "val/continent_acc",
         "val/score",
     }
     assert registry.progress_columns() == ["epoch", "score", "acc_0.5km", "acc_100km", "val_loss"]

@@ -57,7 +57,7 @@ def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_p
         wait_for(lambda: any(TrialFolder(t).read_metrics().rows for t in trial_dirs(study_dir)), what="an epoch")
         # Frozen until it is killed: it starts no further trial, so the study cannot end before the kill,
         # however long the checks below take on a loaded machine (it did once, all six trials ended).
-        os.kill(driver.pid, signal.SIGSTOP)
+        os.killpg(driver.pid, signal.SIGSTOP)
         proc = status(study_dir)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert verdict(proc) == "status: running", proc.stdout
