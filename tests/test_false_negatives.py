@@ -124,3 +124,10 @@ def test_off_trains_exactly_as_today_and_on_trains_otherwise(small_config):
 def test_a_bad_distance_is_refused_naming_the_key(small_config, bad):
     with pytest.raises(ConfigError, match="train.negatives.mask_within_km"):
         build(masking_config(small_config, bad))
+
+
+def test_semivariogram_masks_within_the_fitted_range_of_the_whole_training_cache(small_config):
+    from geoloc.parts.semivariogram import fitted_range_km
+
+    trainer = Trainer(build(masking_config(small_config, "semivariogram")))
+    assert trainer.mask_km == fitted_range_km(trainer.data.train.source) > 0
