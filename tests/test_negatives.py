@@ -98,7 +98,7 @@ def test_defaults_train_the_published_recipe_bitwise(small_config):
     """With mined 0, random batches and InfoNCE without smoothing (whatever the unused keys say),
     an epoch ends with the weights the published step gives, bit for bit."""
     small_config["train"].update(
-        negatives={"mined": 0, "pool": "train", "near_share": 1.0, "near_k": 7, "min_km": 5.0},
+        negatives={"mined": 0, "pool": "train", "near_share": 1.0, "near_k": 7, "min_km": 5.0, "mask_within_km": 0},
         batches={"type": "random", "neighbours": 1, "draw": 1, "range": 4},
     )
     ours, reference = Trainer(build(small_config)), Trainer(build(small_config))

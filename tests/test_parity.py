@@ -82,6 +82,7 @@ def test_one_training_step_gives_the_published_loss():
     trainer.model, trainer.device, trainer.generator = ours, torch.device("cpu"), torch.Generator()
     trainer.graphs = GraphedModules({}, enabled=False)
     trainer.miner, trainer.distances = None, NegativeDistances()  # nothing mined: the published step
+    trainer.epoch, trainer.mask_km = 0, 0.0  # its first epoch, nothing masked
     trainer.optimizer = torch.optim.Adam(ours.parameters(), lr=3e-5, weight_decay=1e-6)
     our_loss = float(trainer.train_step(feats, gps))
 

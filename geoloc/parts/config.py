@@ -53,13 +53,24 @@ class NegativesConfig(Section):
     the positive's own location), or "semivariogram": the fitted range of the training cache's
     semivariogram (``python -m analysis.semivariogram``), where image features stop being alike."""
 
-    @field_validator("min_km", mode="before")
+    mask_within_km: Float | Literal["semivariogram"] | None = None
+    """Every negative of a positive's loss (the batch's other GPS, the queue, its mined negatives) that lies
+    within this many km of it (great-circle distance <= this, from the exact coordinates, before any GPS
+    noise) is left out of that positive's loss: its logit is set to -inf before the cross-entropy (a
+    triplet loss leaves its term out). The positive's own column never is. MP-16's coordinates repeat, so
+    another photo of the positive's own place is often a "negative"; masking it stops the loss pushing
+    them apart. "semivariogram": the fitted range, as for ``min_km``. null or 0: off (nothing is computed,
+    training is the published recipe); to mask only exact repeats of the positive's place give a small
+    distance such as 0.001. ``negative_min_km`` and ``negative_median_km`` then count only the negatives
+    left in, so ``negative_min_km`` is above this distance."""
+
+    @field_validator("min_km", "mask_within_km", mode="before")
     @classmethod
-    def _km_or_keyword(cls, min_km: Any) -> Any:
-        wrong = isinstance(min_km, str) and min_km != SEMIVARIOGRAM or isinstance(min_km, (int, float)) and min_km < 0
-        if wrong or isinstance(min_km, bool):
-            raise ValueError(f"must be a number of km >= 0 or {SEMIVARIOGRAM!r}, got {min_km!r}")
-        return min_km
+    def _km_or_keyword(cls, km: Any) -> Any:
+        wrong = isinstance(km, str) and km != SEMIVARIOGRAM or isinstance(km, (int, float)) and km < 0
+        if wrong or isinstance(km, bool):
+            raise ValueError(f"must be a number of km >= 0 or {SEMIVARIOGRAM!r}, got {km!r}")
+        return km
 
     @property
     def near(self) -> int:

@@ -11,6 +11,8 @@ reference and reference against query, with no queue and no mined columns.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -31,15 +33,19 @@ def training_loss(
     location_emb: torch.Tensor,
     logit_scale: torch.Tensor,
     mined_emb: torch.Tensor | None = None,
+    masked: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The loss of one step (a 0-d float32 tensor) from unit embeddings: images (B, D), batch and queue
-    locations (B+Q, D), mined locations (B, M, D) or None; ``logit_scale`` is the model's log scale.
+    locations (B+Q, D), mined locations (B, M, D) or None; ``logit_scale`` is the model's log scale;
+    ``masked`` (B, B+Q[+M]) booleans or None: columns left out of their row's loss (false negatives
+    within ``train.negatives.mask_within_km``; never a row's own column).
 
     - infonce: ``cross_entropy(scale * columns, i)``, exactly the published step's arithmetic (the
-      scale multiplies the image embeddings before the product, as ``GeoCLIP.logits`` does);
+      scale multiplies the image embeddings before the product, as ``GeoCLIP.logits`` does); masked
+      logits are -inf, so they take no share of the softmax;
     - symmetric: the mean of that and the cross-entropy of each batch GPS against the batch's images
-      (the transposed batch block), both with ``label_smoothing``;
-    - triplet: the mean over every image and every column other than its own of
+      (the transposed batch block), both with ``label_smoothing`` (spread over the columns left in);
+    - triplet: the mean over every image and every column other than its own (and not masked) of
       ``relu(d(image, own GPS) - d(image, other) + margin)``; the logit scale takes no part.
     """
     target = torch.arange(len(image_emb), device=image_emb.device)
@@ -49,13 +55,32 @@ def training_loss(
         positive = distance[target, target]
         others = torch.ones_like(distance, dtype=torch.bool)
         others[target, target] = False
+        if masked is not None:
+            others &= ~masked
         return F.relu(positive[:, None] - distance + cfg.margin)[others].mean()
     logits = columns(logit_scale.exp() * image_emb, location_emb, mined_emb)
-    loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+    if masked is not None:
+        logits = logits.float().masked_fill(masked, -math.inf)
+    loss = cross_entropy(logits.float(), target, cfg.label_smoothing, masked)
     if cfg.type == "symmetric":
-        gps_to_image = logits[:, : len(target)].T
-        loss = (loss + F.cross_entropy(gps_to_image.float(), target, label_smoothing=cfg.label_smoothing)) / 2
+        batch = len(target)
+        gps_to_image = logits[:, :batch].T
+        back = masked[:, :batch].T if masked is not None else None
+        loss = (loss + cross_entropy(gps_to_image.float(), target, cfg.label_smoothing, back)) / 2
     return loss
+
+
+def cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float, masked: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``F.cross_entropy`` with ``label_smoothing``; where ``masked`` (logits -inf there) and smoothing meet,
+    the smoothing's uniform share goes to the columns left in (torch's would meet -inf and be infinite)."""
+    if masked is None or label_smoothing == 0:
+        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    log_p = logits.log_softmax(dim=-1).masked_fill(masked, 0.0)
+    own = -log_p[torch.arange(len(target), device=target.device), target]
+    uniform = -log_p.sum(dim=-1) / (~masked).sum(dim=-1)
+    return ((1 - label_smoothing) * own + label_smoothing * uniform).mean()
 
 
 def symmetric_infonce(

@@ -10,6 +10,9 @@ are built once per (training set, pool, near_k, min_km) and kept beside the trai
 Draws come from the trainer's CPU generator inside the step, before the GPS noise, so a seed
 gives the same negatives on every device and a resumed trial continues exactly; with ``mined: 0``
 nothing is drawn and training is the published recipe.
+
+``NegativeDistances.add`` also gives the mask of ``train.negatives.mask_within_km``: the loss's columns
+within that distance of their positive, from the same product of unit vectors as the diagnostics.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from geoloc.common.validation import ConfigError
 from geoloc.data.cache import FeatureCache
 from geoloc.data.derived import cached_array, fingerprint
-from geoloc.geo import chord_km, haversine_km, unit_vectors
+from geoloc.geo import EARTH_RADIUS_KM, chord_km, haversine_km, unit_vectors
 from geoloc.parts.config import SAMPLER_DISTANCES, SEMIVARIOGRAM, NegativesConfig
 from geoloc.parts.neighbours import nearest
 from geoloc.parts.precision import exact_fp32
@@ -31,16 +34,27 @@ from geoloc.parts.precision import exact_fp32
 FAR_REDRAWS = 16  # rounds of redrawing far negatives that fell within min_km before drawing exactly
 
 
-def resolve_min_km(cfg: NegativesConfig, train: FeatureCache) -> float:
-    """``min_km`` in km: the number, or the fitted semivariogram range of the (whole) training cache."""
-    if cfg.min_km != SEMIVARIOGRAM:
-        return float(cfg.min_km)
+def resolve_km(km: float | str, key: str, train: FeatureCache) -> float:
+    """A distance of ``train.negatives`` (``key``: min_km, mask_within_km) in km: the number, or the fitted
+    semivariogram range of the (whole) training cache."""
+    if km != SEMIVARIOGRAM:
+        return float(km)
     from geoloc.parts.semivariogram import SemivariogramError, fitted_range_km
 
     try:
         return fitted_range_km(train.source)
     except SemivariogramError as e:
-        raise ConfigError(f"train.negatives.min_km: semivariogram: {e}") from None
+        raise ConfigError(f"train.negatives.{key}: semivariogram: {e}") from None
+
+
+def resolve_min_km(cfg: NegativesConfig, train: FeatureCache) -> float:
+    """``min_km`` in km: the number, or the fitted semivariogram range of the (whole) training cache."""
+    return resolve_km(cfg.min_km, "min_km", train)
+
+
+def squared_chord(km: float) -> float:
+    """The squared chord between two unit vectors ``km`` apart on the earth (4 beyond half its circumference)."""
+    return (2 * math.sin(min(km / EARTH_RADIUS_KM, math.pi) / 2)) ** 2
 
 
 class NegativeMiner:
@@ -118,6 +132,7 @@ class NegativeDistances:
     Taken from the exact coordinates (before GPS noise), in float64 on the step's device, kept there
     until the epoch ends (no wait for the GPU in a step). Medians are torch's (the lower of the two
     middle values for an even count). A batch of one image has no pair: its batch median is left out.
+    Negatives masked out of the loss (``train.negatives.mask_within_km``) are not counted.
     """
 
     KEYS = SAMPLER_DISTANCES
@@ -126,29 +141,42 @@ class NegativeDistances:
         self.steps: list[torch.Tensor] = []
 
     @torch.no_grad()
-    def add(self, gps: torch.Tensor, shared: torch.Tensor, mined: torch.Tensor | None = None) -> None:
-        """One step: the batch GPS (B, 2), the shared negatives' GPS (batch then queue, (B+Q, 2)), mined (B, M, 2)."""
+    def add(
+        self, gps: torch.Tensor, shared: torch.Tensor, mined: torch.Tensor | None = None, mask_within_km: float = 0.0
+    ) -> torch.Tensor | None:
+        """One step: the batch GPS (B, 2), the shared negatives' GPS (batch then queue, (B+Q, 2)), mined (B, M, 2).
+
+        With ``mask_within_km`` > 0 it returns the (B, B+Q[+M]) boolean mask of the loss's columns
+        (``geoloc.parts.losses.columns``) that lie within that distance of their row's positive (the
+        positive's own column never): the negatives ``training_loss`` leaves out. None when 0.
+        """
         # Squared chords of unit vectors (one matrix product, 7x cheaper than haversine per pair), turned
-        # into km after the median and minimum; no boolean-mask indexing: on a GPU its result's size would
-        # make the step wait for the device.
+        # into km after the median and minimum; the mask compares them with the distance's chord. No
+        # boolean-mask indexing: on a GPU its result's size would make the step wait for the device.
         n, positives = len(gps), unit_vectors(gps.double())
         with exact_fp32(gps.device):  # whatever precision the trial trains in
-            to_shared = 2 - 2 * positives @ unit_vectors(shared.double()).T
+            chords = 2 - 2 * positives @ unit_vectors(shared.double()).T
         first, second = torch.triu_indices(n, n, offset=1, device=gps.device)
-        within = to_shared[first, second]  # each pair of the batch once
-        to_shared[:, :n].diagonal().fill_(float("nan"))  # a positive is not its own negative
-        chords = to_shared.flatten()
+        within = chords[first, second]  # each pair of the batch once
+        chords[:, :n].diagonal().fill_(float("nan"))  # a positive is not its own negative
         if mined is not None:
             to_mined = 2 - 2 * (positives[:, None] * unit_vectors(mined.double())).sum(-1)
-            chords = torch.cat([chords, to_mined.flatten()])
+            chords = torch.cat([chords, to_mined], dim=1)
+        masked = None
         nan = torch.full((), float("nan"), dtype=torch.float64, device=gps.device)
+        if mask_within_km > 0:
+            masked = chords <= squared_chord(mask_within_km)  # NaN (the positive) compares False
+            chords = chords.masked_fill(masked, nan)
+        chords = chords.flatten()
         some = len(chords) > n  # a batch of one image with an empty queue has no negative
+        nearest = chords.nan_to_num(nan=math.inf).min() if some else nan
         medians = [
             within.median() if len(within) else nan,
             chords.nanmedian() if some else nan,
-            chords.nan_to_num(nan=math.inf).min() if some else nan,
+            nearest if masked is None else torch.where(nearest.isinf(), nan, nearest),  # all masked: none
         ]
         self.steps.append(chord_km(torch.stack(medians)))
+        return masked
 
     def result(self) -> dict[str, float]:
         """The epoch's three values (NaN where no step had any), and a fresh start for the next epoch."""

@@ -8,6 +8,7 @@ beside the code that reads them. Validation and its one-line errors are ``geoloc
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
@@ -107,8 +108,61 @@ class ModelConfig(Section):
         return self
 
 
+class NoiseSchedule(Section):
+    """How the noise's sigmas change over the epochs (``train.noise.schedule``).
+
+    One factor per epoch multiplies both ``batch_sigma`` and ``queue_sigma`` (so their ratio, and the
+    paper's 150 m : 1 km, is kept), whatever their unit (km for ``target: gps``, embedding units for
+    ``target: embedding``). For epoch e (1-based), with t = (e - 1) / (until_epoch - 1) capped at 1
+    (t = 1 throughout when until_epoch is 1):
+
+    - constant: factor 1 at every epoch (the default; training is exactly as without a schedule);
+    - linear: 1 + (end_factor - 1) t;
+    - cosine: end_factor + (1 - end_factor) (1 + cos(pi t)) / 2;
+    - step: 1 before until_epoch, end_factor from it on.
+
+    Every type is at ``end_factor`` from ``until_epoch`` on. Example: batch_sigma 5 (km), linear,
+    end_factor 0, until_epoch 5 gives 5, 3.75, 2.5, 1.25, 0, 0, ... km. An epoch whose sigma is 0
+    draws no noise (``geoloc.geo.gps_noise``). Each epoch's sigmas are logged as ``noise_batch_sigma``
+    and ``noise_queue_sigma``.
+
+    The end is a factor, not the ``sigma_end_km`` the issue named: one schedule scales two sigmas
+    (batch and queue) that may differ, in km or in embedding units, and a factor needs no unit.
+    """
+
+    type: Literal["constant", "linear", "cosine", "step"] = "constant"
+    """The shape of the schedule (above)."""
+    end_factor: Float = Field(0.0, ge=0.0)
+    """The sigmas' factor at ``until_epoch`` and after (0: no noise from then on). Constant ignores it and
+    ``until_epoch``, so a study can vary ``type`` alone over a base that sets both."""
+    until_epoch: StrictInt | None = Field(None, ge=1)
+    """The first epoch (1-based) at ``end_factor``; needed by every type but constant."""
+
+    @model_validator(mode="after")
+    def _end_where_needed(self) -> NoiseSchedule:
+        if self.type != "constant" and self.until_epoch is None:
+            raise FieldError("until_epoch", f"a {self.type} schedule needs the epoch at which it ends")
+        return self
+
+    def factor(self, epoch: int) -> float:
+        """The sigmas' factor of ``epoch`` (1-based)."""
+        if self.type == "constant":
+            return 1.0
+        end, until = self.end_factor, self.until_epoch
+        if self.type == "step":
+            return 1.0 if epoch < until else end
+        t = min(1.0, (epoch - 1) / (until - 1)) if until > 1 else 1.0
+        if self.type == "linear":
+            return 1.0 + (end - 1.0) * t
+        return end + (1.0 - end) * (1.0 + math.cos(math.pi * t)) / 2
+
+
 class NoiseConfig(Section):
-    """Gaussian noise on the GPS side of the contrastive loss (0 switches a part off)."""
+    """Gaussian noise on the GPS side of the contrastive loss (0 switches a part off).
+
+    The paper's recipe: ``{target: gps, batch_sigma: 0.15, queue_sigma: 1.0}`` (150 m on the batch's
+    coordinates, 1 km on the queue's), at every epoch (the constant schedule).
+    """
 
     target: Literal["gps", "embedding"] = "gps"
     """"gps": displace coordinates on the sphere (sigmas in km); "embedding": add noise to the
@@ -118,6 +172,16 @@ class NoiseConfig(Section):
     """Noise on the batch's own GPS (the positives). The paper quotes 0.15 km."""
     queue_sigma: Float = Field(0.0, ge=0.0)
     """Noise on the queue GPS (negatives). The paper quotes 1.0 km."""
+    schedule: NoiseSchedule = Field(default_factory=NoiseSchedule)
+    """How both sigmas change over the epochs (``NoiseSchedule``); constant keeps them."""
+
+    def sigmas(self, epoch: int) -> tuple[float, float]:
+        """(batch, queue) sigma of ``epoch`` (1-based): the configured ones times the schedule's factor,
+        exactly the configured ones under the constant schedule."""
+        if self.schedule.type == "constant":
+            return self.batch_sigma, self.queue_sigma
+        factor = self.schedule.factor(epoch)
+        return self.batch_sigma * factor, self.queue_sigma * factor
 
 
 class TrainConfig(Section):

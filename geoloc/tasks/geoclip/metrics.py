@@ -2,7 +2,8 @@
 
 Built from the evaluation configuration (``eval.thresholds_km`` and the ``data.val`` sets), so a
 study with thresholds 0.5 / 10 / 100 km gets ``acc_0.5km``, ``acc_10km`` and ``acc_100km``
-everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``train_s``, ``eval_s``,
+everywhere. Keys of one epoch: ``epoch``, ``train_loss``, ``lr``, ``temperature``, ``noise_batch_sigma``,
+``noise_queue_sigma``, ``train_s``, ``eval_s``,
 ``encoder_resolution_km``, ``batch_median_km``, ``negative_median_km``, ``negative_min_km``,
 and per evaluation set ``val_loss``, ``acc_<t>km``, ``median_km``, ``mean_km``, ``geoscore``,
 ``country_acc``, ``continent_acc``, ``score``
@@ -22,6 +23,8 @@ from geoloc.parts.config import SAMPLER_DISTANCES
 
 REGION_KEYS = ("country_acc", "continent_acc")
 RESOLUTION = "encoder_resolution_km"  # the location encoder's sharpness (geoloc.tasks.geoclip.resolution)
+NOISE_BATCH_SIGMA = "noise_batch_sigma"  # the epoch's train.noise sigmas after its schedule (km or embedding units)
+NOISE_QUEUE_SIGMA = "noise_queue_sigma"
 
 
 def geoclip_registry(thresholds_km: list[float], eval_sets: list[str], regions: bool = True) -> MetricRegistry:
@@ -31,6 +34,9 @@ def geoclip_registry(thresholds_km: list[float], eval_sets: list[str], regions: 
         Metric("train_loss", "loss", "min", False, "train/loss", hparam=True),
         Metric("lr", "train", None, False, "lr"),
         Metric("temperature", "train", None, False, "temperature"),
+        # The GPS noise each epoch trained with (train.noise.schedule applied): km, or embedding units.
+        Metric(NOISE_BATCH_SIGMA, "train", None, False, "noise/batch_sigma"),
+        Metric(NOISE_QUEUE_SIGMA, "train", None, False, "noise/queue_sigma"),
         Metric("train_s", "time", None, False, "time/train_s"),
         Metric("eval_s", "time", None, False, "time/eval_s"),
         # How finely the location encoder separates places (geoloc.tasks.geoclip.resolution); neither

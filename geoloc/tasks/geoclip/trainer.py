@@ -22,7 +22,7 @@ from geoloc.geo import gps_noise
 from geoloc.parts.feed import Feed
 from geoloc.parts.graphs import GraphedModules
 from geoloc.parts.losses import training_loss
-from geoloc.parts.negatives import NegativeDistances, NegativeMiner
+from geoloc.parts.negatives import NegativeDistances, NegativeMiner, resolve_km
 from geoloc.parts.precision import precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.parts.sampler import BatchSampler, embed_training_set
@@ -35,7 +35,7 @@ from geoloc.tasks.geoclip.evaluate import (
     curve_thresholds,
     evaluate_sets,
 )
-from geoloc.tasks.geoclip.metrics import RESOLUTION
+from geoloc.tasks.geoclip.metrics import NOISE_BATCH_SIGMA, NOISE_QUEUE_SIGMA, RESOLUTION
 from geoloc.tasks.geoclip.model import GeoCLIP
 from geoloc.tasks.geoclip.resolution import ResolutionProbe
 
@@ -95,6 +95,7 @@ class Trainer(Resumable):
         self.sampler = BatchSampler(cfg.train.batches, batch, self.data.train, self.generator)
         self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
         self.distances = NegativeDistances()
+        self.mask_km = resolve_km(cfg.train.negatives.mask_within_km or 0.0, "mask_within_km", self.data.train)
         negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
         self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk, self.data.train.path)
         self.evaluators = {
@@ -134,6 +135,7 @@ class Trainer(Resumable):
         """One optimiser step on a batch (both on the device) of the training rows ``idx`` (needed to mine
         negatives); the loss, a 0-d tensor on the device."""
         noise = self.cfg.train.noise
+        batch_sigma, queue_sigma = noise.sigmas(self.epoch + 1)
         model = self.model
         queue = model.queue.contents()
         mined = None
@@ -141,10 +143,11 @@ class Trainer(Resumable):
             if idx is None:
                 raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
             mined = self.miner.coords(self.miner.draw(idx, self.generator), self.device)
-        self.distances.add(gps, torch.cat([gps, queue]), mined)
+        # The mask of negatives within train.negatives.mask_within_km, from the exact coordinates (None: off).
+        masked = self.distances.add(gps, torch.cat([gps, queue]), mined, self.mask_km)
         if noise.target == "gps":
             locations = torch.cat(
-                [gps_noise(gps, noise.batch_sigma, self.generator), gps_noise(queue, noise.queue_sigma, self.generator)]
+                [gps_noise(gps, batch_sigma, self.generator), gps_noise(queue, queue_sigma, self.generator)]
             )
         else:
             locations = torch.cat([gps, queue])
@@ -157,8 +160,8 @@ class Trainer(Resumable):
             mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2]) if mined is not None else None
             location_emb = location_emb[:n_shared]
             if noise.target == "embedding":
-                location_emb = self._noisy_embeddings(location_emb, len(gps))
-            loss = training_loss(self.cfg.train.loss, image_emb, location_emb, model.logit_scale, mined_emb)
+                location_emb = self._noisy_embeddings(location_emb, len(gps), batch_sigma, queue_sigma)
+            loss = training_loss(self.cfg.train.loss, image_emb, location_emb, model.logit_scale, mined_emb, masked)
         self.optimizer.zero_grad(set_to_none=True)
         with tf32(self.cfg.train.precision == "tf32"):  # the backward's products too (autocast is forward-only)
             loss.backward()
@@ -167,10 +170,11 @@ class Trainer(Resumable):
         model.queue.push(gps)
         return loss.detach()
 
-    def _noisy_embeddings(self, emb: torch.Tensor, n_batch: int) -> torch.Tensor:
-        noise = self.cfg.train.noise
-        sigma = torch.full((len(emb), 1), noise.queue_sigma, device=emb.device)
-        sigma[:n_batch] = noise.batch_sigma
+    def _noisy_embeddings(
+        self, emb: torch.Tensor, n_batch: int, batch_sigma: float, queue_sigma: float
+    ) -> torch.Tensor:
+        sigma = torch.full((len(emb), 1), queue_sigma, device=emb.device)
+        sigma[:n_batch] = batch_sigma
         drawn = torch.randn(emb.shape, generator=self.device_generator, device=emb.device) * sigma
         return F.normalize(emb + drawn.to(emb.dtype), dim=-1)
 
@@ -185,6 +189,7 @@ class Trainer(Resumable):
     def train_one_epoch(self, progress: bool = False) -> dict[str, float]:
         self.model.train()
         lr = self.optimizer.param_groups[0]["lr"]
+        batch_sigma, queue_sigma = self.cfg.train.noise.sigmas(self.epoch + 1)
         losses, start = [], time.perf_counter()
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
         rows: deque[np.ndarray] = deque()  # the feed yields batches in the order it takes them: a FIFO pairs them
@@ -208,6 +213,8 @@ class Trainer(Resumable):
             "train_loss": float(np.mean(torch.stack(losses).double().cpu().numpy())),
             "lr": lr,
             "temperature": self.model.temperature,
+            NOISE_BATCH_SIGMA: batch_sigma,
+            NOISE_QUEUE_SIGMA: queue_sigma,
             **self.distances.result(),
             "train_s": time.perf_counter() - start,
         }
@@ -314,3 +321,5 @@ def prepare_sampling(cfg: GeoCLIPConfig, data: Data) -> None:
     BatchSampler(cfg.train.batches, cfg.train.batch_size, data.train, torch.Generator())
     if cfg.train.negatives.mined:
         NegativeMiner.for_run(cfg.train.negatives, data)
+    if cfg.train.negatives.mask_within_km:
+        resolve_km(cfg.train.negatives.mask_within_km, "mask_within_km", data.train)
