@@ -20,27 +20,33 @@ NOT_FIGURES = {"train_s", "eval_s"}  # wall times
 def table(schedule: dict, epochs: int = 7, batch_sigma: float = 5.0) -> list[float]:
     noise = NoiseConfig(batch_sigma=batch_sigma, queue_sigma=2 * batch_sigma, schedule=schedule)
     sigmas = [noise.sigmas(e) for e in range(1, epochs + 1)]
-    assert all(queue == 2 * batch for batch, queue in sigmas)  # one factor scales both, their ratio kept
+    # The queue's sigma goes by the same weights from its own start (twice the batch's) to the same end.
+    end = NoiseSchedule(**schedule).sigma_end_km
+    for (batch, queue), e in zip(sigmas, range(1, epochs + 1), strict=True):
+        w = NoiseSchedule(**schedule).weight(e)
+        assert batch == pytest.approx(batch_sigma + (end - batch_sigma) * w)
+        assert queue == pytest.approx(2 * batch_sigma + (end - 2 * batch_sigma) * w)
+    assert NoiseConfig(queue_sigma=1.0, schedule=schedule).sigmas(epochs)[0] == 0.0  # a part that is off stays off
     return [batch for batch, _ in sigmas]
 
 
 def test_each_schedule_gives_the_documented_sigma_of_every_epoch():
-    assert table({"type": "linear", "end_factor": 0.0, "until_epoch": 5}) == [5, 3.75, 2.5, 1.25, 0, 0, 0]
-    assert table({"type": "linear", "end_factor": 0.2, "until_epoch": 3}) == pytest.approx([5, 3, 1, 1, 1, 1, 1])
-    cosine = table({"type": "cosine", "end_factor": 0.0, "until_epoch": 5})
+    assert table({"type": "linear", "sigma_end_km": 0.0, "until_epoch": 5}) == [5, 3.75, 2.5, 1.25, 0, 0, 0]
+    assert table({"type": "linear", "sigma_end_km": 1.0, "until_epoch": 3}) == pytest.approx([5, 3, 1, 1, 1, 1, 1])
+    cosine = table({"type": "cosine", "sigma_end_km": 0.0, "until_epoch": 5})
     assert cosine == pytest.approx(
         [5, 5 * (1 + math.cos(math.pi / 4)) / 2, 2.5, 5 * (1 - math.cos(math.pi / 4)) / 2, 0, 0, 0]
     )
     assert cosine[4:] == [0, 0, 0]  # exactly: the epochs at the end draw no noise
-    assert table({"type": "step", "end_factor": 0.0, "until_epoch": 3}) == [5, 5, 0, 0, 0, 0, 0]
-    assert table({"type": "step", "end_factor": 0.5, "until_epoch": 1}) == [2.5] * 7
-    assert table({"type": "linear", "end_factor": 0.0, "until_epoch": 1}) == [0] * 7
+    assert table({"type": "step", "sigma_end_km": 0.0, "until_epoch": 3}) == [5, 5, 0, 0, 0, 0, 0]
+    assert table({"type": "step", "sigma_end_km": 2.5, "until_epoch": 1}) == [2.5] * 7
+    assert table({"type": "linear", "sigma_end_km": 0.0, "until_epoch": 1}) == [0] * 7
     assert table({"type": "constant"}) == [5] * 7
-    assert NoiseSchedule().factor(100) == 1.0
+    assert NoiseSchedule().weight(100) == 0.0
 
 
 def test_a_schedule_without_its_end_is_refused_naming_the_key(small_config):
-    small_config["train"]["noise"] = {"batch_sigma": 1.0, "schedule": {"type": "cosine", "end_factor": 0.0}}
+    small_config["train"]["noise"] = {"batch_sigma": 1.0, "schedule": {"type": "cosine", "sigma_end_km": 0.0}}
     with pytest.raises(ConfigError, match="train.noise.schedule.until_epoch"):
         build(small_config)
 
@@ -61,7 +67,7 @@ def test_the_logged_sigmas_follow_the_schedule_and_constant_is_todays_training(s
     sigma = 5.0 if target == "gps" else 0.05
     noise = {"target": target, "batch_sigma": sigma, "queue_sigma": 2 * sigma}
     plain = run(small_config, tmp_path, "plain", **noise)
-    decaying = {"type": "linear", "end_factor": 0.0, "until_epoch": 3}
+    decaying = {"type": "linear", "sigma_end_km": 0.0, "until_epoch": 3}
     linear = run(small_config, tmp_path, "linear", **noise, schedule=decaying)
     assert [row["noise_batch_sigma"] for row in plain] == [sigma] * 3
     assert [row["noise_batch_sigma"] for row in linear] == [sigma, sigma / 2, 0.0]
@@ -70,6 +76,4 @@ def test_the_logged_sigmas_follow_the_schedule_and_constant_is_todays_training(s
     assert linear[1]["train_loss"] != plain[1]["train_loss"]  # then less noise: another training
     if target == "gps":
         constant = run(small_config, tmp_path, "constant", **noise, schedule={"type": "constant"})
-        # A linear schedule that ends where it starts multiplies by exactly 1: the same training.
-        level = run(small_config, tmp_path, "level", **noise, schedule={**decaying, "end_factor": 1.0})
-        assert constant == plain == level  # every metric, to the last digit
+        assert constant == plain  # every metric, to the last digit

@@ -111,32 +111,30 @@ class ModelConfig(Section):
 class NoiseSchedule(Section):
     """How the noise's sigmas change over the epochs (``train.noise.schedule``).
 
-    One factor per epoch multiplies both ``batch_sigma`` and ``queue_sigma`` (so their ratio, and the
-    paper's 150 m : 1 km, is kept), whatever their unit (km for ``target: gps``, embedding units for
-    ``target: embedding``). For epoch e (1-based), with t = (e - 1) / (until_epoch - 1) capped at 1
-    (t = 1 throughout when until_epoch is 1):
+    Each noisy part (``batch_sigma``, ``queue_sigma``; a part at 0 stays off) goes from its configured
+    sigma at epoch 1 to ``sigma_end_km`` at ``until_epoch`` and stays there, in the unit of its
+    ``target`` (km for ``gps``, embedding units for ``embedding``). For epoch e (1-based), with
+    t = (e - 1) / (until_epoch - 1) capped at 1 (t = 1 throughout when until_epoch is 1), a part
+    configured at s has sigma s + (sigma_end_km - s) w, where w is
 
-    - constant: factor 1 at every epoch (the default; training is exactly as without a schedule);
-    - linear: 1 + (end_factor - 1) t;
-    - cosine: end_factor + (1 - end_factor) (1 + cos(pi t)) / 2;
-    - step: 1 before until_epoch, end_factor from it on.
+    - constant: 0 at every epoch (the default; training is exactly as without a schedule);
+    - linear: t;
+    - cosine: (1 - cos(pi t)) / 2;
+    - step: 0 before until_epoch, 1 from it on.
 
-    Every type is at ``end_factor`` from ``until_epoch`` on. Example: batch_sigma 5 (km), linear,
-    end_factor 0, until_epoch 5 gives 5, 3.75, 2.5, 1.25, 0, 0, ... km. An epoch whose sigma is 0
-    draws no noise (``geoloc.geo.gps_noise``). Each epoch's sigmas are logged as ``noise_batch_sigma``
-    and ``noise_queue_sigma``.
-
-    The end is a factor, not the ``sigma_end_km`` the issue named: one schedule scales two sigmas
-    (batch and queue) that may differ, in km or in embedding units, and a factor needs no unit.
+    Example: batch_sigma 5 (km), linear, sigma_end_km 0, until_epoch 5 gives 5, 3.75, 2.5, 1.25, 0, 0,
+    ... km. An epoch whose sigma is 0 draws no noise (``geoloc.geo.gps_noise``). Each epoch's sigmas
+    are logged as ``noise_batch_sigma`` and ``noise_queue_sigma``.
     """
 
     type: Literal["constant", "linear", "cosine", "step"] = "constant"
     """The shape of the schedule (above)."""
-    end_factor: Float = Field(0.0, ge=0.0)
-    """The sigmas' factor at ``until_epoch`` and after (0: no noise from then on). Constant ignores it and
-    ``until_epoch``, so a study can vary ``type`` alone over a base that sets both."""
+    sigma_end_km: Float = Field(0.0, ge=0.0)
+    """The sigma each noisy part reaches at ``until_epoch`` and keeps (0: no noise from then on); in
+    embedding units for ``target: embedding``. Constant ignores it and ``until_epoch``, so a study can
+    vary ``type`` alone over a base that sets both."""
     until_epoch: StrictInt | None = Field(None, ge=1)
-    """The first epoch (1-based) at ``end_factor``; needed by every type but constant."""
+    """The first epoch (1-based) at ``sigma_end_km``; needed by every type but constant."""
 
     @model_validator(mode="after")
     def _end_where_needed(self) -> NoiseSchedule:
@@ -144,17 +142,15 @@ class NoiseSchedule(Section):
             raise FieldError("until_epoch", f"a {self.type} schedule needs the epoch at which it ends")
         return self
 
-    def factor(self, epoch: int) -> float:
-        """The sigmas' factor of ``epoch`` (1-based)."""
+    def weight(self, epoch: int) -> float:
+        """How far ``epoch`` (1-based) is from the configured sigmas (0) to ``sigma_end_km`` (1)."""
         if self.type == "constant":
-            return 1.0
-        end, until = self.end_factor, self.until_epoch
+            return 0.0
+        until = self.until_epoch
         if self.type == "step":
-            return 1.0 if epoch < until else end
+            return 0.0 if epoch < until else 1.0
         t = min(1.0, (epoch - 1) / (until - 1)) if until > 1 else 1.0
-        if self.type == "linear":
-            return 1.0 + (end - 1.0) * t
-        return end + (1.0 - end) * (1.0 + math.cos(math.pi * t)) / 2
+        return t if self.type == "linear" else (1.0 - math.cos(math.pi * t)) / 2
 
 
 class NoiseConfig(Section):
@@ -176,12 +172,12 @@ class NoiseConfig(Section):
     """How both sigmas change over the epochs (``NoiseSchedule``); constant keeps them."""
 
     def sigmas(self, epoch: int) -> tuple[float, float]:
-        """(batch, queue) sigma of ``epoch`` (1-based): the configured ones times the schedule's factor,
-        exactly the configured ones under the constant schedule."""
+        """(batch, queue) sigma of ``epoch`` (1-based) under the schedule (``NoiseSchedule``): exactly the
+        configured ones under the constant schedule; a part configured at 0 stays off."""
         if self.schedule.type == "constant":
             return self.batch_sigma, self.queue_sigma
-        factor = self.schedule.factor(epoch)
-        return self.batch_sigma * factor, self.queue_sigma * factor
+        w, end = self.schedule.weight(epoch), self.schedule.sigma_end_km
+        return tuple(s + (end - s) * w if s > 0 else 0.0 for s in (self.batch_sigma, self.queue_sigma))
 
 
 class TrainConfig(Section):
