@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@set -o pipefail; $(PY) -m pip install --quiet --upgrade pip $(QUIET_PIP)
 	@echo "installing geoloc-study and its dependencies into $(VENV) (a few minutes the first time)"
-	@set -o pipefail; $(PY) -m pip install --quiet -e '.[test]' $(QUIET_PIP)
+	@set -o pipefail; PYTHONWARNINGS=ignore $(PY) -m pip install --quiet -e '.[test]' $(QUIET_PIP)
 	@touch $(STAMP)
 
 # A second `make run` resumes (and so re-prints) the finished quickstart instead of refusing to overwrite it.
