@@ -23,7 +23,7 @@ from geoloc.parts.feed import Feed
 from geoloc.parts.graphs import GraphedModules
 from geoloc.parts.losses import training_loss
 from geoloc.parts.negatives import NegativeDistances, NegativeMiner
-from geoloc.parts.precision import precision, tf32
+from geoloc.parts.precision import check_precision, precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.parts.sampler import BatchSampler, embed_training_set
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
@@ -49,6 +49,7 @@ class Trainer(Resumable):
         self.cfg = cfg
         self.data = data or load_data(cfg.data)
         self.device = claim_device(cfg.train.device, "train.device", cfg.train.threads, gpu_share)
+        check_precision(cfg.train.precision, self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
@@ -102,8 +103,12 @@ class Trainer(Resumable):
     # -- one epoch -------------------------------------------------------------------------------
 
     def precision(self):
-        """The context of every step and evaluation: ``train.precision`` (``geoloc.parts.precision``)."""
+        """The context of every step: ``train.precision`` (``geoloc.parts.precision``)."""
         return precision(self.cfg.train.precision, self.device)
+
+    def eval_precision(self):
+        """The context of every pass without gradient: ``train.precision``, but fp32 on a CPU."""
+        return precision(self.cfg.train.precision, self.device, part="eval")
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor this trainer holds, by name: model, optimiser state, feed and evaluation."""
@@ -119,7 +124,7 @@ class Trainer(Resumable):
     def batches(self):
         """(indices, views) of the next epoch's batches (``geoloc.parts.sampler``): one cached view per image,
         indices sorted within a batch so reads go forward."""
-        embed = embed_training_set(self.model, self.data.train, self.device, self.precision)
+        embed = embed_training_set(self.model, self.data.train, self.device, self.eval_precision)
         return self.sampler.epoch(self.epoch + 1, embed)
 
     def train_step(self, features: torch.Tensor, gps: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
@@ -209,7 +214,7 @@ class Trainer(Resumable):
         name) and the encoder's resolution; each set's fine error curve is kept in ``self.curves``."""
         start = time.perf_counter()
         metrics = {}
-        results = evaluate_sets(self.model, list(self.evaluators.values()), self.precision)
+        results = evaluate_sets(self.model, list(self.evaluators.values()), self.eval_precision)
         for i, (name, result) in enumerate(zip(self.evaluators, results, strict=True)):
             prefix = "" if i == 0 else f"{name}_"
             metrics.update({prefix + k: v for k, v in result.metrics.items()})
