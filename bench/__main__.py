@@ -35,6 +35,7 @@ BENCHMARKS = [
     "bench_pareto",
     "bench_neighbours",
     "bench_sampling",
+    "bench_similarity",
 ]
 HERE = Path(__file__).resolve().parent
 
