@@ -22,7 +22,7 @@ from geoloc.geo import gps_noise
 from geoloc.parts.feed import Feed
 from geoloc.parts.graphs import GraphedModules
 from geoloc.parts.losses import training_loss
-from geoloc.parts.negatives import NegativeDistances, NegativeMiner
+from geoloc.parts.negatives import MinedBank, NegativeDistances, NegativeMiner
 from geoloc.parts.precision import check_precision, precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.parts.sampler import BatchSampler, embed_training_set
@@ -77,10 +77,11 @@ class Trainer(Resumable):
         )
         self.epoch = 0
         batch, mined = cfg.train.batch_size, cfg.train.negatives.mined
+        bank = mined and cfg.train.negatives.bank  # mined embeddings looked up, not encoded with the batch
         self.graphs = GraphedModules(
             {
                 self.model.image_head: (batch, self.data.train.feature_dim),
-                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined, 2),
+                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined * (not bank), 2),
             },
             enabled=cfg.train.cuda_graphs,
         )
@@ -88,6 +89,7 @@ class Trainer(Resumable):
         self.train_coords = self.feed.coords
         self.sampler = BatchSampler(cfg.train.batches, batch, self.data.train, self.generator)
         self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
+        self.bank = MinedBank(self.miner.pool_t, cfg.train.negatives.bank_refresh_steps, self.device) if bank else None
         self.distances = NegativeDistances()
         negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
         self.gallery = Gallery(self.data.gallery, self.device, cfg.eval.gallery_chunk)
@@ -117,6 +119,8 @@ class Trainer(Resumable):
             yield from ((f"optimizer.{i}.{k}", v) for k, v in state.items() if isinstance(v, torch.Tensor))
         yield from self.feed.tensors()
         yield "gallery.coords", self.gallery.coords_t
+        if self.bank is not None:
+            yield "bank.coords", self.bank.coords
         for name, evaluator in self.evaluators.items():
             yield f"eval.{name}.coords", evaluator.coords_t
             yield f"eval.{name}.negatives", evaluator.negatives_t
@@ -137,7 +141,8 @@ class Trainer(Resumable):
         if self.miner is not None:
             if idx is None:
                 raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
-            mined = self.miner.coords(self.miner.draw(idx, self.generator), self.device)
+            drawn = self.miner.draw(idx, self.generator)
+            mined = self.miner.coords(drawn, self.device)
         self.distances.add(gps, torch.cat([gps, queue]), mined)
         if noise.target == "gps":
             locations = torch.cat(
@@ -146,12 +151,17 @@ class Trainer(Resumable):
         else:
             locations = torch.cat([gps, queue])
         n_shared = len(locations)
-        if mined is not None:
+        if mined is not None and self.bank is None:
             locations = torch.cat([locations, mined.flatten(0, 1)])
         with self.precision():
             image_emb = model.encode_images(features, self.graphs.run)
             location_emb = model.encode_locations(locations, self.graphs.run)
-            mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2]) if mined is not None else None
+            if mined is None:
+                mined_emb = None
+            elif self.bank is None:
+                mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2])
+            else:  # looked up in the bank, without gradient (train.negatives.bank)
+                mined_emb = self.bank.lookup(drawn, model.encode_locations)
             location_emb = location_emb[:n_shared]
             if noise.target == "embedding":
                 location_emb = self._noisy_embeddings(location_emb, len(gps))
@@ -181,6 +191,8 @@ class Trainer(Resumable):
 
     def train_one_epoch(self, progress: bool = False) -> dict[str, float]:
         self.model.train()
+        if self.bank is not None:
+            self.bank.start_epoch()
         lr = self.optimizer.param_groups[0]["lr"]
         losses, start = [], time.perf_counter()
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
