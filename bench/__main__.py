@@ -36,6 +36,7 @@ BENCHMARKS = [
     "bench_neighbours",
     "bench_sampling",
     "bench_similarity",
+    "bench_bank",
 ]
 HERE = Path(__file__).resolve().parent
 

@@ -10,6 +10,11 @@ are built once per (training set, pool, near_k, min_km) and kept beside the trai
 Draws come from the trainer's CPU generator inside the step, before the GPS noise, so a seed
 gives the same negatives on every device and a resumed trial continues exactly; with ``mined: 0``
 nothing is drawn and training is the published recipe.
+
+With ``bank: true`` the mined points' embeddings come from a ``MinedBank`` (every pool point embedded
+without gradient, refreshed every ``bank_refresh_steps`` steps and at each epoch's start) instead of
+going through the location encoder with the batch: the draws are the same, the gradient reaches the
+encoder through the batch and the queue only, as in MoCo's key bank.
 """
 
 from __future__ import annotations
