@@ -5,7 +5,8 @@ sizes, batch 512, queue 4,096, 768-d features, the published 100K gallery as the
 the published step (nothing mined), 64 mined per positive encoded with the batch (``bank: false``, the
 old way) and 64 mined per positive looked up in the bank (``bank: true``). A bank step's cost is its
 lookup step plus its share of the refreshes: one refresh (every pool point through the location
-encoder, no gradient) is timed on its own and divided by ``bank_refresh_steps`` (100). The timed
+encoder, no gradient) is timed on its own, divided by ``bank_refresh_steps`` (100) and by the published
+step's median time (its fastest, for the ratio of minima), and added to the lookup step's ratio. The timed
 bank steps never refresh (the bank was filled before them).
 
 Target (issue 26): 64 mined per positive with the bank at most 1.3x the published step, on a GPU.
@@ -23,6 +24,7 @@ from .common import Result, interleave, log, median, paired_speedup, spread, tab
 TARGET = 1.3
 MINED = 64
 REFRESH_STEPS = 100
+HEADERS = ["step", "time", "against the published step (median of per-round ratios)", "ratio of minima", "target"]
 
 
 def run(size: str = "published", repeats: int = 3) -> Result:
@@ -45,31 +47,43 @@ def run(size: str = "published", repeats: int = 3) -> Result:
         log(f"bank ({spec['batch']} + {spec['queue']}, {MINED} mined): {len(ways)} ways x {repeats} repeats")
         times, _ = interleave(ways, repeats)
         assert bank_trainer.bank.refreshed_at == [0], "a timed bank step refreshed"
-    base = median(times["published step"])
+    published_s = times["published step"]
+    base = median(published_s)
     pool = len(bank_trainer.bank.coords)
-    rows = [[name, spread(values), f"{median(values) / base:.2f}x", ""] for name, values in times.items()]
+
+    def ratio(values: list[float]) -> float:  # the median of the per-round ratios: each round's pair saw one load
+        return paired_speedup(values, published_s)  # = median(values[i] / published[i])
+
+    rows = [
+        [name, spread(values), f"{ratio(values):.2f}x", f"{min(values) / min(published_s):.2f}x", ""]
+        for name, values in times.items()
+    ]
     bank_name = f"{MINED} mined, looked up in the bank (bank: true)"
-    with_refresh = (median(times[bank_name]) + refresh_s / REFRESH_STEPS) / base
+    share = refresh_s / REFRESH_STEPS
+    with_refresh = ratio(times[bank_name]) + share / base
+    with_refresh_min = (min(times[bank_name]) + share) / min(published_s)
     rows.append(
         [
             f"the same with its share of a refresh ({refresh_s:.1f} s for {pool:,} points / {REFRESH_STEPS} steps)",
             "",
             f"**{with_refresh:.2f}x**",
-            "met" if with_refresh <= TARGET else "**missed** (CPU)",
+            f"{with_refresh_min:.2f}x",
+            f"<= {TARGET}x: " + ("met" if with_refresh <= TARGET else "**missed** (CPU)"),
         ]
     )
-    figures = {name: median(values) / base for name, values in times.items()}
+    figures = {name: ratio(values) for name, values in times.items()}
     figures.update(
         published_step_s=base,
         refresh_s=refresh_s,
         bank_with_refresh=with_refresh,
+        bank_with_refresh_minima=with_refresh_min,
         bank_vs_encoded=paired_speedup(times[f"{MINED} mined, encoded with the batch (bank: false)"], times[bank_name]),
     )
     body = f"""
 Sizes: {size} (batch {spec["batch"]}, queue {spec["queue"]}, {spec["feature_dim"]}-d features), {MINED} mined per
 positive (half near, half far) from {pool:,} pool points, fp32, CPU, {repeats} interleaved repeats after a warm-up.
 
-{table(["step", "time", "against the published step", f"target <= {TARGET}x"], rows)}
+{table(HEADERS, rows)}
 
 The bank step is {figures["bank_vs_encoded"]:.1f}x faster than encoding the mined points with the batch
 (median of per-round ratios). GPU: not measured.
@@ -78,7 +92,7 @@ The bank step is {figures["bank_vs_encoded"]:.1f}x faster than encoding the mine
 
 
 def main(quick: bool = False) -> Result:
-    return run("tiny", 2) if quick else run("published", 3)
+    return run("tiny", 2) if quick else run("published", 5)
 
 
 if __name__ == "__main__":
