@@ -14,11 +14,13 @@ bf16 on a CPU (issue 26). Where the CPU has no native bf16 (no AVX512-BF16 or AM
 ``_is_mkldnn_bf16_supported``), torch emulates it, measured on a 2-core Xeon with oneDNN and ATen limited
 to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``), one thread, the default location encoder:
 encoding 8,192 locations without gradient took 14.6 s in bf16 against 1.5 s in fp32, and forward +
-backward of 2,048 locations 56-64 s against 0.9-1.5 s. So ``check_precision`` refuses ``bf16`` on such a
+backward of 2,048 locations 56-64 s against 0.9-1.5 s, and a whole ``Evaluator`` call (600 images, 10K
+gallery) 46-143 s against 4.7-8.9 s. So ``check_precision`` refuses ``bf16`` on such a
 CPU (one line, at trial start), and every pass without gradient (evaluation, the embeddings of the
 similarity sampler: ``part="eval"``) runs in fp32 on any CPU: its metrics are then the same on every
 CPU whatever its bf16 support, at a cost where bf16 is native (the same Xeon with AMX: 0.4-0.6 s in
-bf16 against 1.5 s in fp32 for the 8,192 encodes above). Steps on a CPU with native bf16 keep bf16.
+bf16 against 1.5 s in fp32 for the 8,192 encodes above, 1.4 s against 2.3-3.7 s for the evaluation).
+Steps on a CPU with native bf16 keep bf16.
 """
 
 from __future__ import annotations
