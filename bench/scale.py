@@ -11,7 +11,7 @@ TenCrop's 10 views, then measures, on this machine's device (the CPU here):
   beside the cache, the second reads them (what every later trial pays). Both include the gallery
   ceiling of the evaluation set (computed per trial);
 - host memory: the process's resident set after each start-up and its peak (``ru_maxrss``);
-- one epoch's data path: the epoch's batch assembly (``Trainer.batches``), then ``--steps`` steps
+- one epoch's data path (the queue full): the epoch's batch assembly (``Trainer.batches``), then ``--steps`` steps
   read from the cache and trained (steps timed, not a full epoch), with and without the bank.
 
 The epoch's estimate (steps x an MP-16 epoch's 9,082 steps at batch 512) is **extrapolated, not
@@ -93,6 +93,7 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
             log(f"scale: trial start-up, {attempt}")
             start = time.perf_counter()
             trainer = Trainer(job, data)
+            trainer.model.queue.push(torch.from_numpy(coords(4096, 3)).float())  # full, as after 8 steps
             figures.append([f"trial start-up, {attempt}", f"{time.perf_counter() - start:.1f} s", f"{rss_gib():.2f}"])
         log(f"scale: batch assembly and {steps} steps, bank {bank}")
         start = time.perf_counter()
