@@ -35,6 +35,8 @@ BENCHMARKS = [
     "bench_pareto",
     "bench_neighbours",
     "bench_sampling",
+    "bench_similarity",
+    "bench_bank",
 ]
 HERE = Path(__file__).resolve().parent
 

@@ -66,9 +66,9 @@ BAND = 0.006  # relative: great circle vs WGS84 geodesic
 FEATURE_DIM = 768
 
 
-PRECISIONS = {  # ours' evaluation: name -> its context, as Trainer.precision gives it per train.precision
-    name: functools.partial(precision, name, torch.device("cpu")) for name in ("fp32", "bf16")
-}
+# ours' evaluation: name -> its context, as Trainer.precision gives it to a step. A trial's evaluation on a CPU
+# now runs in fp32 whatever train.precision says (Trainer.eval_precision, issue 26); bf16 here measures raw autocast.
+PRECISIONS = {name: functools.partial(precision, name, torch.device("cpu")) for name in ("fp32", "bf16")}
 
 
 def _run_ours(evaluator: Evaluator, model: GeoCLIP, precision: str = "fp32") -> tuple[Evaluation, np.ndarray]:

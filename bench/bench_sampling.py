@@ -44,9 +44,12 @@ SAMPLER_IMAGES = {"published": (100_000, 20_000), "tiny": (5_000, 2_000)}  # tra
 MINED = (8, 64)
 
 
-def make_trainer(spec: dict, folder: Path, mined: int = 0) -> tuple[Trainer, torch.Tensor, torch.Tensor, np.ndarray]:
+def make_trainer(
+    spec: dict, folder: Path, mined: int = 0, **negatives
+) -> tuple[Trainer, torch.Tensor, torch.Tensor, np.ndarray]:
     """A Trainer on one batch of random features (coordinates from the published gallery, which is also
-    the mined pool), its queue full; returns it with the batch's features, GPS and rows."""
+    the mined pool), its queue full; returns it with the batch's features, GPS and rows. ``negatives``: more
+    ``train.negatives`` keys (``bank``, ``bank_refresh_steps``)."""
     rng = np.random.default_rng(0)
     gallery = geoclip_gallery_coords()
     batch, queue = spec["batch"], spec["queue"]
@@ -54,7 +57,7 @@ def make_trainer(spec: dict, folder: Path, mined: int = 0) -> tuple[Trainer, tor
     features = rng.standard_normal((len(coords), spec["feature_dim"])).astype(np.float16)
     cache = lambda rows: FeatureCache(folder, features[rows, None, :], coords[rows], {"backbone": "random"})  # noqa: E731
     data = Data(train=cache(slice(0, batch)), val={"val": cache(slice(-64, None))}, gallery=gallery)
-    negatives = {"mined": mined, "near_share": 0.5, "near_k": 128}
+    negatives = {"mined": mined, "near_share": 0.5, "near_k": 128, **negatives}
     train = {"batch_size": batch, "queue_size": queue, "negatives": negatives, "device": "cpu"}
     trainer = Trainer(parse_job({"model": spec["model"], "train": train}), data)
     trainer.model.queue.push(torch.from_numpy(coords[batch : batch + queue]).float())

@@ -229,23 +229,24 @@ def test_similarity_lists_switch_on_and_refresh_on_schedule(small_config, monkey
     }
     trainer = Trainer(build(small_config))
     built, lists_used = [], []
-    real_build, real_batches = sampler_module.similarity_lists, sampler_module.neighbour_batches
+    real_build, real_batches = sampler_module.ranked_lists, sampler_module.neighbour_batches
 
     def spy_build(images, locations, k, **options):
-        lists = real_build(images, locations, k, **options)
+        result = real_build(images, locations, k, **options)
+        lists = result.lists
         scores = images @ locations.T
         scores.fill_diagonal_(-math.inf)
         brute = scores.topk(k, dim=1).values
         got = scores.gather(1, torch.as_tensor(lists).long())
         assert torch.allclose(got, brute, rtol=0, atol=1e-6)  # the top-k of the model's embeddings, in order
         built.append(trainer.epoch + 1)
-        return lists
+        return result
 
     def spy_batches(lists, *args):
         lists_used.append("gps" if lists is trainer.sampler.gps_lists else "similarity")
         return real_batches(lists, *args)
 
-    monkeypatch.setattr(sampler_module, "similarity_lists", spy_build)
+    monkeypatch.setattr(sampler_module, "ranked_lists", spy_build)
     monkeypatch.setattr(sampler_module, "neighbour_batches", spy_batches)
     for _ in range(5):
         trainer.train_one_epoch()

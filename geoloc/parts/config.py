@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from geoloc.common.validation import FieldError, Float, Section
 
@@ -52,6 +52,13 @@ class NegativesConfig(Section):
     """No mined negative lies within this many km of its positive (strictly farther; 0 still excludes
     the positive's own location), or "semivariogram": the fitted range of the training cache's
     semivariogram (``python -m analysis.semivariogram``), where image features stop being alike."""
+    bank: StrictBool = False
+    """Take the mined negatives' embeddings from a memory bank (MoCo-style): every pool point embedded
+    by the location encoder without gradient at each epoch's first step and every ``bank_refresh_steps``
+    steps after, and looked up (``geoloc.parts.negatives.MinedBank``). False: each mined point is encoded
+    with the batch, with its gradient (the default; 64 mined per positive cost 7-9x the published step)."""
+    bank_refresh_steps: StrictInt = Field(100, ge=1)
+    """Steps between two refreshes of the bank within an epoch (``bank: true`` only)."""
 
     mask_within_km: Float | Literal["semivariogram"] | None = None
     """Every negative of a positive's loss (the batch's other GPS, the queue, its mined negatives) that lies

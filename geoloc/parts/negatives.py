@@ -13,6 +13,10 @@ nothing is drawn and training is the published recipe.
 
 ``NegativeDistances.add`` also gives the mask of ``train.negatives.mask_within_km``: the loss's columns
 within that distance of their positive, from the same product of unit vectors as the diagnostics.
+With ``bank: true`` the mined points' embeddings come from a ``MinedBank`` (every pool point embedded
+without gradient, refreshed every ``bank_refresh_steps`` steps and at each epoch's start) instead of
+going through the location encoder with the batch: the draws are the same, the gradient reaches the
+encoder through the batch and the queue only, as in MoCo's key bank.
 """
 
 from __future__ import annotations
@@ -121,6 +125,45 @@ class NegativeMiner:
         asynchronously, as the GPS noise: a pageable copy would wait for the GPU's queue)."""
         coords = self.pool_t[mined]
         return coords.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else coords
+
+
+class MinedBank:
+    """The mined negatives' embeddings as a memory bank (``train.negatives.bank``, MoCo-style): every pool
+    point's embedding, computed without gradient, refreshed at each epoch's first step and every
+    ``refresh_steps`` steps after it; mined negatives are looked up (detached) instead of encoded with
+    their gradient.
+
+    Refreshing at each epoch's start makes the bank a function of the weights at that step alone, so
+    a trial resumed from an epoch's checkpoint rebuilds the same bank: nothing is checkpointed.
+    """
+
+    def __init__(self, pool_t: torch.Tensor, refresh_steps: int, device: torch.device, chunk: int = 8192):
+        self.coords = pool_t.to(device)
+        self.refresh_steps, self.chunk = refresh_steps, chunk
+        self.embeddings: torch.Tensor | None = None  # (pool, D) float32 on the device
+        self.step = 0  # steps taken this epoch
+        self.refreshed_at: list[int] = []  # steps of this epoch (0-based) at which the bank was refreshed
+
+    def start_epoch(self) -> None:
+        self.step, self.refreshed_at = 0, []
+
+    @torch.no_grad()
+    def refresh(self, encode) -> None:
+        """Every pool point through ``encode`` (coordinates -> unit embeddings), chunk by chunk, no gradient."""
+        self.embeddings = torch.cat(
+            [
+                encode(self.coords[start : start + self.chunk]).float()
+                for start in range(0, len(self.coords), self.chunk)
+            ]
+        )
+        self.refreshed_at.append(self.step)
+
+    def lookup(self, mined: torch.Tensor, encode) -> torch.Tensor:
+        """(B, M, D) embeddings of the mined pool indices (B, M) for this step, refreshed first when due."""
+        if self.step % self.refresh_steps == 0 or self.embeddings is None:
+            self.refresh(encode)
+        self.step += 1
+        return self.embeddings[mined.to(self.coords.device)]
 
 
 class NegativeDistances:

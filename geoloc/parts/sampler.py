@@ -8,7 +8,8 @@
   model finds most alike: at epoch ``similarity_from_epoch`` and every ``similarity_every`` epochs
   after, each training image (its first cached view) is embedded by the image head and every
   training location by the location encoder, and image i lists the ``range`` locations j != i of
-  largest similarity, exactly (``geoloc.parts.neighbours.similarity_lists``, on the trial's device).
+  largest similarity (``geoloc.parts.similarity.ranked_lists``: exact on the trial's GPU and on the CPU up
+  to 200K images, a faiss IVF index above that on the CPU, its recall measured and printed).
   Earlier epochs use the GPS lists.
 
 Each batch's indices are sorted (reads go forward); one cached view per image is drawn per epoch.
@@ -27,7 +28,8 @@ from geoloc.common.validation import ConfigError
 from geoloc.data.cache import FeatureCache
 from geoloc.data.derived import cached_array, fingerprint
 from geoloc.parts.config import BatchesConfig
-from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.parts.neighbours import nearest, neighbour_batches
+from geoloc.parts.similarity import ranked_lists
 
 SIMILARITY_CHUNK_BYTES = 2**30  # float32 scores of a chunk of images against every location (1M: 268 rows)
 Embed = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # -> (image embeddings, location embeddings), (n, D) each
@@ -107,9 +109,7 @@ class BatchSampler(ListSchedule):
         if self.rebuilds(epoch):
             images, locations = embed()
             chunk = max(1, SIMILARITY_CHUNK_BYTES // (4 * len(locations)))  # rows of scores held at once
-            self.similarity = similarity_lists(
-                images, locations, self.cfg.range, exclude_self=True, chunk=chunk
-            ).numpy()
+            self.similarity = ranked_lists(images, locations, self.cfg.range, exclude_self=True, chunk=chunk).lists
             self.similarity_epoch = epoch
         lists = self.similarity if self.uses_similarity(epoch) else self.gps_lists
         batches = neighbour_batches(lists, self.batch_size, self.cfg.neighbours, self.cfg.draw, self.generator)

@@ -49,8 +49,9 @@ from geoloc.common.validation import ConfigError
 from geoloc.data.crossview import CrossViewSet
 from geoloc.data.derived import cached_array, fingerprint
 from geoloc.parts.config import BatchesConfig
-from geoloc.parts.neighbours import nearest, neighbour_batches, similarity_lists
+from geoloc.parts.neighbours import nearest, neighbour_batches
 from geoloc.parts.sampler import ListSchedule
+from geoloc.parts.similarity import ranked_lists
 
 SIMILARITY_CHUNK_BYTES = 2**30  # float32 scores of a chunk of queries against every listed reference
 Embed = Callable[[], tuple[torch.Tensor, torch.Tensor]]  # -> (query embeddings (n, D), reference embeddings (m, D))
@@ -164,7 +165,7 @@ class PairSampler(ListSchedule):
 
     def similarity_lists(self, query_emb: torch.Tensor, reference_emb: torch.Tensor) -> np.ndarray:
         """(n, range) int64 query indices: the Dynamic Similarity Sampling lists of the module docstring,
-        exact (``geoloc.parts.neighbours.similarity_lists``, on the embeddings' device)."""
+        by ``geoloc.parts.similarity.ranked_lists`` (exact on a GPU or up to 200K references, else faiss IVF)."""
         n = len(self.positive)
         if len(query_emb) != n or len(reference_emb) != self.references:
             raise ValueError(
@@ -175,7 +176,7 @@ class PairSampler(ListSchedule):
         chunk = max(1, SIMILARITY_CHUNK_BYTES // (4 * len(keys)))
         span = self.cfg.range
         # One more than needed, then each row's own positive taken out (or, where it is not among them, the last).
-        ranked = similarity_lists(query_emb, keys, span + 1, exclude_self=False, chunk=chunk).numpy()
+        ranked = ranked_lists(query_emb, keys, span + 1, exclude_self=False, chunk=chunk).lists
         own = np.searchsorted(self.listed, self.positive)
         is_own = ranked == own[:, None]
         at = np.where(is_own.any(axis=1), is_own.argmax(axis=1), span)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from geoloc.common.devices import claim_device
 from geoloc.parts.losses import symmetric_infonce
-from geoloc.parts.precision import precision, tf32
+from geoloc.parts.precision import check_precision, precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.tasks.cross_view.batches import PairSampler
 from geoloc.tasks.cross_view.config import CrossViewConfig
@@ -44,6 +44,7 @@ class CrossViewTrainer(Resumable):
     def __init__(self, cfg: CrossViewConfig, data: CrossViewData | None = None, gpu_share: float = 1.0):
         self.cfg = cfg
         self.device = claim_device(cfg.train.device, "train.device", cfg.train.threads, gpu_share)
+        check_precision(cfg.train.precision, self.device)
         self.data = data or load_crossview_data(cfg, self.device)
         feature_dim = self.data.features[self.data.train.name][0].feature_dim if cfg.cached else None
         with torch.random.fork_rng(devices=[]):
@@ -69,6 +70,10 @@ class CrossViewTrainer(Resumable):
 
     def precision(self):
         return precision(self.cfg.train.precision, self.device)
+
+    def eval_precision(self):
+        """Passes without gradient: ``train.precision``, but fp32 on a CPU (``geoloc.parts.precision``)."""
+        return precision(self.cfg.train.precision, self.device, part="eval")
 
     # -- one epoch -------------------------------------------------------------------------------
 
@@ -96,7 +101,7 @@ class CrossViewTrainer(Resumable):
         lr = self.optimizer.param_groups[0]["lr"]
         start = time.perf_counter()
         batches = self.sampler.epoch(
-            self.epoch + 1, lambda: self.encoder.embed(self.model, self.data.train, self.precision)
+            self.epoch + 1, lambda: self.encoder.embed(self.model, self.data.train, self.eval_precision)
         )
         losses = []
         pairs = self.encoder.training_pairs(batches, self.data.train, self.generator)
@@ -121,7 +126,7 @@ class CrossViewTrainer(Resumable):
         start = time.perf_counter()
         self.model.eval()
         val = self.data.val
-        queries, references = self.encoder.embed(self.model, val, self.precision)
+        queries, references = self.encoder.embed(self.model, val, self.eval_precision)
         metrics = retrieval_metrics(
             queries,
             references,

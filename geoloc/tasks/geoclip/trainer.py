@@ -22,8 +22,8 @@ from geoloc.geo import gps_noise
 from geoloc.parts.feed import Feed
 from geoloc.parts.graphs import GraphedModules
 from geoloc.parts.losses import training_loss
-from geoloc.parts.negatives import NegativeDistances, NegativeMiner, resolve_km
-from geoloc.parts.precision import precision, tf32
+from geoloc.parts.negatives import MinedBank, NegativeDistances, NegativeMiner, resolve_km
+from geoloc.parts.precision import check_precision, precision, tf32
 from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
 from geoloc.parts.sampler import BatchSampler, embed_training_set
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
@@ -56,6 +56,7 @@ class Trainer(Resumable):
         self.cfg = cfg
         self.data = data or load_data(cfg.data)
         self.device = claim_device(cfg.train.device, "train.device", cfg.train.threads, gpu_share)
+        check_precision(cfg.train.precision, self.device)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.seed)
             self.model = GeoCLIP(cfg.model, self.data.train.feature_dim, cfg.train.queue_size)
@@ -83,10 +84,11 @@ class Trainer(Resumable):
         )
         self.epoch = 0
         batch, mined = cfg.train.batch_size, cfg.train.negatives.mined
+        bank = mined and cfg.train.negatives.bank  # mined embeddings looked up, not encoded with the batch
         self.graphs = GraphedModules(
             {
                 self.model.image_head: (batch, self.data.train.feature_dim),
-                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined, 2),
+                self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined * (not bank), 2),
             },
             enabled=cfg.train.cuda_graphs,
         )
@@ -94,6 +96,7 @@ class Trainer(Resumable):
         self.train_coords = self.feed.coords
         self.sampler = BatchSampler(cfg.train.batches, batch, self.data.train, self.generator)
         self.miner = NegativeMiner.for_run(cfg.train.negatives, self.data) if mined else None
+        self.bank = MinedBank(self.miner.pool_t, cfg.train.negatives.bank_refresh_steps, self.device) if bank else None
         self.distances = NegativeDistances()
         self.mask_km = resolve_km(cfg.train.negatives.mask_within_km or 0.0, "mask_within_km", self.data.train)
         negatives = Evaluator.fixed_negatives(self.data.train.source.coords, cfg.eval.val_negatives)
@@ -111,8 +114,12 @@ class Trainer(Resumable):
     # -- one epoch -------------------------------------------------------------------------------
 
     def precision(self):
-        """The context of every step and evaluation: ``train.precision`` (``geoloc.parts.precision``)."""
+        """The context of every step: ``train.precision`` (``geoloc.parts.precision``)."""
         return precision(self.cfg.train.precision, self.device)
+
+    def eval_precision(self):
+        """The context of every pass without gradient: ``train.precision``, but fp32 on a CPU."""
+        return precision(self.cfg.train.precision, self.device, part="eval")
 
     def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         """Every tensor this trainer holds, by name: model, optimiser state, feed and evaluation."""
@@ -121,6 +128,8 @@ class Trainer(Resumable):
             yield from ((f"optimizer.{i}.{k}", v) for k, v in state.items() if isinstance(v, torch.Tensor))
         yield from self.feed.tensors()
         yield "gallery.coords", self.gallery.coords_t
+        if self.bank is not None:
+            yield "bank.coords", self.bank.coords
         for name, evaluator in self.evaluators.items():
             yield f"eval.{name}.coords", evaluator.coords_t
             yield f"eval.{name}.negatives", evaluator.negatives_t
@@ -128,7 +137,7 @@ class Trainer(Resumable):
     def batches(self):
         """(indices, views) of the next epoch's batches (``geoloc.parts.sampler``): one cached view per image,
         indices sorted within a batch so reads go forward."""
-        embed = embed_training_set(self.model, self.data.train, self.device, self.precision)
+        embed = embed_training_set(self.model, self.data.train, self.device, self.eval_precision)
         return self.sampler.epoch(self.epoch + 1, embed)
 
     def train_step(self, features: torch.Tensor, gps: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
@@ -142,7 +151,8 @@ class Trainer(Resumable):
         if self.miner is not None:
             if idx is None:
                 raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
-            mined = self.miner.coords(self.miner.draw(idx, self.generator), self.device)
+            drawn = self.miner.draw(idx, self.generator)
+            mined = self.miner.coords(drawn, self.device)
         # The mask of negatives within train.negatives.mask_within_km, from the exact coordinates (None: off).
         masked = self.distances.add(gps, torch.cat([gps, queue]), mined, self.mask_km)
         if noise.target == "gps":
@@ -152,12 +162,17 @@ class Trainer(Resumable):
         else:
             locations = torch.cat([gps, queue])
         n_shared = len(locations)
-        if mined is not None:
+        if mined is not None and self.bank is None:
             locations = torch.cat([locations, mined.flatten(0, 1)])
         with self.precision():
             image_emb = model.encode_images(features, self.graphs.run)
             location_emb = model.encode_locations(locations, self.graphs.run)
-            mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2]) if mined is not None else None
+            if mined is None:
+                mined_emb = None
+            elif self.bank is None:
+                mined_emb = location_emb[n_shared:].unflatten(0, mined.shape[:2])
+            else:  # looked up in the bank, without gradient (train.negatives.bank)
+                mined_emb = self.bank.lookup(drawn, model.encode_locations)
             location_emb = location_emb[:n_shared]
             if noise.target == "embedding":
                 location_emb = self._noisy_embeddings(location_emb, len(gps), batch_sigma, queue_sigma)
@@ -188,6 +203,8 @@ class Trainer(Resumable):
 
     def train_one_epoch(self, progress: bool = False) -> dict[str, float]:
         self.model.train()
+        if self.bank is not None:
+            self.bank.start_epoch()
         lr = self.optimizer.param_groups[0]["lr"]
         batch_sigma, queue_sigma = self.cfg.train.noise.sigmas(self.epoch + 1)
         losses, start = [], time.perf_counter()
@@ -224,7 +241,7 @@ class Trainer(Resumable):
         name) and the encoder's resolution; each set's fine error curve is kept in ``self.curves``."""
         start = time.perf_counter()
         metrics = {}
-        results = evaluate_sets(self.model, list(self.evaluators.values()), self.precision)
+        results = evaluate_sets(self.model, list(self.evaluators.values()), self.eval_precision)
         for i, (name, result) in enumerate(zip(self.evaluators, results, strict=True)):
             prefix = "" if i == 0 else f"{name}_"
             metrics.update({prefix + k: v for k, v in result.metrics.items()})

@@ -1,0 +1,164 @@
+"""Similarity lists that scale (issue 26, item 2): exact on a GPU or a small key set, approximate (faiss IVF) above.
+
+``ranked_lists`` is what the samplers call (``geoloc.parts.sampler``, ``geoloc.tasks.cross_view.batches``):
+
+- **exact, torch chunks** (``geoloc.parts.neighbours.similarity_lists``): on a GPU always (the trial's
+  device), and on the CPU up to ``APPROXIMATE_ABOVE`` keys. On the CPU it stays the exact path
+  rather than faiss's flat index because it measured faster here (20,000 x 20,000 random unit
+  512-d rows, k 128, 2 threads: torch 12.0 s, ``faiss.IndexFlatIP`` 48.1 s) and because it keeps
+  the lists, and so the batches and metrics, of every existing CPU study to the last digit: the
+  two compute the same scores with different BLAS kernels, so near-ties (scores equal within
+  float32 rounding) may come in another order.
+- **approximate, faiss IVF** (``IndexIVFFlat``, inner product) on the CPU above ``APPROXIMATE_ABOVE``
+  keys: ``IVF_LISTS_PER_SQRT`` x sqrt(keys) lists, k-means trained on at most
+  ``IVF_TRAIN_PER_LIST`` points a list (seeded), ``IVF_PROBE`` lists searched per query. Its
+  recall against the exact lists is measured every time lists are built, on ``RECALL_ROWS`` rows
+  drawn with the seed (the exact lists of those rows, by the torch path), printed to stderr in one
+  line and returned (``Lists.recall``). Recall depends on the embeddings: clustered embeddings
+  (trained ones) do much better than random unit vectors, the worst case (``bench/bench_similarity.py``).
+  Rows for which the probed lists held fewer than the needed entries are completed exactly.
+- ``faiss_lists(..., approximate=False)``: faiss's exact flat index (``IndexFlatIP``), the cross-check
+  of the tests and the bench.
+
+``exclude_self`` (keys are the queries' own rows): each row asks for k + 1 and drops its own key, or
+the last where its own key is not among them (the same lists as the exact path's -inf diagonal).
+Largest first everywhere; equal scores may come in either order.
+
+The lists are not cached on disk: they are built from embeddings that change with every rebuild,
+so a key of those embeddings would only match a rebuild of identical weights, which a resumed
+trial does not need (the sampler's ``state_dict`` holds its current lists); fingerprinting 1M x
+512 floats would cost about a second each time for no hit.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from geoloc.parts.neighbours import similarity_lists
+
+APPROXIMATE_ABOVE = 200_000  # keys; at 100K the exact CPU path takes minutes, at 1M hours (bench_similarity)
+IVF_LISTS_PER_SQRT = 4
+IVF_TRAIN_PER_LIST = 64
+IVF_PROBE = 32
+IVF_KMEANS_ITERATIONS = 10
+RECALL_ROWS = 1000
+
+
+@dataclass(frozen=True)
+class Lists:
+    """(n, k) int64 lists, largest similarity first; how they were made; for approximate lists the mean
+    share of each sampled row's exact k found in its list (``recall``) and the rows sampled."""
+
+    lists: np.ndarray
+    method: str  # "exact" (torch chunks), "faiss_exact" or "faiss_ivf"
+    recall: float | None = None
+    recall_rows: np.ndarray | None = None
+
+
+def ranked_lists(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    k: int,
+    *,
+    exclude_self: bool = True,
+    chunk: int = 4096,
+    approximate_above: int = APPROXIMATE_ABOVE,
+    seed: int = 0,
+) -> Lists:
+    """The k keys of largest dot product for every query (see the module's docstring for which way)."""
+    if queries.device.type != "cpu" or len(keys) <= approximate_above:
+        return Lists(similarity_lists(queries, keys, k, exclude_self=exclude_self, chunk=chunk).numpy(), "exact")
+    q, x = (np.ascontiguousarray(t.detach().float().numpy()) for t in (queries, keys))
+    lists = faiss_lists(q, x, k, exclude_self=exclude_self, approximate=True, seed=seed)
+    rows = np.sort(np.random.default_rng(seed).choice(len(q), min(RECALL_ROWS, len(q)), replace=False))
+    exact = _exact_rows(queries, keys, rows, k, exclude_self, chunk)
+    share = recall(lists[rows], exact)
+    print(
+        f"similarity lists: faiss IVF over {len(x):,} keys, k {k}: recall {share:.4f} against exact lists "
+        f"on {len(rows)} rows",
+        file=sys.stderr,
+        flush=True,
+    )
+    return Lists(lists, "faiss_ivf", share, rows)
+
+
+def recall(approximate: np.ndarray, exact: np.ndarray) -> float:
+    """The mean over rows of the share of a row's exact entries that its approximate list holds."""
+    hits = [len(np.intersect1d(a, e, assume_unique=True)) for a, e in zip(approximate, exact, strict=True)]
+    return float(np.mean(np.asarray(hits) / exact.shape[1]))
+
+
+def faiss_lists(
+    queries: np.ndarray,
+    keys: np.ndarray,
+    k: int,
+    *,
+    exclude_self: bool = True,
+    approximate: bool = False,
+    seed: int = 0,
+    probe: int = IVF_PROBE,
+    threads: int | None = None,
+) -> np.ndarray:
+    """(n, k) int64 lists of float32 ``queries`` against ``keys`` by faiss: flat (exact) or IVF (approximate)."""
+    import faiss  # here: only the CPU's large-set path needs it
+
+    from geoloc.common.devices import cpu_share  # lazily, as in geoloc.parts.neighbours
+
+    n, m = len(queries), len(keys)
+    if exclude_self and n != m:
+        raise ValueError(f"faiss_lists: exclude_self needs one key per query, got {n} queries and {m} keys")
+    if not 1 <= k <= m - exclude_self:
+        raise ValueError(f"faiss_lists: k={k} but there are {m - exclude_self} keys to list")
+    faiss.omp_set_num_threads(threads or cpu_share())
+    queries, keys = (np.ascontiguousarray(a, dtype=np.float32) for a in (queries, keys))
+    d, want = keys.shape[1], k + exclude_self
+    if approximate:
+        index = ivf_index(keys, seed)
+        index.nprobe = min(probe, index.nlist)
+    else:
+        index = faiss.IndexFlatIP(d)
+        index.add(keys)
+    found = index.search(queries, want)[1]
+    short = np.flatnonzero((found < 0).any(axis=1))  # IVF: the probed lists held fewer than ``want`` keys
+    if len(short):
+        exact = faiss.IndexFlatIP(d)
+        exact.add(keys)
+        found[short] = exact.search(queries[short], want)[1]
+    found = found.astype(np.int64)
+    return _drop_own(found, np.arange(n), k) if exclude_self else found
+
+
+def ivf_index(keys: np.ndarray, seed: int = 0):
+    """A faiss ``IndexIVFFlat`` (inner product) of float32 ``keys``, trained and filled: ``IVF_LISTS_PER_SQRT``
+    x sqrt(m) lists (at most one per ``IVF_TRAIN_PER_LIST`` keys), k-means of ``IVF_KMEANS_ITERATIONS``
+    on a seeded sample of ``IVF_TRAIN_PER_LIST`` keys a list."""
+    import faiss
+
+    m, d = keys.shape
+    n_lists = max(1, min(int(IVF_LISTS_PER_SQRT * np.sqrt(m)), m // IVF_TRAIN_PER_LIST))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, n_lists, faiss.METRIC_INNER_PRODUCT)
+    index.cp.seed, index.cp.niter = seed, IVF_KMEANS_ITERATIONS
+    index.cp.max_points_per_centroid = IVF_TRAIN_PER_LIST
+    index.cp.min_points_per_centroid = 1  # no warning below faiss's default of 39
+    sample = np.random.default_rng(seed).choice(m, min(m, n_lists * IVF_TRAIN_PER_LIST), replace=False)
+    index.train(keys[np.sort(sample)])
+    index.add(keys)
+    return index
+
+
+def _drop_own(ranked: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:
+    """Each row's first k entries other than ``own[row]`` (rows hold k + 1 entries; without it, the first k)."""
+    is_own = ranked == own[:, None]
+    at = np.where(is_own.any(axis=1), is_own.argmax(axis=1), k)
+    cols = np.arange(k)
+    return np.take_along_axis(ranked, cols + (cols >= at[:, None]), axis=1)
+
+
+def _exact_rows(queries, keys, rows: np.ndarray, k: int, exclude_self: bool, chunk: int) -> np.ndarray:
+    """The exact lists (torch chunks) of the query ``rows``, their own keys excluded where ``exclude_self``."""
+    ranked = similarity_lists(queries[torch.from_numpy(rows)], keys, k + exclude_self, exclude_self=False, chunk=chunk)
+    return _drop_own(ranked.numpy(), rows, k) if exclude_self else ranked.numpy()
