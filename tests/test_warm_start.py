@@ -25,7 +25,14 @@ from .conftest import build
 
 PARITY = 1e-5  # tests/test_parity.py: our published encoder against the geoclip package's
 TIMES = ("train_s", "eval_s")  # wall times differ by run
-TRAINING_KEYS = ("train_loss", "lr", "train_s", *SAMPLER_DISTANCES)  # of a trained epoch: not in the epoch-0 row
+TRAINING_KEYS = (
+    "train_loss",
+    "lr",
+    "train_s",
+    "noise_batch_sigma",
+    "noise_queue_sigma",
+    *SAMPLER_DISTANCES,
+)  # of a trained epoch: not in the epoch-0 row
 
 # The published architecture (warm start needs it) on a small offline benchmark of 768-d features.
 WARM = {
