@@ -151,10 +151,12 @@ def test_killed_worker_restarts_from_its_checkpoint_with_every_seed(tmp_path, of
     try:
 
         def running_after_one_epoch() -> Path | None:
-            """A trial in its second epoch (ASHA may have stopped the other at the first rung)."""
+            """A trial in its second epoch (ASHA may have stopped the other at the first rung): its epoch-1 row
+            and checkpoint written (the row comes first: a kill between the two restarts the trial afresh)."""
             for trial in trial_dirs(study_dir) if study_dir.exists() else []:
                 status = read_status(trial)
-                if read_metrics(trial) and status and status.status is Status.RUNNING and status.pid:
+                saved = read_metrics(trial) and TrialFolder(trial).checkpoint.exists()
+                if saved and status and status.status is Status.RUNNING and status.pid:
                     return trial
             return None
 

@@ -38,12 +38,20 @@ def verdict(proc) -> str:
     return proc.stdout.strip().splitlines()[-1]
 
 
+EPOCHS = 8  # a trial's epochs take seconds, so the test sees one running after its first epoch
+
+
+def running_with_an_epoch(trial) -> bool:
+    record = TrialFolder(trial).read_status()
+    return record is not None and record.status.value == "running" and bool(TrialFolder(trial).read_metrics().rows)
+
+
 def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_path, offline_root_session):
     study = copy.deepcopy(TINY_STUDY)
     study["search"]["num_samples"] = 4
     study["search"]["max_concurrent"] = 1  # one trial after another: long enough to be seen running
     study["scheduler"] = {"type": "none"}
-    study["base"]["train"]["epochs"] = 3
+    study["base"]["train"]["epochs"] = EPOCHS
     study_file = write_study(tmp_path / "s.yaml", study, offline_root_session)
     storage, study_dir = tmp_path / "results", tmp_path / "results" / "tiny"
 
@@ -54,7 +62,7 @@ def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_p
 
     driver = start_study(study_file, storage)
     try:
-        wait_for(lambda: any(TrialFolder(t).read_metrics().rows for t in trial_dirs(study_dir)), what="an epoch")
+        wait_for(lambda: any(running_with_an_epoch(t) for t in trial_dirs(study_dir)), what="a trial past its epoch 1")
         # Frozen until it is killed: it starts no further trial, so the study cannot end before the kill,
         # however long the checks below take on a loaded machine (it did once, all six trials ended).
         os.killpg(driver.pid, signal.SIGSTOP)
@@ -88,10 +96,10 @@ def test_status_of_a_running_an_interrupted_a_finished_and_a_damaged_study(tmp_p
     assert f"{counts['finished']} finished" in proc.stdout
     for t in trials:  # every trial with its epochs
         record = TrialFolder(t).read_status()
-        assert re.search(rf"{t.name}\s+#\d+\s+{record.status.value}\s+epoch {record.epochs}/3", proc.stdout)
+        assert re.search(rf"{t.name}\s+#\d+\s+{record.status.value}\s+epoch {record.epochs}/{EPOCHS}", proc.stdout)
     # the best score at the full budget, a known answer from the trials' own logs
-    best = max(r["score"] for t in trials for r in TrialFolder(t).read_metrics().rows if r["epoch"] == 3)
-    assert "best so far at the budget (3 epochs):" in proc.stdout
+    best = max(r["score"] for t in trials for r in TrialFolder(t).read_metrics().rows if r["epoch"] == EPOCHS)
+    assert f"best so far at the budget ({EPOCHS} epochs):" in proc.stdout
     assert f"max score = {best:.4f}" in proc.stdout, proc.stdout
 
     # damaged: a broken status.json, then a truncated optuna.db
