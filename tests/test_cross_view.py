@@ -5,8 +5,6 @@ with exit 2."""
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -17,8 +15,6 @@ from geoloc.run.loop import train
 from geoloc.study.config import parse_job, registry_of
 from geoloc.study.folders import StudyFolder, TrialFolder
 from geoloc.tasks import task_of
-
-from .studyutil import ROOT
 
 TIMES = ("train_s", "eval_s")
 TINY = {
@@ -102,33 +98,31 @@ def test_end_to_end_runs_and_resumes_exactly(tiny, tmp_path):
     assert without_times(train(parse_job(checkpointed), tmp_path / "checkpointed")) == without_times(straight)
 
 
-def run_cli(cfg: dict, tmp_path) -> subprocess.CompletedProcess:
+def run_cli(cfg: dict, tmp_path, capsys) -> tuple[int, str]:
+    """``python -m geoloc.train`` on ``cfg`` (its ``main``, in this process): exit status and stderr."""
+    from geoloc.train import main
+
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return subprocess.run(
-        [sys.executable, "-m", "geoloc.train", str(path), "--out", str(tmp_path / "out")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    capsys.readouterr()
+    status = main([str(path), "--out", str(tmp_path / "out")])
+    return status, capsys.readouterr().err
 
 
-def test_a_weights_file_that_is_missing_or_does_not_fit_exits_2(tiny, tmp_path):
+def test_a_weights_file_that_is_missing_or_does_not_fit_exits_2(tiny, tmp_path, capsys):
     import timm
     from safetensors.torch import save_file
 
     cfg = end_to_end(tiny, 1)
     cfg["model"]["backbone"]["weights"] = str(tmp_path / "missing.safetensors")
-    done = run_cli(cfg, tmp_path)
-    assert done.returncode == 2 and "model.backbone.weights" in done.stderr, done.stderr[-2000:]
-    assert len(done.stderr.strip().splitlines()) == 1
+    status, err = run_cli(cfg, tmp_path, capsys)
+    assert status == 2 and "model.backbone.weights" in err and len(err.strip().splitlines()) == 1, err
 
     other = tmp_path / "vit.safetensors"
     save_file(timm.create_model("test_vit", pretrained=False).state_dict(), str(other))
     cfg["model"]["backbone"]["weights"] = str(other)
-    done = run_cli(cfg, tmp_path)
-    assert done.returncode == 2 and f"model.backbone.weights: {other} does not fit test_convnext" in done.stderr
+    status, err = run_cli(cfg, tmp_path, capsys)
+    assert status == 2 and f"model.backbone.weights: {other} does not fit test_convnext" in err, err
 
     fits = tmp_path / "convnext.safetensors"
     torch.manual_seed(5)
