@@ -38,6 +38,18 @@ class Resumable:
     def load_state_dict(self, state: dict) -> None:
         raise NotImplementedError
 
+    def signature(self) -> dict:
+        """What a checkpoint must match to load (a model's shape, its data), not the run's hyperparameters."""
+        raise NotImplementedError
+
+    def check_signature(self, state: dict) -> None:
+        """CheckpointMismatch unless ``state`` was written for this ``signature``: nothing is loaded partly."""
+        if state.get("signature") != self.signature():
+            raise CheckpointMismatch(
+                f"checkpoint was written for {state.get('signature')}, this run is {self.signature()}; "
+                "refusing to load it partly"
+            )
+
     def save(self, path: str | Path) -> None:
         """Atomic: a crash while saving leaves the previous checkpoint intact."""
         with atomic_path(path) as tmp:  # the file's own name: torch names the archive inside after it

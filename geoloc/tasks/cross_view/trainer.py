@@ -188,14 +188,13 @@ class CrossViewTrainer(Resumable):
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("signature") != self.signature():
-            raise CheckpointMismatch(
-                f"checkpoint was written for {state.get('signature')}, this run is {self.signature()}; "
-                "refusing to load it partly"
-            )
+        self.check_signature(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
-        self.sampler.load_state_dict(state["sampler"])
+        try:
+            self.sampler.load_state_dict(state["sampler"])
+        except ValueError as e:
+            raise CheckpointMismatch(f"refusing to load the checkpoint: {e}") from None
         self.epoch = state["epoch"]

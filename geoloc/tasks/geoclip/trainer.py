@@ -290,11 +290,7 @@ class Trainer(Resumable):
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("signature") != self.signature():
-            raise CheckpointMismatch(
-                f"checkpoint was written for {state.get('signature')}, this run is {self.signature()}; "
-                "refusing to load it partly"
-            )
+        self.check_signature(state)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
