@@ -72,29 +72,18 @@ def equal_earth_projection(latlon):
     (embeddings agree to 1e-5, see tests/test_parity.py). A numpy array gives the same formula in
     numpy float64 (the analysis' maps draw in it without loading torch); a tensor, the published code.
     """
-    if _torch_if_tensor(latlon) is None:
-        return _equal_earth_numpy(np.asarray(latlon, dtype=np.float64).reshape(-1, 2))
-    import torch  # here, not at the top: see _torch_if_tensor
-
-    lat, lon = torch.deg2rad(latlon[:, 0]), torch.deg2rad(latlon[:, 1])
+    xp = _torch_if_tensor(latlon) or np  # one formula for both: torch's arcsin and stack(axis=) are numpy's
+    if xp is np:
+        latlon = np.asarray(latlon, dtype=np.float64).reshape(-1, 2)
+    lat, lon = xp.deg2rad(latlon[:, 0]), xp.deg2rad(latlon[:, 1])
     # A Python float, not a tensor made on the device each call (a host-to-device copy per step):
     # as a scalar operand it is rounded to the tensor's dtype, which gives the published values bitwise.
     sqrt3 = math.sqrt(3.0)
-    theta = torch.asin(sqrt3 / 2 * torch.sin(lat))
+    theta = xp.arcsin(sqrt3 / 2 * xp.sin(lat))
     denominator = 3 * (9 * A4 * theta**8 + 7 * A3 * theta**6 + 3 * A2 * theta**2 + A1)
-    x = (2 * sqrt3 * lon * torch.cos(theta)) / denominator
+    x = (2 * sqrt3 * lon * xp.cos(theta)) / denominator
     y = A4 * theta**9 + A3 * theta**7 + A2 * theta**3 + A1 * theta
-    return (torch.stack((x, y), dim=1) * SF) / 180
-
-
-def _equal_earth_numpy(latlon: np.ndarray) -> np.ndarray:
-    lat, lon = np.deg2rad(latlon[:, 0]), np.deg2rad(latlon[:, 1])
-    sqrt3 = math.sqrt(3.0)
-    theta = np.arcsin(sqrt3 / 2 * np.sin(lat))
-    denominator = 3 * (9 * A4 * theta**8 + 7 * A3 * theta**6 + 3 * A2 * theta**2 + A1)
-    x = (2 * sqrt3 * lon * np.cos(theta)) / denominator
-    y = A4 * theta**9 + A3 * theta**7 + A2 * theta**3 + A1 * theta
-    return (np.stack((x, y), axis=1) * SF) / 180
+    return (xp.stack((x, y), axis=1) * SF) / 180
 
 
 def invalid_coordinate_rows(latlon) -> np.ndarray:

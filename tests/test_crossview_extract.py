@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
 
 def _extract(split, backbone, out, **kw):
     args = dict(views=3, query_size=QUERY, reference_size=REFERENCE, seed=4, batch_size=3, device="cpu")
-    return extract_crossview(split, backbone, out, identity=IDENTITY, shard_size=4, **(args | kw))
+    return extract_crossview(split, lambda: backbone, out, identity=IDENTITY, shard_size=4, **(args | kw))
 
 
 def test_caches_hold_the_backbones_features_of_paired_views(setup, tmp_path):
@@ -69,7 +69,7 @@ def test_caches_hold_the_backbones_features_of_paired_views(setup, tmp_path):
     with pytest.raises(DataError, match="weights"):
         extract_crossview(
             split,
-            backbone,
+            lambda: backbone,
             tmp_path / "c",
             views=3,
             query_size=QUERY,

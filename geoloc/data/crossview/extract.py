@@ -97,7 +97,7 @@ class _Views(torch.utils.data.Dataset):
 
 def extract_crossview(
     split: CrossViewSet,
-    backbone: torch.nn.Module,
+    backbone: Callable[[], torch.nn.Module],
     out: str | Path,
     *,
     views: int,
@@ -115,6 +115,8 @@ def extract_crossview(
 ) -> tuple[FeatureCache, FeatureCache]:
     """The (queries, references) caches of ``split`` under ``out``, extracted unless already there.
 
+    ``backbone`` makes the frozen model; it is called only when a cache has to be extracted, so a trial
+    that finds both caches builds no model.
     ``views``: views per image, the unaugmented one included (>= 1). ``query_size`` and
     ``reference_size``: (height, width) the images are resized to; with augmented views the tile
     must be square and the panorama's width a multiple of 4 (exact quarter turns). ``identity``:
@@ -139,7 +141,7 @@ def extract_crossview(
         "references": (split.references, split.reference_coords, reference_size, augmentations),
     }
     fingerprint = split_fingerprint(split)
-    caches, timing = [], {"images": 0, "seconds": 0.0}
+    caches, timing, model = [], {"images": 0, "seconds": 0.0}, None
     for role in ROLES:
         paths, coords, size, augs = jobs[role]
         derived = {
@@ -160,9 +162,8 @@ def extract_crossview(
             work = partial_dir(target)
             claim_partial(work, {**role_identity, "shard_size": shard_size, "n": len(paths), "device": device.type})
             dataset = _Views(paths, tuple(size), augs, role)
-            spent = _run_shards(
-                dataset, backbone, work, role, batch_size, shard_size, device, workers, progress, on_shard
-            )
+            model = model or backbone()
+            spent = _run_shards(dataset, model, work, role, batch_size, shard_size, device, workers, progress, on_shard)
             timing["images"] += spent["images"]
             timing["seconds"] += spent["seconds"]
             _assemble(target, work, role_identity, coords, split, shard_size, device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoloc.common.metrics import MetricRegistry
-from geoloc.common.validation import ConfigError
 from geoloc.tasks.cross_view.config import CrossViewConfig
 from geoloc.tasks.cross_view.metrics import cross_view_registry
 from geoloc.tasks.seam import Task, TaskTrainer, register
@@ -39,17 +38,12 @@ class CrossViewTask(Task):
 
     def prepare(self, cfg: CrossViewConfig) -> None:
         """Read and check both splits (building the offline benchmark if named), extract cached mode's
-        features, and build the GPS lists the sampler keeps, once before any trial."""
+        features, and build the GPS lists the sampler keeps, once before any trial. A bad file is a
+        ``DataError``, a bad key (the weights file, the lists' range) a ``ConfigError`` naming it."""
         from geoloc.common.devices import pick_device
-        from geoloc.data.cache import DataError
         from geoloc.tasks.cross_view.data import load_crossview_data, prepare_sampling
 
-        try:
-            data = load_crossview_data(cfg, pick_device(cfg.train.device, "train.device"), progress=True)
-        except ConfigError as e:
-            if str(e).startswith("model."):
-                raise
-            raise DataError(str(e)) from None
+        data = load_crossview_data(cfg, pick_device(cfg.train.device, "train.device"), progress=True)
         prepare_sampling(cfg, data)
 
     def data_files(self, cfg: CrossViewConfig) -> list[Path]:

@@ -9,7 +9,8 @@ calls it once before trials start (``CrossViewTask.prepare``), so the trials onl
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,6 +30,17 @@ class CrossViewData:
     val: CrossViewSet
     features: dict[str, tuple[FeatureCache, FeatureCache]] | None = None
     """Cached mode: per split, the (queries, references) feature caches; None end to end."""
+    _on_device: dict[str, dict] = field(default_factory=dict, repr=False)
+
+    def device_features(self, device: torch.device) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Cached mode: per split, every view of its (queries, references) features as float16 tensors on
+        ``device``, loaded once and shared by the seeds that train in lock-step on this data."""
+        if str(device) not in self._on_device:
+            self._on_device[str(device)] = {
+                name: tuple(torch.from_numpy(cache.block(0, len(cache))).to(device) for cache in caches)
+                for name, caches in self.features.items()
+            }
+        return self._on_device[str(device)]
 
 
 def data_root(cfg: CrossViewConfig) -> Path:
@@ -54,8 +66,10 @@ def read_splits(cfg: CrossViewConfig) -> tuple[CrossViewSet, CrossViewSet]:
 def feature_caches(cfg: CrossViewConfig, splits: tuple[CrossViewSet, ...]) -> dict[str, tuple[Path, dict, int]]:
     """Cached mode: per split, the folder of its (queries, references) caches, their identity (what a
     reused cache must match) and the views extracted (augmented views for training, view 0 to evaluate)."""
+    from geoloc.tasks.cross_view.model import weights_file
+
     backbone = cfg.model.backbone
-    weights = file_sha256(Path(backbone.weights).expanduser()) if backbone.weights else None
+    weights = file_sha256(path) if (path := weights_file(backbone)) else None
     out = {}
     for split, views in zip(splits, (cfg.data.views, 1), strict=True):
         identity = {
@@ -84,9 +98,12 @@ def load_crossview_data(
     from geoloc.data.crossview.extract import extract_crossview
     from geoloc.tasks.cross_view.model import create_backbone
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(EXTRACTION_SEED)  # a random-initialised backbone is the same for every trial
-        backbone = create_backbone(cfg.model.backbone)
+    @functools.cache
+    def backbone() -> torch.nn.Module:  # built once, and only where a cache is missing
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(EXTRACTION_SEED)  # a random-initialised backbone is the same for every trial
+            return create_backbone(cfg.model.backbone)
+
     features = {}
     for split, (folder, identity, views) in zip((train, val), feature_caches(cfg, (train, val)).values(), strict=True):
         features[split.name] = extract_crossview(

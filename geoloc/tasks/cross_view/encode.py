@@ -1,10 +1,11 @@
 """The cross-view trainer's inputs: an epoch's pairs as tensors, and the embeddings of a whole split.
 
-Cached mode reads the feature caches (held in memory on the trial's device: a split's views are
-small next to its images). End to end decodes the image files and applies Sample4Geo's paired
-augmentation to training pairs (``geoloc.data.crossview.pairs``); the augmentation of each pair
-comes from one seed per batch drawn from the trainer's generator, so the same state gives the same
-images, in this process or in ``train.workers`` loader processes.
+Cached mode reads the feature caches, held once on the trial's device for all its seeds
+(``CrossViewData.device_features``: a split's views are small next to its images). End to end
+decodes the image files and applies Sample4Geo's paired augmentation to training pairs
+(``geoloc.data.crossview.pairs``); the augmentation of each pair comes from one seed per batch
+drawn from the trainer's generator, so the same state gives the same images, in this process or in
+``train.workers`` loader processes.
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ class Encoder:
 
     def __init__(self, cfg: CrossViewConfig, data, device: torch.device):
         self.cfg, self.device = cfg, device
-        self.features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        if cfg.cached:
-            for name, (queries, references) in data.features.items():
-                self.features[name] = tuple(
-                    torch.from_numpy(cache.block(0, len(cache))).to(device) for cache in (queries, references)
-                )
+        self.features = data.device_features(device) if cfg.cached else {}
 
     # -- training --------------------------------------------------------------------------------
 

@@ -22,6 +22,16 @@ from geoloc.tasks.cross_view.config import BackboneConfig, ModelConfig
 WEIGHTS_KEY = "model.backbone.weights"
 
 
+def weights_file(cfg: BackboneConfig) -> Path | None:
+    """The local weights file, None for a random initialisation; ConfigError naming the key when it is no file."""
+    if cfg.weights is None:
+        return None
+    path = Path(cfg.weights).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{WEIGHTS_KEY}: {path} is not a file")
+    return path
+
+
 def create_backbone(cfg: BackboneConfig) -> nn.Module:
     """The timm architecture with its classifier removed (``num_classes=0``: pooled features out), and
     the local weights loaded strictly: a missing file, an unreadable one, or one that does not fit the
@@ -32,11 +42,9 @@ def create_backbone(cfg: BackboneConfig) -> nn.Module:
         model = timm.create_model(cfg.name, pretrained=False, num_classes=0)
     except RuntimeError as e:  # timm's "Unknown model"
         raise ConfigError(f"model.backbone.name: {e}") from None
-    if cfg.weights is None:
+    path = weights_file(cfg)
+    if path is None:
         return model
-    path = Path(cfg.weights).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"{WEIGHTS_KEY}: {path} is not a file")
     try:
         state = timm.models.load_state_dict(str(path))
     except Exception as e:  # a torn or foreign file: safetensors, pickle and zip readers raise their own types
