@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import Result, log, table
+from .common import Result, log, proc_status_kb, table
 
 FEATURE_DIM = 768
 CHUNK = 65_536
@@ -57,14 +57,6 @@ def build_cache(path: Path, n: int, seed: int) -> Path:
 # -- the child process --------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 def _mapped_kb(path: Path) -> int:
     """Resident pages of the mappings of ``path`` (the memory-mapped cache), from /proc/self/smaps."""
     total, inside = 0, False
@@ -87,7 +79,7 @@ class PeakSampler(threading.Thread):
         self.stopped = threading.Event()
 
     def sample(self) -> None:
-        self.peak_anon = max(self.peak_anon, _status_kb("RssAnon"))
+        self.peak_anon = max(self.peak_anon, proc_status_kb("RssAnon"))
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
@@ -106,7 +98,7 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
     from geoloc.tasks.geoclip.trainer import Trainer
 
     sampler = PeakSampler()
-    baseline_kb = _status_kb("VmRSS")
+    baseline_kb = proc_status_kb("VmRSS")
     sampler.start()
     cfg = parse_job(
         {
@@ -116,7 +108,7 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
         }
     )
     trainer = Trainer(cfg)  # opens the caches with open_cache (memory-mapped)
-    init_peak_kb = _status_kb("VmHWM")
+    init_peak_kb = proc_status_kb("VmHWM")
     cache = trainer.data.train
     read = cache.read if reader == "pread" else lambda idx, views: cache.features[idx, views]
     reads_agree, done = True, 0
@@ -140,7 +132,7 @@ def child(train: str, val: str, steps: int, gallery_size: int, reader: str) -> d
         "reads_agree": reads_agree,
         "baseline_mb": baseline_kb / 1024,
         "init_peak_mb": init_peak_kb / 1024,
-        "peak_rss_mb": _status_kb("VmHWM") / 1024,
+        "peak_rss_mb": proc_status_kb("VmHWM") / 1024,
         "peak_anon_mb": sampler.peak_anon / 1024,
         "cache_mapped_mb": _mapped_kb(Path(train).resolve() / "features.npy") / 1024,
         "acc_2500km": metrics["acc_2500km"],

@@ -101,6 +101,24 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def proc_status_kb(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB (``VmHWM``, ``VmRSS``, ``RssAnon``); 0 where there is none."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set (``VmHWM``). Not ``getrusage``'s ``ru_maxrss``: Linux keeps
+    that across ``fork`` and ``execve``, so a spawned child reports at least its parent's resident set
+    at the fork (measured: a child that peaked at 33 MiB reported 2.03 GiB beside a 2 GiB parent). That
+    is where the GPU check's "host peak RSS 9.66 GiB" of one trial came from: the checking process's
+    own size when it spawned the trial."""
+    return proc_status_kb("VmHWM") * 1024
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

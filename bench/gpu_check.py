@@ -55,7 +55,9 @@ feed is the one a trial uses.
   ``setup`` is the trainer's construction (the evaluator's gallery ceiling is computed there).
 - **eval 1M**: the same against a 1M gallery of seeded points uniform on the sphere.
 - **memory per trial**: one training process (spawned, so it holds nothing else) at batch 1024,
-  queue 16384, bf16: peak allocated and reserved GPU memory after a warm-up epoch and one more.
+  queue 16384, bf16: peak allocated and reserved GPU memory after a warm-up epoch and one more, and
+  the process's own host peak (``VmHWM``; ``ru_maxrss`` would count the checking process it was
+  forked from: the 9.66 GiB of the first GPU run, ``bench.common.peak_rss_bytes``).
 - **packing**: 1, then 4 training processes on the card at once (``multiprocessing`` spawn, no
   Ray), each a ``Trainer(cfg, data, gpu_share=1/K)`` at the published size in bf16: a warm-up
   epoch, a barrier, then 6 timed epochs. Aggregate throughput = all processes' steps / (last
@@ -90,7 +92,6 @@ import os
 import platform
 import queue as queue_module
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -110,7 +111,7 @@ from torch import nn
 
 from geoloc.parts.precision import tf32  # torch alone: importable before the wheels are installed
 
-from .common import interleave, median, paired_speedup, table
+from .common import interleave, median, paired_speedup, peak_rss_bytes, table
 
 ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / "bench" / "wheels"
@@ -1041,7 +1042,7 @@ def _trial_process(rank: int, spec: dict, barrier, results) -> None:
         sync(device)
         end = time.monotonic()
         out = {"rank": rank, "start": start, "end": end, "steps": spec["epochs"] * steps_per_epoch(trainer)}
-        out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        out["rss"] = peak_rss_bytes()
         if device.type == "cuda":
             out["allocated"] = torch.cuda.max_memory_allocated(device)
             out["reserved"] = torch.cuda.max_memory_reserved(device)

@@ -22,7 +22,6 @@ measured in this repository's committed figures.
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from geoloc.geo import gps_noise
 from geoloc.study.config import parse_job
 from geoloc.tasks.geoclip.trainer import Trainer
 
-from .common import log, table
+from .common import log, peak_rss_bytes, table
 
 MP16_ROWS, MP16_BATCH = 4_650_000, 512
 FEATURE_DIM, VAL_ROWS, VAL_VIEWS = 768, 2997, 10
@@ -116,7 +115,7 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
             ]
         )
         del trainer
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak = peak_rss_bytes() / 2**30
     epoch_steps = -(-MP16_ROWS // MP16_BATCH)
     lines = table(["what", "time", "host RSS after (GiB)"], figures)
     return f"""

@@ -7,6 +7,7 @@ import torch
 
 from geoloc.common.metrics import ceiling_key
 from geoloc.data import load_data
+from geoloc.data.derived import derived_path, fingerprint
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.geo import haversine_km
 from geoloc.tasks.geoclip.config import EvalConfig
@@ -61,3 +62,28 @@ def test_a_seeded_subsample_lowers_the_ceiling_the_same_way_every_time(small_con
     small_config["data"]["gallery_size"] = None
     full = brute_force_ceiling(val, load_data(build(small_config).data).gallery, thresholds)
     assert thin[ceiling_key(25.0)] < full[ceiling_key(25.0)]
+
+
+def test_the_launcher_computes_the_ceiling_once_and_trials_read_it(small_config):
+    """``GeoCLIP.prepare`` (the launcher, before the first trial) keeps each evaluation set's nearest
+    gallery distances beside its cache; an evaluator then reads them instead of computing them: planted
+    distances in that file are the ceiling it reports."""
+    from geoloc.tasks import task_of
+
+    small_config["data"]["offline"].update(TINY_DATA)
+    cfg = build(small_config)
+    task_of(cfg).prepare(cfg)
+    data = load_data(cfg.data)
+    val = data.val["val"]
+    kept = derived_path(val.path, "gallery_nearest", fingerprint(val.coords, data.gallery), "npy")
+    brute = np.array([haversine_km(data.gallery, p[None, :]).min() for p in val.coords])
+    original = np.load(kept)
+    np.testing.assert_allclose(original, brute, rtol=1e-9, atol=1e-6)
+    planted = np.where(np.arange(len(val)) % 4 == 0, 0.5, 30.0)  # a quarter within 1 km, the rest at 30 km
+    np.save(kept, planted)
+    try:
+        evaluator = Evaluator(EvalConfig(regions=False), val, data.gallery, data.gallery[:4], torch.device("cpu"))
+    finally:  # the benchmark's folder is shared with other tests
+        np.save(kept, original)
+    quarter = np.mean(planted <= 1.0)
+    assert [evaluator.ceiling[ceiling_key(t)] for t in (1.0, 25.0, 200.0)] == [quarter, quarter, 1.0]

@@ -84,4 +84,4 @@ def test_nearest_gallery_distance_equals_the_brute_force_minimum():
     )
     points = np.clip(points, [-90, -180], [90, 180])
     brute = haversine_km(points[:, None, :], gallery[None, :, :]).min(axis=1)
-    np.testing.assert_allclose(nearest_distance_km(points, gallery, chunk=128), brute, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(nearest_distance_km(points, gallery), brute, rtol=1e-9, atol=1e-6)

@@ -154,3 +154,29 @@ def test_plain_vit_has_open_clip_s_parameters_and_flops(tmp_path):
     assert gpu_check.count_flops(lambda: plain(images)) == gpu_check.count_flops(lambda: tower.encode_image(images))
     model, what = gpu_check.extraction_model(gpu_check.Context(gpu_check.QUICK, torch.device("cpu")), plain=True)
     assert isinstance(model, gpu_check.PlainViT) and what.startswith("PlainViT twin of tiny ViT")
+
+
+def _child_peaks(results) -> None:
+    import resource
+
+    from bench.common import peak_rss_bytes
+
+    results.put((peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024))
+
+
+def test_a_spawned_trial_s_peak_rss_is_its_own_not_its_parent_s():
+    """The memory check's host peak: a spawned child inherits ``ru_maxrss`` from its parent at the fork
+    (the 9.66 GiB of the first GPU run); ``peak_rss_bytes`` (VmHWM) is the child's own."""
+    import multiprocessing
+
+    import numpy as np
+
+    held = np.ones(3 * 2**26)  # 1.5 GiB resident in this process
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    child = context.Process(target=_child_peaks, args=(results,))
+    child.start()
+    own, inherited = results.get(timeout=60)
+    child.join(30)
+    assert inherited >= held.nbytes  # what getrusage reports: the parent's size
+    assert own < 2**30  # the child imported torch and nothing more
