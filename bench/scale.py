@@ -8,8 +8,8 @@ TenCrop's 10 views, then measures, on this machine's device (the CPU here):
 
 - trial start-up: ``Trainer(cfg, data)`` twice, with GPS-neighbour batches (range 128) and 64 mined
   negatives per positive (half near from the gallery's 128 nearest); the first builds the lists
-  beside the cache, the second reads them (what every later trial pays). Both include the gallery
-  ceiling of the evaluation set (computed per trial);
+  beside the caches, the second reads them (what every later trial pays), the evaluation set's
+  nearest gallery distances (its ceiling) included;
 - host memory: the process's resident set after each start-up and its peak (``ru_maxrss``);
 - one epoch's data path (the queue full): the epoch's batch assembly (``Trainer.batches``), then ``--steps`` steps
   read from the cache and trained (steps timed, not a full epoch), with and without the bank.
