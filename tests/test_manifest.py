@@ -151,3 +151,18 @@ def test_different_commits_are_a_difference(sessions):
     assert differences({"sessions": sessions}) == []
     other = [*sessions, {"git": {"commit": "b" * 40, "dirty": True}, "data": []}]
     assert differences({"sessions": other}) == ["2 different commits"]
+
+
+def test_a_session_names_its_cpu_and_another_kind_of_cpu_is_a_difference(tmp_path):
+    """CPU figures agree to the digit on one kind of CPU only: the manifest names the model, and a study
+    resumed on another kind is told apart (sessions before the field name none and count as unknown)."""
+    with open("/proc/cpuinfo") as f:
+        model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    root = tmp_path / "study"
+    root.mkdir()
+    here = record_session(root, [])["sessions"][0]
+    assert here["cpu"] == model and model in describe({"sessions": [here]})
+    older = {k: v for k, v in here.items() if k != "cpu"}
+    assert differences({"sessions": [older, here]}) == []
+    other = {**here, "cpu": "AMD EPYC 7B13"}
+    assert differences({"sessions": [here, other]}) == [f"2 kinds of CPU ({', '.join(sorted([model, other['cpu']]))})"]

@@ -4,7 +4,9 @@ and data made the study, one entry per launcher session (the first start and eve
 Each session records: ``time`` (UTC, ISO 8601), ``host``, ``git`` (``commit`` and ``dirty`` of the
 project's checkout, from ``git rev-parse HEAD`` and ``git status --porcelain``; null without git),
 ``versions`` (Python and the installed torch, CUDA, Ray, Optuna and open_clip, read with
-``importlib.metadata``: nothing heavy is imported), ``devices`` (torch's CUDA device names when
+``importlib.metadata``: nothing heavy is imported), ``cpu`` (the processor's model name from
+``/proc/cpuinfo``: CPU results are reproducible to the digit on one kind of CPU, not across kinds,
+whose math libraries round sums differently), ``devices`` (torch's CUDA device names when
 torch is already imported, else ``nvidia-smi -L``, else ``["cpu"]``) and ``data``: every data file
 the run reads, as the task names them (``Task.data_files``), each with its ``path``, ``size`` and
 content ``hash``.
@@ -145,6 +147,16 @@ def devices() -> list[str]:
     return ["cpu"]
 
 
+def cpu_model() -> str:
+    """The processor's model name (module docstring); ``platform.processor()`` where /proc has none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or "unknown"
+
+
 def session(data_files: list[Path], repo: Path = REPO) -> dict:
     """One session's entry (module docstring)."""
     return {
@@ -153,6 +165,7 @@ def session(data_files: list[Path], repo: Path = REPO) -> dict:
         "pid": os.getpid(),
         "git": git_state(repo),
         "versions": versions(),
+        "cpu": cpu_model(),
         "devices": devices(),
         "data": [file_record(p) for p in dict.fromkeys(Path(p) for p in data_files)],
     }
@@ -182,7 +195,8 @@ def describe(manifest: dict) -> str:
     git = last.get("git")
     code = "no git" if not git else f"commit {git['commit'][:12]}" + (" (dirty tree)" if git.get("dirty") else "")
     soft = ", ".join(f"{k} {v}" for k, v in (last.get("versions") or {}).items() if v)
-    where = ", ".join(dict.fromkeys(last.get("devices") or [])) or "unknown devices"
+    machines = [last.get("cpu") or "unknown CPU", *(d for d in last.get("devices") or [] if d != "cpu")]
+    where = ", ".join(dict.fromkeys(machines))
     return (
         f"{code}; {soft}; {where}; {len(sessions)} session(s), {len(last.get('data') or [])} data file(s) "
         f"hashed ({MANIFEST})"
@@ -190,14 +204,17 @@ def describe(manifest: dict) -> str:
 
 
 def differences(manifest: dict) -> list[str]:
-    """What differs between the sessions of one study: the commit, a data file's hash, or which
-    files were read; empty when every session ran the same commit on the same data. (A dirty tree
+    """What differs between the sessions of one study: the commit, the kind of CPU, a data file's hash,
+    or which files were read; empty when every session ran the same commit on the same data and CPU. (A dirty tree
     is cited by `describe`, not counted here: its changes are not recorded, so nothing compares.)"""
     sessions = manifest.get("sessions") or []
     out = []
     codes = {(s.get("git") or {}).get("commit") for s in sessions}
     if len(codes) > 1:
         out.append(f"{len(codes)} different commits")
+    cpus = {s["cpu"] for s in sessions if s.get("cpu")}  # manifests before the field name none
+    if len(cpus) > 1:
+        out.append(f"{len(cpus)} kinds of CPU ({', '.join(sorted(cpus))})")
     data: dict[str, set] = {}
     for s in sessions:
         for record in s.get("data") or []:
