@@ -119,22 +119,13 @@ def peak_rss_bytes() -> int:
     return proc_status_kb("VmHWM") * 1024
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_header() -> str:
     """Where and with what the figures were measured."""
     from importlib.metadata import version
 
     import geoclip  # noqa: F401  (version below)
+
+    from geoloc.study.manifest import cpu_model
 
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = [

@@ -10,7 +10,7 @@ TenCrop's 10 views, then measures, on this machine's device (the CPU here):
   negatives per positive (half near from the gallery's 128 nearest); the first builds the lists
   beside the caches, the second reads them (what every later trial pays), the evaluation set's
   nearest gallery distances (its ceiling) included;
-- host memory: the process's resident set after each start-up and its peak (``ru_maxrss``);
+- host memory: the process's resident set after each start-up and its own peak (``VmHWM``);
 - one epoch's data path (the queue full): the epoch's batch assembly (``Trainer.batches``), then ``--steps`` steps
   read from the cache and trained (steps timed, not a full epoch), with and without the bank.
 
