@@ -8,6 +8,7 @@ import torch
 from geoloc.common.metrics import ceiling_key
 from geoloc.data import load_data
 from geoloc.data.derived import derived_path, fingerprint
+from geoloc.data.regions import REGIONS_VERSION, SEA_KM
 from geoloc.data.synthetic import geoclip_gallery_coords
 from geoloc.geo import haversine_km
 from geoloc.tasks.geoclip.config import EvalConfig
@@ -17,6 +18,7 @@ from .conftest import build
 
 pytest.importorskip("geoclip")  # the published 100K gallery ships in its wheel
 
+REGIONS_KEY = (REGIONS_VERSION, SEA_KM)  # what names a regions file besides the coordinates (cached_regions)
 TINY_DATA = {"n_train": 600, "n_val": 120, "n_gallery": 300, "feature_dim": 32, "views": 1}
 
 
@@ -66,8 +68,8 @@ def test_a_seeded_subsample_lowers_the_ceiling_the_same_way_every_time(small_con
 
 def test_the_launcher_computes_the_ceiling_once_and_trials_read_it(small_config):
     """``GeoCLIP.prepare`` (the launcher, before the first trial) keeps each evaluation set's nearest
-    gallery distances beside its cache; an evaluator then reads them instead of computing them: planted
-    distances in that file are the ceiling it reports."""
+    gallery distances beside its cache, and the regions of its images and of the gallery; an evaluator
+    then reads them instead of computing them: planted distances in that file are the ceiling it reports."""
     from geoloc.tasks import task_of
 
     small_config["data"]["offline"].update(TINY_DATA)
@@ -77,6 +79,10 @@ def test_the_launcher_computes_the_ceiling_once_and_trials_read_it(small_config)
     val = data.val["val"]
     kept = derived_path(val.path, "gallery_nearest", fingerprint(val.coords, data.gallery), "npy")
     brute = np.array([haversine_km(data.gallery, p[None, :]).min() for p in val.coords])
+    regions = [(val.path, val.coords), (data.train.path, data.gallery)]
+    assert all(
+        derived_path(home, "regions", fingerprint(coords, *REGIONS_KEY), "json").exists() for home, coords in regions
+    )
     original = np.load(kept)
     np.testing.assert_allclose(original, brute, rtol=1e-9, atol=1e-6)
     planted = np.where(np.arange(len(val)) % 4 == 0, 0.5, 30.0)  # a quarter within 1 km, the rest at 30 km

@@ -33,10 +33,10 @@ class GeoCLIPTask(Task):
 
     def prepare(self, cfg: GeoCLIPConfig) -> None:
         """Open every cache and the gallery once (building the offline benchmark if named), then build
-        what the sampler and the miner keep beside the training cache (``prepare_sampling``) and each
-        evaluation set's distances to the gallery (its ceiling), so that no trial computes them."""
+        what the sampler and the miner keep beside the training cache (``prepare_sampling``) and what the
+        evaluators read (``prepare_evaluation``: the gallery ceiling, regions), so that no trial computes them."""
         from geoloc.data import DataError, load_data
-        from geoloc.tasks.geoclip.evaluate import gallery_ceiling
+        from geoloc.tasks.geoclip.evaluate import prepare_evaluation
         from geoloc.tasks.geoclip.trainer import prepare_sampling
 
         try:
@@ -44,8 +44,7 @@ class GeoCLIPTask(Task):
         except ConfigError as e:
             raise DataError(str(e)) from None
         prepare_sampling(cfg, data)
-        for cache in data.val.values():
-            gallery_ceiling(cache, data.gallery, cfg.eval.thresholds_km)
+        prepare_evaluation(cfg.eval, data.val, data.gallery, data.train.path)
 
     def data_files(self, cfg: GeoCLIPConfig) -> list[Path]:
         """The files of the training and evaluation caches (``geoloc.data.cache``: manifest, features,
