@@ -379,7 +379,7 @@ untimed run of ours. The published evaluation was {how}.
                     for p in PRECISIONS
                 ],
                 [
-                    "ours, one-time `Evaluator(...)` construction (gallery ceiling)",
+                    "ours, one-time `Evaluator(...)` construction (gallery ceiling, regions; a study builds both once)",
                     f"{construct_s:.2f} s",
                     "",
                     "",
