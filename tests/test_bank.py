@@ -78,9 +78,12 @@ def test_bank_holds_the_encoders_output_at_the_last_refresh_without_gradient(sma
     snapshots = {}  # step -> the encoder's weights when the bank was refreshed
     refresh = bank.refresh
 
+    buffers = set()  # the bank's storage after each refresh: one buffer, filled in place
+
     def recording(encode):
         snapshots[bank.step] = copy.deepcopy(encoder.state_dict())
         refresh(encode)
+        buffers.add(bank.embeddings.data_ptr())
 
     bank.refresh = recording
     looked_up = []
@@ -95,7 +98,7 @@ def test_bank_holds_the_encoders_output_at_the_last_refresh_without_gradient(sma
     trainer.bank.start_epoch()
     for idx, features, gps in steps(trainer, 7):
         trainer.train_step(features, gps, idx)
-    assert bank.refreshed_at == [0, 3, 6] and sorted(snapshots) == [0, 3, 6]
+    assert bank.refreshed_at == [0, 3, 6] and sorted(snapshots) == [0, 3, 6] and len(buffers) == 1
     # Known answer: the encoder with the weights of step 6, run on every pool point.
     probe = copy.deepcopy(trainer.model)
     probe.location_encoder.load_state_dict(snapshots[6])
