@@ -141,13 +141,21 @@ def check_optuna(study: StudyConfig, study_dir: Path, args: argparse.Namespace, 
     """--resume: a damaged Optuna storage is named in one line, or rebuilt from the trial folders with
     --rebuild-optuna (geoloc.tuning.recovery). An intact one is not rebuilt: that would only lose what the
     folders lack (the params of a trial asked just before a crash, the samplers' caches)."""
-    from geoloc.tuning.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
+    from geoloc.tuning.recovery import (
+        RebuildError,
+        StorageBusy,
+        StorageDamaged,
+        check_optuna_storage,
+        rebuild_optuna_storage,
+    )
 
     if not args.resume:
         return
     db = StudyFolder(study_dir).optuna_db
     try:
         check_optuna_storage(study_dir, study.name)
+    except StorageBusy as e:
+        raise UsageError(f"--resume: {e}; stop that process (an optuna-dashboard? a launcher?) and resume") from None
     except StorageDamaged as e:
         if not args.rebuild_optuna:
             raise UsageError(

@@ -25,7 +25,13 @@ import tune_main
 from geoloc.study.folders import Status, StatusRecord, StudyFolder
 from geoloc.study.studyfile import load_study_file, num_trials
 from geoloc.tuning.optuna_trials import WORKER_FAILED, enqueued
-from geoloc.tuning.recovery import RebuildError, StorageDamaged, check_optuna_storage, rebuild_optuna_storage
+from geoloc.tuning.recovery import (
+    RebuildError,
+    StorageBusy,
+    StorageDamaged,
+    check_optuna_storage,
+    rebuild_optuna_storage,
+)
 from geoloc.tuning.searcher import OptunaStudySearcher
 
 from .studyutil import TINY_STUDY, read_metrics, read_status, start_study, trial_dirs, write_study
@@ -207,6 +213,34 @@ def test_an_intact_storage_passes_even_with_the_hot_journal_of_a_killed_writer(t
     check_optuna_storage(folder.path, study.name)
     with pytest.raises(StorageDamaged, match="holds no study named 'other'"):
         check_optuna_storage(folder.path, "other")
+
+
+def test_a_storage_locked_by_a_live_writer_is_busy_not_damaged(tmp_path, capsys):
+    """SQLite's locks end with their process, so a locked ``optuna.db`` is one a live process is writing
+    (a launcher caught mid-transaction by ``status``): neither the check, nor ``status``, nor a resume
+    calls it damaged or offers to rebuild it, and nothing changes."""
+    import sqlite3
+
+    study, folder = make_study(tmp_path, GRID)
+    shutil.copyfile(tmp_path / "study.yaml", folder.path / "study.yaml")  # where a launcher keeps it: status reads it
+    before = snapshot(folder.path)
+    writer = sqlite3.connect(folder.optuna_db, isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")  # what a writer holds while it commits
+    try:
+        with pytest.raises(StorageBusy, match="is locked by a process writing to it"):
+            check_optuna_storage(folder.path, study.name)
+        assert tune_main.main(["status", str(folder.path)]) in (0, 1)
+        out = capsys.readouterr().out
+        assert "is locked by a process writing to it: not checked" in out and "damaged" not in out, out
+        argv = [str(tmp_path / "study.yaml"), "--storage", str(folder.path.parent), "--resume"]
+        assert tune_main.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is locked by a process writing to it; stop that process" in err, err
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert snapshot(folder.path) == before
+    check_optuna_storage(folder.path, study.name)  # intact once the writer is gone
 
 
 # -- rebuilding ------------------------------------------------------------------------------------

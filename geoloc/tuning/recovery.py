@@ -8,7 +8,10 @@ record holds, so the record can be rebuilt from them.
 for an empty database, and the resume would silently start the study over), then SQLite's
 ``PRAGMA quick_check`` of every page on a read-only connection (on a private copy when a killed
 writer left its journal, which only a writer may roll back), then the study and all its trials
-through Optuna. Any failure raises ``StorageDamaged`` with SQLite's reason, in one line.
+through Optuna. Any failure raises ``StorageDamaged`` with SQLite's reason, in one line, except
+"database is locked": SQLite's locks end with the process that holds them, so a locked file is one a
+live process is writing (the study's own launcher, caught mid-transaction), not a damaged one; that
+raises ``StorageBusy`` (``python tune_main.py status`` says so and goes on; a resume refuses to start).
 
 ``rebuild_optuna_storage`` writes a fresh file beside the damaged one, then keeps the damaged one
 as ``optuna.db.damaged-YYYYmmdd-HHMMSS`` (with its journal, if any; nothing is deleted) and puts
@@ -72,6 +75,7 @@ from geoloc.study.studyfile import StudyConfig
 
 TrialState = optuna.trial.TrialState
 SIDECARS = ("-journal", "-wal", "-shm")  # SQLite's files beside a database: they belong to that file
+LOCKED = "database is locked"  # SQLite's reason when another connection holds the lock past the timeout
 
 
 class StorageDamaged(Exception):
@@ -80,6 +84,14 @@ class StorageDamaged(Exception):
     def __init__(self, path: Path, reason: str):
         self.path, self.reason = path, " ".join(reason.split())
         super().__init__(f"{path} is damaged ({self.reason})")
+
+
+class StorageBusy(Exception):
+    """A live process holds the study's Optuna storage locked (module docstring); one line naming it."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        super().__init__(f"{path} is locked by a process writing to it")
 
 
 class RebuildError(Exception):
@@ -107,9 +119,12 @@ class Rebuilt:
 
 
 def check_optuna_storage(study_dir: str | Path, study_name: str) -> None:
-    """Raises ``StorageDamaged`` unless the study's ``optuna.db`` reads whole; changes nothing in it."""
+    """Raises ``StorageDamaged`` unless the study's ``optuna.db`` reads whole (``StorageBusy`` while a live
+    process holds it locked); changes nothing in it."""
     path = StudyFolder(study_dir).optuna_db
     reason = "the file is empty" if path.stat().st_size == 0 else _quick_check(path) or _optuna_check(path, study_name)
+    if reason and LOCKED in reason:
+        raise StorageBusy(path)
     if reason:
         raise StorageDamaged(path, reason)
 
@@ -293,4 +308,4 @@ def _mtime(path: Path) -> datetime | None:
         return None
 
 
-__all__ = ["RebuildError", "Rebuilt", "StorageDamaged", "check_optuna_storage", "rebuild_optuna_storage"]
+__all__ = ["RebuildError", "Rebuilt", "StorageBusy", "StorageDamaged", "check_optuna_storage", "rebuild_optuna_storage"]

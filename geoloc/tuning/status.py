@@ -9,7 +9,8 @@ It prints, from the study folder (``geoloc.study.folders``):
 - the trials by status with their epochs (a ``running`` trial without a live launcher was cut short);
 - the best so far at the study's budget (its full epoch count; else at the furthest epoch any trial
   reached, which it says): the best ``score``, or the best of each objective of a pareto study;
-- whether ``optuna.db`` and every ``status.json`` read whole (``geoloc.tuning.recovery``);
+- whether ``optuna.db`` and every ``status.json`` read whole (``geoloc.tuning.recovery``; an
+  ``optuna.db`` that a live process holds locked is said to be so, not damaged);
 - the commands to resume, watch and analyse it.
 
 The verdict is its last line and its exit status:
@@ -192,10 +193,12 @@ def report(study_dir: str | Path, out=sys.stdout) -> int:
             say(line)
 
     if folder.optuna_db.exists() and study:
-        from geoloc.tuning.recovery import StorageDamaged, check_optuna_storage
+        from geoloc.tuning.recovery import StorageBusy, StorageDamaged, check_optuna_storage
 
         try:
             check_optuna_storage(study_dir, study.name)
+        except StorageBusy as e:
+            say(f"optuna:    {e}: not checked this time (ask again)")
         except StorageDamaged as e:
             damage.append(f"the Optuna storage {e}")
     for line in damage:
