@@ -57,6 +57,12 @@ def unit_vectors(latlon):
     return np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
 
 
+def chord_of_km(km: float) -> float:
+    """The chord between two unit vectors ``km`` of great circle apart (2, the diameter, from half the
+    earth's circumference on): ``chord_km``'s inverse for one distance."""
+    return 2 * math.sin(min(km / EARTH_RADIUS_KM, math.pi) / 2)
+
+
 def chord_km(squared_chord):
     """Great-circle km of the squared chord between two unit vectors (numpy or torch): the chord is
     monotonic in the distance, so a median or minimum of chords is that of the distances."""

@@ -30,7 +30,7 @@ import torch
 from geoloc.common.validation import ConfigError
 from geoloc.data.cache import FeatureCache
 from geoloc.data.derived import cached_array, fingerprint
-from geoloc.geo import EARTH_RADIUS_KM, chord_km, haversine_km, unit_vectors
+from geoloc.geo import chord_km, chord_of_km, haversine_km, unit_vectors
 from geoloc.parts.config import SAMPLER_DISTANCES, SEMIVARIOGRAM, NegativesConfig
 from geoloc.parts.neighbours import nearest
 from geoloc.parts.precision import exact_fp32
@@ -54,11 +54,6 @@ def resolve_km(km: float | str, key: str, train: FeatureCache) -> float:
 def resolve_min_km(cfg: NegativesConfig, train: FeatureCache) -> float:
     """``min_km`` in km: the number, or the fitted semivariogram range of the (whole) training cache."""
     return resolve_km(cfg.min_km, "min_km", train)
-
-
-def squared_chord(km: float) -> float:
-    """The squared chord between two unit vectors ``km`` apart on the earth (4 beyond half its circumference)."""
-    return (2 * math.sin(min(km / EARTH_RADIUS_KM, math.pi) / 2)) ** 2
 
 
 class NegativeMiner:
@@ -210,7 +205,7 @@ class NegativeDistances:
         masked = None
         nan = torch.full((), float("nan"), dtype=torch.float64, device=gps.device)
         if mask_within_km > 0:
-            masked = chords <= squared_chord(mask_within_km)  # NaN (the positive) compares False
+            masked = chords <= chord_of_km(mask_within_km) ** 2  # NaN (the positive) compares False
             chords = chords.masked_fill(masked, nan)
         chords = chords.flatten()
         some = len(chords) > n  # a batch of one image with an empty queue has no negative

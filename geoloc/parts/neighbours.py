@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from geoloc.geo import EARTH_RADIUS_KM, check_coordinates, unit_vectors
+from geoloc.geo import check_coordinates, chord_of_km, unit_vectors
 from geoloc.parts.precision import exact_fp32
 
 # Entries (rows x neighbours) of one k-d tree query: 2^22 distances and indices, 64 MiB, whatever the sizes.
@@ -121,7 +121,7 @@ def _chord(km: float) -> float:
     At least ``SAME_PLACE``, so that two rows of the same coordinates count as one place even if
     their unit vectors were rounded differently (a last-bit difference is a chord of ~1e-16).
     """
-    return max(2 * np.sin(min(km / EARTH_RADIUS_KM, np.pi) / 2), SAME_PLACE)
+    return max(chord_of_km(km), SAME_PLACE)
 
 
 def _fill(tree, points, rows, k, depth, radius, exclude_self, workers, out) -> None:

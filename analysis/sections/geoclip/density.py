@@ -25,10 +25,9 @@ import json
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest
 
 from analysis.load import Study
-from geoloc.common.metrics import accuracy_key
+from analysis.sections.geoclip.regions import threshold_columns, wilson_rows
 from geoloc.geo import EARTH_RADIUS_KM
 from geoloc.study.folders import TrialFolder
 
@@ -116,12 +115,7 @@ def by_density(study: Study, rows: pd.DataFrame) -> pd.DataFrame:
     for radius in RADII_KM:
         binned = rows.assign(bin=density_bin(rows[f"within_{radius:g}km"].to_numpy()))
         for (arm, label), group in binned.groupby(["arm", "bin"], sort=False):
-            runs = group.groupby(["trial_id", "seed"]).ngroups
-            n = group["image"].nunique()
-            for t in thresholds:
-                hits = int((group["error_km"] <= t).sum())
-                low, high = binomtest(int(round(hits / runs)), n).proportion_ci(0.95, method="wilson")
-                out.append([arm, radius, label, n, runs, t, hits / (runs * n), low, high])
+            out += [[arm, radius, label, *row] for row in wilson_rows(group, thresholds)]
     table = pd.DataFrame(out, columns=COLUMNS)
     rank = table["bin"].map(order)
     return table.assign(_rank=rank).sort_values(["radius_km", "arm", "_rank", "threshold_km"]).drop(columns="_rank")
@@ -129,15 +123,5 @@ def by_density(study: Study, rows: pd.DataFrame) -> pd.DataFrame:
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
     """One row per arm, radius and bin, one column per threshold: "41.2 [35.1, 47.6]" in %."""
-    if not len(table):
-        return pd.DataFrame(columns=["arm", "within", "gallery points", "n"])
-    text = table.assign(
-        cell=[f"{100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]" for r in table.itertuples()],
-        column=[accuracy_key(t) for t in table["threshold_km"]],
-        within=[f"{r:g} km" for r in table["radius_km"]],
-    )
-    wide = text.pivot_table(
-        index=["arm", "within", "bin", "n_images"], columns="column", values="cell", aggfunc="first", sort=False
-    )
-    wide = wide[list(dict.fromkeys(text["column"]))].reset_index()
-    return wide.rename(columns={"bin": "gallery points", "n_images": "n"}).astype(str)
+    within = table.assign(within=[f"{r:g} km" for r in table["radius_km"]])
+    return threshold_columns(within, ["arm", "within", "bin"]).rename(columns={"bin": "gallery points"})

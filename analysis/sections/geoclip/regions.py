@@ -77,26 +77,37 @@ def by_region(
     for level in levels:
         keep = frame if level == "continent" else frame[frame["country"].map(counts) >= min_country_images]
         for (arm, name), group in keep.groupby(["arm", level], sort=True):
-            runs = group.groupby(["trial_id", "seed"]).ngroups
-            n = group["image"].nunique()
-            for t in thresholds:
-                hits = int((group["error_km"] <= t).sum())
-                low, high = binomtest(int(round(hits / runs)), n).proportion_ci(0.95, method="wilson")
-                rows.append([arm, level, name, n, runs, t, hits / (runs * n), low, high])
+            rows += [[arm, level, name, *row] for row in wilson_rows(group, thresholds)]
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def wilson_rows(group: pd.DataFrame, thresholds) -> list[list]:
+    """(images, runs, threshold, accuracy, Wilson interval) per threshold of one group's per-image rows
+    (the module docstring's interval); also the density bins' (``density.py``)."""
+    runs = group.groupby(["trial_id", "seed"]).ngroups
+    n = group["image"].nunique()
+    out = []
+    for t in thresholds:
+        hits = int((group["error_km"] <= t).sum())
+        low, high = binomtest(int(round(hits / runs)), n).proportion_ci(0.95, method="wilson")
+        out.append([n, runs, t, hits / (runs * n), low, high])
+    return out
 
 
 def display(table: pd.DataFrame) -> pd.DataFrame:
     """One row per arm and region, one column per threshold: "41.2 [35.1, 47.6]" in %."""
+    return threshold_columns(table, ["arm", "level", "region"])
+
+
+def threshold_columns(table: pd.DataFrame, index: list[str]) -> pd.DataFrame:
+    """``index`` and the images' count (``n``), then one column per threshold: "41.2 [35.1, 47.6]" in %."""
     if not len(table):
-        return pd.DataFrame(columns=["arm", "level", "region", "n"])
+        return pd.DataFrame(columns=[*index, "n"])
     text = table.assign(
         cell=[f"{100 * r.accuracy:.1f} [{100 * r.ci_low:.1f}, {100 * r.ci_high:.1f}]" for r in table.itertuples()],
         column=[accuracy_key(t) for t in table["threshold_km"]],
     )
-    wide = text.pivot_table(
-        index=["arm", "level", "region", "n_images"], columns="column", values="cell", aggfunc="first", sort=False
-    )
+    wide = text.pivot_table(index=[*index, "n_images"], columns="column", values="cell", aggfunc="first", sort=False)
     wide = wide[list(dict.fromkeys(text["column"]))].reset_index().rename(columns={"n_images": "n"})
     return wide.astype(str)
 

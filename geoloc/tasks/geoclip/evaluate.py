@@ -127,7 +127,7 @@ def prepare_evaluation(cfg: EvalConfig, val: dict[str, FeatureCache], gallery: n
         if cfg.regions:
             cached_regions(cache.path, cache.coords)
     if cfg.regions:
-        Gallery(gallery, torch.device("cpu"), cfg.gallery_chunk, home).regions(home)
+        cached_regions(home, gallery)  # the file a trial's ``Gallery.regions`` reads
 
 
 class Gallery:
