@@ -14,13 +14,15 @@ times its norm, normalised; 50 a centre at 100K), nearer to trained embeddings. 
 which: both are reported. The exact ways are timed on the clustered set (their cost does not depend
 on the values).
 
-1M is **extrapolated, not measured**: the exact ways x (1M / n)^2 (quadratic); the IVF way's k-means and
-adding x 1M / n (linear: its training sample is 64 points a list, 4 sqrt(n) lists) and its search and
-recall x (1M / n)^1.5 (n queries each scanning 4 sqrt(n) centroids and 32 lists of sqrt(n) / 4 points).
+1M is **extrapolated, not measured**: the exact ways x (1M / n)^2 (quadratic); the IVF way x (1M / n)^1.5,
+all of it: its search (n queries each scanning 4 sqrt(n) centroids and a fixed number of lists of
+sqrt(n) / 4 codes) and its build (adding n keys to 4 sqrt(n) lists; its k-means, on a sample of a
+fixed number of points a list, is linear in n, so this over-counts it: an upper bound).
 
 Agreement: the two exact ways give the same lists on the timed rows up to near-ties (entries
 whose float64 scores agree within 1e-6), and the reported recall equals a recomputation from the
-lists against a float64 brute force of the sampled rows.
+lists against a float64 brute force of the sampled rows, up to one entry for each row whose k-th
+and (k + 1)-th float64 scores are such a near-tie (the float32 exact lists may hold either).
 """
 
 from __future__ import annotations
@@ -107,13 +109,13 @@ def main(quick: bool = False) -> Result:
         d = torch.from_numpy(data)
         log(f"similarity: {IVF}, {n:,} {kind} rows")
         seconds, result = timed(lambda d=d: ranked_lists(d, d, K, approximate_above=0))
-        _, exact = brute_rows(data, result.recall_rows)
+        scores, exact = brute_rows(data, result.recall_rows)
         recomputed = recall(result.lists[result.recall_rows], exact)
-        agreed &= bool(abs(recomputed - result.recall) < 1e-12)
-        # The split of the time for the extrapolation: build (train + add) against search.
-        build_s, _ = timed(lambda data=data: ivf_index(data))
-        search_s = max(seconds - build_s, 0.0)
-        one_m = (build_s * scale + search_s * scale**1.5) / 3600
+        edge = -np.sort(-np.partition(scores, -(K + 1), axis=1)[:, -(K + 1) :], axis=1)[:, K - 1 :]
+        boundary_ties = int(np.sum(edge[:, 0] - edge[:, 1] < 1e-6))
+        agreed &= bool(abs(recomputed - result.recall) <= boundary_ties / (len(exact) * K) + 1e-12)
+        build_s, _ = timed(lambda data=data: ivf_index(data))  # shown beside the total; both scale alike
+        one_m = seconds * scale**1.5 / 3600
         figures[f"{IVF} {kind}"] = {"n_s": seconds, "recall": result.recall, "recomputed": recomputed, "1m_h": one_m}
         rows_out.append(
             [
@@ -150,7 +152,7 @@ comparison on a shared machine: both saw its load): the approximate index is
 machine, was {TODAY_1M_H} h (target >= 10x). The two exact ways: {int(same.sum())} of {
         len(same)
     } rows identical, the others
-differing only at near-ties, and reported recalls equal to their recomputation: {
+differing only at near-ties, and reported recalls equal to their recomputation (up to near-ties at the k-th entry): {
         "yes" if agreed else "**NO**"
     }. GPU: not measured
 (the trial's GPU runs the exact torch path).

@@ -5,6 +5,7 @@ brute-force recomputation; exclude-self and largest-first hold on every path."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from geoloc.parts.neighbours import similarity_lists
@@ -43,8 +44,9 @@ def test_faiss_exact_torch_and_brute_force_lists_are_equal():
     assert np.array_equal(ranked_lists(torch.from_numpy(queries), torch.from_numpy(queries), 9).lists, own)
 
 
-def test_approximate_lists_report_the_recall_a_brute_force_recomputes():
-    queries = unit_rows(3000, 16, 2)
+@pytest.mark.parametrize("d", [16, 10])  # fast-scan product codes (d divisible by 4), flat lists (not)
+def test_approximate_lists_report_the_recall_a_brute_force_recomputes(d):
+    queries = unit_rows(3000, d, 2)
     q = torch.from_numpy(queries)
     result = ranked_lists(q, q, 20, approximate_above=0, seed=3)
     assert result.method == "faiss_ivf" and result.lists.shape == (3000, 20) and result.lists.dtype == np.int64
@@ -54,7 +56,9 @@ def test_approximate_lists_report_the_recall_a_brute_force_recomputes():
     assert len(rows) == 1000 and len(set(rows.tolist())) == 1000
     exact = brute(queries, queries, 20, True)[rows]
     hits = [len(set(a) & set(e)) / 20 for a, e in zip(result.lists[rows], exact, strict=True)]
-    assert result.recall == np.mean(hits) and 0.3 < result.recall < 1.0  # approximate: measured, not assumed
+    assert result.recall == np.mean(hits) and 0.3 < result.recall  # measured, not assumed
+    # Product codes miss some; flat lists, 64 of 93 probed at this size, may find every entry.
+    assert result.recall < 1.0 or d == 10
     # Largest first: each row's scores of what it lists never rise.
     scores = np.take_along_axis(queries @ queries.T, result.lists, axis=1)
     assert np.all(np.diff(scores, axis=1) <= 1e-6)
