@@ -49,7 +49,7 @@ bench: $(STAMP)
 GPU_PYTHON ?= $(if $(wildcard $(PY)),$(PY),python3)
 GPU_TORCHVISION ?= 0.26.0
 GPU_WHEELS := geoclip open_clip_torch pydantic pydantic-core annotated-types typing-inspection ftfy wcwidth regex \
-	typing-extensions timm huggingface-hub safetensors
+	typing-extensions timm huggingface-hub safetensors faiss-cpu packaging
 
 gpu-check:
 	$(GPU_PYTHON) -m bench.gpu_check

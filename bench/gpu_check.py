@@ -49,6 +49,16 @@ feed is the one a trial uses.
 - **resume**: a checkpoint saved by a GPU trainer after two steps loads into a fresh GPU trainer
   and a fresh CPU trainer (fp32); every model tensor must equal the saved one exactly, and one
   more step must run on each.
+- **lists**: similarity lists (``geoloc.parts.similarity``). On 1,000 x 16-d unit rows without
+  near-tied scores, k 9: the GPU's exact lists, its re-scored lists (TF32 candidates, the way above
+  200K keys), faiss's exact flat index (CPU) and a float64 brute force must be equal. Then the
+  re-scored way on 4.65M x 512-d clustered unit rows, k 128: 65,536 query rows against all keys,
+  timed and scaled to 4.65M rows (rows are independent), its recall against exact fp32 lists
+  measured on 1,000 rows. Target: all 4.65M rows' lists in at most 2 minutes.
+- **bank**: a bf16 step at the published sizes with 64 mined negatives per positive from the 100K
+  gallery, encoded with the batch and looked up in the memory bank (``train.negatives.bank``,
+  refreshed every 100 steps: the lookup step plus a hundredth of one timed refresh), each against
+  the published step. Target: the bank's at most 1.3x.
 - **eval 100K**: ``Trainer.evaluate`` of 3,000 TenCrop images (10 views, an on-disk cache)
   against the 100K gallery: seconds of the first and of a second call, and the peak of
   ``torch.cuda.max_memory_allocated`` above what was allocated before (peak stats reset).
@@ -139,6 +149,8 @@ WHEEL_MODULES = {
     "timm": "timm",  # the cross-view backbones
     "huggingface_hub": "huggingface_hub",  # timm imports it (nothing is downloaded)
     "safetensors": "safetensors",
+    "faiss_cpu": "faiss",  # the similarity lists' exact cross-check
+    "packaging": "packaging",  # faiss imports it
 }
 ONLY_IF_MISSING = {"torchvision"}
 NEEDED = ("pydantic", "open_clip", "geoclip")  # modules the checks need beyond the node's own
@@ -189,15 +201,17 @@ class Sizes:
     small_gallery: int  # gallery of the training checks
     eval_gallery: int | None  # points of the 100K gallery the evaluation uses (None: all)
     val_images: int  # evaluation set of the training checks
+    list_keys: int  # embeddings of the similarity lists' timing (MP-16's 4.65M)
+    list_rows: int  # query rows timed against all of them (scaled to list_keys rows)
 
 
 FULL = Sizes(
     "published", 768, 512, 4096, {}, 30, 2, 30, 5, 3, 3000, 10, 1_000_000, 1024, 16384, 4, 6,
-    VIT_L_14, "ViT-L-14", 256, 5, 8192, 2000, None, 256,
+    VIT_L_14, "ViT-L-14", 256, 5, 8192, 2000, None, 256, 4_650_000, 65_536,
 )  # fmt: skip
 QUICK = Sizes(
     "quick", 64, 32, 64, {"hidden_dim": 64, "image_hidden_dim": 64, "embed_dim": 32, "rff_features": 16},
-    4, 2, 3, 1, 2, 30, 10, 20_000, 64, 256, 2, 1, VIT_TINY, None, 2, 1, 256, 500, 5000, 32,
+    4, 2, 3, 1, 2, 30, 10, 20_000, 64, 256, 2, 1, VIT_TINY, None, 2, 1, 256, 500, 5000, 32, 20_000, 2_000,
 )  # fmt: skip
 
 
@@ -979,6 +993,115 @@ def check_resume(ctx: Context) -> Row:
     return row
 
 
+def clustered_embeddings(n: int, dim: int, device: torch.device, seed: int = 0) -> torch.Tensor:
+    """(n, dim) unit rows near 2,000 random centres (``bench.bench_similarity``'s kind), made on ``device``."""
+    g = torch.Generator(device).manual_seed(seed)
+    centres = F.normalize(torch.randn(2000, dim, generator=g, device=device), dim=1)
+    pick = torch.randint(2000, (n,), generator=g, device=device)
+    return F.normalize(centres[pick] + 0.6 * torch.randn(n, dim, generator=g, device=device) / dim**0.5, dim=1)
+
+
+def check_lists(ctx: Context) -> Row:
+    """Similarity lists (``geoloc.parts.similarity``): on a small set with distinct scores the device's exact
+    and re-scored lists, faiss's exact index and a float64 brute force agree; then the re-scored way on
+    ``list_keys`` x 512-d clustered embeddings, ``list_rows`` query rows timed and scaled to all rows,
+    its recall against exact lists measured on 1,000 rows."""
+    from geoloc.parts.similarity import (
+        RESCORE_MARGIN,
+        faiss_lists,
+        ranked_lists,
+        recall,
+        rescored_lists,
+        rows_at_once,
+    )
+
+    row = Row("lists")
+    s, device = ctx.sizes, ctx.device
+    row.target = f"similarity lists, {s.list_keys / 1e6:.2f}M x 512-d, k 128, <= 2 min"
+    for seed in range(20):  # the first seeded set whose lists have no near-ties (float32 may order those either way)
+        small = F.normalize(torch.randn(1000, 16, generator=torch.Generator().manual_seed(seed)), dim=1).numpy()
+        scores = small.astype(np.float64) @ small.astype(np.float64).T
+        np.fill_diagonal(scores, -np.inf)
+        if np.all(-np.diff(-np.sort(-scores, axis=1)[:, :11], axis=1) > 1e-6):
+            break
+    else:
+        row.fail("20 seeded small sets all had near-tied scores")
+    brute = np.argsort(-scores, axis=1, kind="stable")[:, :9]
+    on_device = torch.from_numpy(small).to(device)
+    ways = {
+        "exact": lambda: ranked_lists(on_device, on_device, 9).lists,
+        # A GPU's way above 200K keys; on a CPU (--quick) that way is faiss IVF, so the function itself.
+        "re-scored": lambda: (
+            ranked_lists(on_device, on_device, 9, approximate_above=0).lists
+            if device.type == "cuda"
+            else rescored_lists(on_device, on_device, 9)
+        ),
+        "faiss exact": lambda: faiss_lists(small, small, 9),
+    }
+    for name, way in ways.items():
+        lists = row.attempt(name, way)
+        if lists is not None and not np.array_equal(lists, brute):
+            row.fail(f"{name} lists differ from the brute force on {int((lists != brute).any(axis=1).sum())} rows")
+    row.add(f"1,000 x 16-d, k 9: {', '.join(ways)} and float64 brute force {'equal' if row.ok else 'DIFFER'}")
+
+    n, q = s.list_keys, min(s.list_rows, s.list_keys)
+    keys = clustered_embeddings(n, 512, device)
+    at_once = rows_at_once(n, device)
+    lists = rescored_lists(keys[:1000], keys, 128, exclude_self=False, chunk=at_once)  # also the warm-up
+    exact = ranked_lists(keys[:1000], keys, 128, exclude_self=False, approximate_above=n).lists
+    share = recall(lists, exact)
+    seconds = seconds_per_call(
+        lambda: rescored_lists(keys[:q], keys, 128, exclude_self=False, chunk=at_once), 1, device, warmup=0
+    )
+    full = seconds * n / q
+    row.add(
+        f"{n:,} x 512-d, k 128, TF32 candidates + {RESCORE_MARGIN} re-scored: {q:,} rows in {seconds:.1f} s "
+        f"({at_once} at once), all {n:,} rows {full:.0f} s (scaled, rows are independent); recall against "
+        f"exact fp32 lists {share:.4f} (1,000 rows)"
+    )
+    row.measured, row.met = f"{full:.0f} s (recall {share:.3f})", full <= 120
+    return row
+
+
+def check_bank(ctx: Context) -> Row:
+    """64 mined negatives per positive from the 100K gallery, encoded with the batch (``bank: false``) and looked
+    up in the memory bank (``bank: true``, refreshed every 100 steps), against the published step: bf16,
+    the published sizes, queue full, one fixed batch. A bank step costs its lookup step plus a hundredth
+    of one refresh (timed on its own)."""
+    from geoloc.data import Data
+
+    row = Row("bank")
+    row.target = "64 mined per positive with the bank <= 1.3x the published step"
+    s, device, data = ctx.sizes, ctx.device, ctx.data()
+    pool = ctx.gallery if s.name == "published" else data.gallery  # --quick: the small gallery
+    pooled = Data(train=data.train, val=data.val, gallery=pool)
+    mined = {"mined": 64, "near_share": 0.5, "near_k": 128}
+    ways = {
+        "published": {},
+        "encoded": {"negatives": mined},
+        "bank": {"negatives": {**mined, "bank": True, "bank_refresh_steps": 100}},
+    }
+    features, gps = ctx.batch()
+    rows = np.arange(s.batch)
+    times = {}
+    for name, train in ways.items():
+        trainer = new_trainer(job(s, "bf16", device.type, **train), pooled)
+        trainer.model.queue.push(ctx.queue_coords(s.queue).to(device))
+        times[name] = seconds_per_call(lambda t=trainer: t.train_step(features, gps, rows), s.steps, device)
+        if name == "bank":
+            bank, encode = trainer.bank, trainer.model.encode_locations
+            refresh = seconds_per_call(lambda b=bank, e=encode: b.refresh(e), 3, device, warmup=1)
+        del trainer
+    banked = (times["bank"] + refresh / 100) / times["published"]
+    row.add(
+        f"published {ms(times['published'])}/step; 64 mined encoded {times['encoded'] / times['published']:.2f}x; "
+        f"bank {times['bank'] / times['published']:.2f}x, {banked:.2f}x with a hundredth of a refresh "
+        f"({ms(refresh)} for {len(pool):,} points)"
+    )
+    row.measured, row.met = f"{banked:.2f}x", banked <= 1.3
+    return row
+
+
 def _eval_row(ctx: Context, name: str, gallery: np.ndarray) -> Row:
     from geoloc.data import Data
 
@@ -1281,6 +1404,8 @@ def checks(sizes: Sizes) -> list[tuple[str, Callable[[Context], Row]]]:
         *steps,
         ("graphs = eager", check_graphs),
         ("resume", check_resume),
+        ("lists", check_lists),
+        ("bank", check_bank),
         ("eval 100K", check_eval_100k),
         ("eval 1M", check_eval_1m),
         ("memory per trial", check_memory),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geoloc.parts.neighbours import similarity_lists
-from geoloc.parts.similarity import faiss_lists, ranked_lists, recall
+from geoloc.parts.similarity import faiss_lists, ranked_lists, recall, rescored_lists
 
 
 def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
@@ -69,3 +69,20 @@ def test_recall_is_the_shared_share():
     exact = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
     approximate = np.array([[4, 1, 9, 10], [5, 6, 7, 8]])
     assert recall(approximate, exact) == (0.5 + 1.0) / 2
+
+
+def test_rescored_lists_equal_the_exact_ones_where_their_fast_product_alone_errs():
+    """The GPU's way above 200K keys, run on the CPU with bf16 as the erring fast product (TF32 does
+    nothing on a CPU): bf16's top k alone misorders rows; re-scored, every row equals the brute force."""
+    queries, keys = unit_rows(400, 32, 4), unit_rows(3000, 32, 5)
+    q, x = torch.from_numpy(queries), torch.from_numpy(keys)
+    assert distinct_scores(queries, keys, 10)
+    expected = brute(queries, keys, 10, False)
+    bf16_alone = torch.topk(q.bfloat16() @ x.bfloat16().T, 10, dim=1).indices.numpy()
+    assert not np.array_equal(bf16_alone, expected)  # the fast product does err here
+    assert np.array_equal(rescored_lists(q, x, 10, exclude_self=False, chunk=64, fast="bf16"), expected)
+    assert np.array_equal(rescored_lists(q, x, 10, exclude_self=False, chunk=64, fast="tf32"), expected)
+    own = unit_rows(500, 32, 6)
+    assert distinct_scores(own, own, 10)
+    got = rescored_lists(torch.from_numpy(own), torch.from_numpy(own), 10, chunk=128, fast="bf16")
+    assert np.array_equal(got, brute(own, own, 10, True)) and not np.any(got == np.arange(500)[:, None])

@@ -173,13 +173,7 @@ def similarity_lists(
     ``exclude_self``: ``keys`` are the queries' own rows (n == m); row i never lists key i (its
     score is set to -inf). Equal scores (ties) come in ``topk``'s order, which is not specified.
     """
-    n, m = len(queries), len(keys)
-    if exclude_self and n != m:
-        raise ValueError(f"similarity_lists: exclude_self needs one key per query, got {n} queries and {m} keys")
-    if not 1 <= k <= m - exclude_self:
-        raise ValueError(f"similarity_lists: k={k} but there are {m - exclude_self} keys to list")
-    if queries.device != keys.device:
-        raise ValueError(f"similarity_lists: queries on {queries.device}, keys on {keys.device}")
+    n = check_list_request("similarity_lists", queries, keys, k, exclude_self)
     out = torch.empty((n, k), dtype=torch.int64)
     with torch.no_grad(), exact_fp32(queries.device):
         keys_t = keys.float().T
@@ -189,6 +183,18 @@ def similarity_lists(
                 scores.diagonal(start).fill_(-torch.inf)  # element (j, start + j): query start + j's own key
             out[start : start + len(scores)] = torch.topk(scores, k, dim=1).indices.cpu()
     return out
+
+
+def check_list_request(name: str, queries: torch.Tensor, keys: torch.Tensor, k: int, exclude_self: bool) -> int:
+    """The number of queries, or ValueError (prefixed with ``name``) for a request no list can answer."""
+    n, m = len(queries), len(keys)
+    if exclude_self and n != m:
+        raise ValueError(f"{name}: exclude_self needs one key per query, got {n} queries and {m} keys")
+    if not 1 <= k <= m - exclude_self:
+        raise ValueError(f"{name}: k={k} but there are {m - exclude_self} keys to list")
+    if queries.device != keys.device:
+        raise ValueError(f"{name}: queries on {queries.device}, keys on {keys.device}")
+    return n
 
 
 def neighbour_batches(

@@ -8,8 +8,8 @@
   model finds most alike: at epoch ``similarity_from_epoch`` and every ``similarity_every`` epochs
   after, each training image (its first cached view) is embedded by the image head and every
   training location by the location encoder, and image i lists the ``range`` locations j != i of
-  largest similarity (``geoloc.parts.similarity.ranked_lists``: exact on the trial's GPU and on the CPU up
-  to 200K images, a faiss IVF index above that on the CPU, its recall measured and printed).
+  largest similarity (``geoloc.parts.similarity.ranked_lists``: exact up to 200K images; above, TF32
+  candidates re-scored on the trial's GPU or a faiss IVF index on the CPU, its recall measured and printed).
   Earlier epochs use the GPS lists.
 
 Each batch's indices are sorted (reads go forward); one cached view per image is drawn per epoch.

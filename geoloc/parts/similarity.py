@@ -1,14 +1,21 @@
-"""Similarity lists that scale (issue 26, item 2): exact on a GPU or a small key set, approximate (faiss IVF) above.
+"""Similarity lists that scale (issue 26, item 2): exact up to 200K keys, re-scored on a GPU or faiss IVF above.
 
 ``ranked_lists`` is what the samplers call (``geoloc.parts.sampler``, ``geoloc.tasks.cross_view.batches``):
 
-- **exact, torch chunks** (``geoloc.parts.neighbours.similarity_lists``): on a GPU always (the trial's
-  device), and on the CPU up to ``APPROXIMATE_ABOVE`` keys. On the CPU it stays the exact path
+- **exact, torch chunks** (``geoloc.parts.neighbours.similarity_lists``) up to ``APPROXIMATE_ABOVE``
+  keys, on the trial's device. On the CPU it stays the exact path
   rather than faiss's flat index because it measured faster here (20,000 x 20,000 random unit
   512-d rows, k 128, 2 threads: torch 12.0 s, ``faiss.IndexFlatIP`` 48.1 s) and because it keeps
   the lists, and so the batches and metrics, of every existing CPU study to the last digit: the
   two compute the same scores with different BLAS kernels, so near-ties (scores equal within
   float32 rounding) may come in another order.
+- **re-scored, on a GPU** above ``APPROXIMATE_ABOVE`` keys (``rescored_lists``): the exact path's
+  fp32 products (TF32 off) run on the GPU's CUDA cores, 4.65M x 4.65M x 512 about 22 PFLOP, some
+  minutes at an H100's 67 TFLOP/s; so each chunk's scores come from TF32 tensor cores (fp32
+  results), its best k + ``RESCORE_MARGIN`` are re-scored in exact fp32 and the best k of those
+  kept. A row differs from the exact list only where a key of its exact k ranked below k +
+  ``RESCORE_MARGIN`` in TF32: the recall against exact lists is measured as for the IVF index
+  below. A chunk's scores take at most ``DEVICE_SCORES_BYTES`` (and half the GPU's free memory).
 - **approximate, faiss IVF** on the CPU above ``APPROXIMATE_ABOVE`` keys: ``IVF_LISTS_PER_SQRT`` x
   sqrt(keys) inverted lists (inner product), k-means of ``IVF_KMEANS_ITERATIONS`` on at most
   ``IVF_TRAIN_PER_LIST`` points a list (seeded); in the lists, 4-bit product codes of d/4 parts
@@ -44,7 +51,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from geoloc.parts.neighbours import similarity_lists
+from geoloc.parts.neighbours import check_list_request, similarity_lists
+from geoloc.parts.precision import exact_fp32, tf32
 
 APPROXIMATE_ABOVE = 200_000  # keys; at 100K the exact CPU path takes minutes, at 1M hours (bench_similarity)
 IVF_LISTS_PER_SQRT = 4
@@ -52,16 +60,18 @@ IVF_TRAIN_PER_LIST = 32
 IVF_PROBE = 64
 IVF_KMEANS_ITERATIONS = 6
 IVF_REFINE_FACTOR = 4  # codes re-scored exactly per list entry wanted (faiss's k_factor)
+RESCORE_MARGIN = 64  # candidates per row beyond k from the GPU's TF32 scores, re-scored exactly
+DEVICE_SCORES_BYTES = 8 * 2**30  # a chunk's TF32 scores on a GPU (4.65M keys: 461 rows)
 RECALL_ROWS = 1000
 
 
 @dataclass(frozen=True)
 class Lists:
-    """(n, k) int64 lists, largest similarity first; how they were made; for approximate lists the mean
+    """(n, k) int64 lists, largest similarity first; how they were made; for lists not made exactly the mean
     share of each sampled row's exact k found in its list (``recall``) and the rows sampled."""
 
     lists: np.ndarray
-    method: str  # "exact" (torch chunks), "faiss_exact" or "faiss_ivf"
+    method: str  # "exact" (torch chunks), "rescored" (GPU, TF32 candidates) or "faiss_ivf" (CPU)
     recall: float | None = None
     recall_rows: np.ndarray | None = None
 
@@ -77,20 +87,65 @@ def ranked_lists(
     seed: int = 0,
 ) -> Lists:
     """The k keys of largest dot product for every query (see the module's docstring for which way)."""
-    if queries.device.type != "cpu" or len(keys) <= approximate_above:
+    if len(keys) <= approximate_above:
         return Lists(similarity_lists(queries, keys, k, exclude_self=exclude_self, chunk=chunk).numpy(), "exact")
-    q, x = (np.ascontiguousarray(t.detach().float().numpy()) for t in (queries, keys))
-    lists = faiss_lists(q, x, k, exclude_self=exclude_self, approximate=True, seed=seed)
-    rows = np.sort(np.random.default_rng(seed).choice(len(q), min(RECALL_ROWS, len(q)), replace=False))
+    if queries.device.type != "cpu":
+        # The samplers' chunk is sized for a CPU's memory; the GPU's products want larger ones.
+        lists = rescored_lists(
+            queries, keys, k, exclude_self=exclude_self, chunk=rows_at_once(len(keys), queries.device)
+        )
+        method, way = "rescored", "TF32 candidates re-scored in fp32"
+    else:
+        q, x = (np.ascontiguousarray(t.detach().float().numpy()) for t in (queries, keys))
+        lists = faiss_lists(q, x, k, exclude_self=exclude_self, approximate=True, seed=seed)
+        method, way = "faiss_ivf", "faiss IVF"
+    rows = np.sort(np.random.default_rng(seed).choice(len(queries), min(RECALL_ROWS, len(queries)), replace=False))
     exact = _exact_rows(queries, keys, rows, k, exclude_self, chunk)
     share = recall(lists[rows], exact)
     print(
-        f"similarity lists: faiss IVF over {len(x):,} keys, k {k}: recall {share:.4f} against exact lists "
+        f"similarity lists: {way} over {len(keys):,} keys, k {k}: recall {share:.4f} against exact lists "
         f"on {len(rows)} rows",
         file=sys.stderr,
         flush=True,
     )
-    return Lists(lists, "faiss_ivf", share, rows)
+    return Lists(lists, method, share, rows)
+
+
+def rows_at_once(n_keys: int, device: torch.device) -> int:
+    """Query rows of ``rescored_lists`` at once on ``device``: their scores in ``DEVICE_SCORES_BYTES`` and,
+    on a GPU, in half its free memory."""
+    budget = DEVICE_SCORES_BYTES
+    if device.type == "cuda":
+        budget = min(budget, torch.cuda.mem_get_info(device)[0] // 2)
+    return max(1, budget // (4 * n_keys))
+
+
+def rescored_lists(
+    queries: torch.Tensor, keys: torch.Tensor, k: int, *, exclude_self: bool = True, chunk: int = 4096, fast="tf32"
+) -> np.ndarray:
+    """(n, k) int64 lists on the tensors' device, largest first: per chunk of query rows, scores by a fast
+    product (``fast``: "tf32", a GPU's tensor cores with fp32 results; "bf16", rounded inputs and results,
+    with which the CPU's tests make the fast product err), its best k + ``RESCORE_MARGIN`` (own key
+    excluded) re-scored in exact fp32 and the best k of those kept."""
+    n = check_list_request("rescored_lists", queries, keys, k, exclude_self)
+    want = min(k + RESCORE_MARGIN, len(keys) - exclude_self)
+    out = np.empty((n, k), dtype=np.int64)
+    with torch.no_grad():
+        exact_keys = keys.float()
+        fast_keys = exact_keys.bfloat16() if fast == "bf16" else exact_keys
+        for start in range(0, n, chunk):
+            q = queries[start : start + chunk].float()
+            with tf32(fast == "tf32"):
+                scores = q.to(fast_keys.dtype) @ fast_keys.T
+            if exclude_self:
+                scores.diagonal(start).fill_(-torch.inf)  # element (j, start + j): query start + j's own key
+            candidates = torch.topk(scores, want, dim=1).indices
+            del scores
+            with exact_fp32(q.device):
+                exact = torch.einsum("rd,rcd->rc", q, exact_keys[candidates])
+            best = candidates.gather(1, torch.topk(exact, k, dim=1).indices)
+            out[start : start + len(q)] = best.cpu().numpy()
+    return out
 
 
 def recall(approximate: np.ndarray, exact: np.ndarray) -> float:

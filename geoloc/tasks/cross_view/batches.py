@@ -165,7 +165,8 @@ class PairSampler(ListSchedule):
 
     def similarity_lists(self, query_emb: torch.Tensor, reference_emb: torch.Tensor) -> np.ndarray:
         """(n, range) int64 query indices: the Dynamic Similarity Sampling lists of the module docstring,
-        by ``geoloc.parts.similarity.ranked_lists`` (exact on a GPU or up to 200K references, else faiss IVF)."""
+        by ``geoloc.parts.similarity.ranked_lists`` (exact up to 200K references; above, re-scored on a GPU
+        or faiss IVF on the CPU)."""
         n = len(self.positive)
         if len(query_emb) != n or len(reference_emb) != self.references:
             raise ValueError(
