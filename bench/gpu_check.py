@@ -46,6 +46,12 @@ feed is the one a trial uses.
   location encoder alone: forward and backward of ``model.location_encoder`` on batch + queue
   (4,608 points), both under ``Trainer.precision()``, timed with CUDA events, its FLOPs counted
   the same way. Target: its MFU at least 40% in bf16.
+- **graph step**: the whole step as one CUDA graph (``train.graph_step``). Two fp32 trainers with the
+  graph step's optimiser, one replaying its graph and one eager, train an epoch to the same losses,
+  queue and weights (the module graphs' tolerance, 1e-4); then bf16 epochs of today's path, of the
+  default step (module graphs) and of the graph step, interleaved: ms per step, the graph step's host
+  time per call and its speed-up over today's path (target 5x, as "today vs now"), and an MP-16
+  epoch (9,083 steps of 512) at its time per step (from the step; target 15 s on an H100).
 - **resume**: a checkpoint saved by a GPU trainer after two steps loads into a fresh GPU trainer
   and a fresh CPU trainer (fp32); every model tensor must equal the saved one exactly, and one
   more step must run on each.
@@ -965,6 +971,77 @@ def check_graphs(ctx: Context) -> Row:
     return row
 
 
+MP16_STEPS = -(-4_650_000 // 512)  # an MP-16 epoch at batch 512
+
+
+def check_graph_step(ctx: Context) -> Row:
+    """The whole step as one CUDA graph (``train.graph_step``). Equal: two fp32 trainers with the graph step's
+    optimiser (capturable fused Adam, learning rate on the device), one replaying, one eager
+    (``steps.enabled`` off), train an epoch to the same losses, queue and weights, within the module
+    graphs' tolerance. Fast: bf16 epochs of today's path, of the default step (module graphs) and of the
+    graph step, interleaved; an MP-16 epoch (4.65M images, batch 512) at the graph step's time per step
+    (from the step, not a run of that size)."""
+    row = Row("graph step", target="bf16 step >= 5x faster than today's path, whole step captured")
+    s, data, device = ctx.sizes, ctx.data(), ctx.device
+    runs = {}
+    for replayed in (True, False):
+        trainer = new_trainer(job(s, "fp32", device.type, graph_step=True), data)
+        trainer.steps.enabled &= replayed
+        losses = [trainer.train_step(f, g) for f, g in trainer.feed.epoch(trainer.batches())]
+        runs[replayed] = (torch.stack(losses).cpu(), trainer)
+    (graph_losses, graphed), (eager_losses, eager) = runs[True], runs[False]
+    loss_dev = float((graph_losses - eager_losses).abs().max())
+    weights = eager.model.state_dict()
+    weight_dev = max(float((v - weights[k]).abs().max()) for k, v in graphed.model.state_dict().items())
+    queue_same = torch.equal(graphed.model.queue.contents(), eager.model.queue.contents())
+    row.add(
+        f"{len(eager_losses)} steps, {len(graphed.steps.graphs)} step graph(s); max |loss difference| {loss_dev:.2e}, "
+        f"max |weight difference| {weight_dev:.2e}, queues {'equal' if queue_same else 'DIFFER'}"
+    )
+    if device.type == "cuda" and len(graphed.steps.graphs) != 1:
+        row.fail(f"{len(graphed.steps.graphs)} step graphs captured, expected 1")
+    if loss_dev > 1e-4 or weight_dev > 1e-4 or not queue_same:
+        row.fail(f"graph step and eager runs differ (loss {loss_dev:.2e}, weights {weight_dev:.2e})")
+    del runs, graphed, eager
+
+    default = ctx.trainer("bf16")
+    captured = new_trainer(job(s, "bf16", device.type, graph_step=True), data)
+    captured.model.queue.push(ctx.queue_coords(s.queue).to(device))
+    legacy = Legacy(default)
+    steps = steps_per_epoch(default)
+
+    def epoch_of(run):
+        def go():
+            run()
+            sync(device)
+
+        return go
+
+    ways = {
+        "today": epoch_of(lambda: legacy_epoch(legacy)),
+        "module graphs": epoch_of(default.train_one_epoch),
+        "graph step": epoch_of(captured.train_one_epoch),
+    }
+    times, _ = interleave(ways, s.rounds, warmup=1)
+    per_step = {name: median(values) / steps for name, values in times.items()}
+    speedup = paired_speedup(times["today"], times["graph step"])
+    features, gps = ctx.batch()
+    host = []
+    for _ in range(s.steps):
+        sync(device)
+        t = time.perf_counter()
+        captured.train_step(features, gps)
+        host.append(time.perf_counter() - t)
+    row.add(
+        f"bf16 per step: today {ms(per_step['today'])}, module graphs {ms(per_step['module graphs'])}, graph step "
+        f"{ms(per_step['graph step'])} (host {ms(median(host))}); {speedup:.1f}x today's ({s.rounds} interleaved "
+        f"epochs of {steps} steps); an MP-16 epoch ({MP16_STEPS:,} steps) at this step: "
+        f"{MP16_STEPS * per_step['graph step']:.1f} s (from the step)"
+    )
+    row.measured, row.met = f"{speedup:.1f}x", speedup >= 5
+    return row
+
+
 def check_resume(ctx: Context) -> Row:
     row = Row("resume")
     s, data = ctx.sizes, ctx.data()
@@ -1403,6 +1480,7 @@ def checks(sizes: Sizes) -> list[tuple[str, Callable[[Context], Row]]]:
         ("today vs now", check_today_vs_now),
         *steps,
         ("graphs = eager", check_graphs),
+        ("graph step", check_graph_step),
         ("resume", check_resume),
         ("lists", check_lists),
         ("bank", check_bank),

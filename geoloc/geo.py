@@ -137,16 +137,32 @@ def gps_noise(latlon: torch.Tensor, sigma_km: float, generator: torch.Generator 
     """Gaussian noise of ``sigma_km`` per component (north, east), applied on the sphere.
 
     ``sigma_km == 0`` returns the input unchanged and draws nothing, so switching noise off
-    does not shift the random stream of anything else.
+    does not shift the random stream of anything else. The same as ``apply_gps_noise`` of
+    ``draw_gps_noise``: the two halves, which a captured step takes apart (the draw on the host).
     """
+    return apply_gps_noise(latlon, draw_gps_noise(len(latlon), sigma_km, generator, latlon.device))
+
+
+def draw_gps_noise(
+    n: int, sigma_km: float, generator: torch.Generator | None = None, device=None
+) -> torch.Tensor | None:
+    """(2, n) float64 (north, east) displacements in km of ``n`` points, on ``device``; None for sigma 0
+    (nothing drawn)."""
     if sigma_km == 0:
-        return latlon
+        return None
     import torch  # here, not at the top: see _torch_if_tensor
 
-    # Computed in float64: a 150 m step is 1e-6 of the earth's radius, near float32's resolution.
-    x = latlon.to(torch.float64)
     # Drawn on the CPU so that a seed gives the same noise on every device; copied to a GPU from
     # pinned memory, asynchronously (a pageable copy would wait for the GPU's queue).
-    drawn = torch.randn((2, *x.shape[:-1]), generator=generator, dtype=torch.float64) * sigma_km
-    north, east = (drawn.pin_memory() if x.is_cuda else drawn).to(x.device, non_blocking=True)
-    return displace(x, north, east).to(latlon.dtype)
+    drawn = torch.randn((2, n), generator=generator, dtype=torch.float64) * sigma_km
+    on_gpu = device is not None and torch.device(device).type == "cuda"
+    return (drawn.pin_memory() if on_gpu else drawn).to(device or "cpu", non_blocking=True)
+
+
+def apply_gps_noise(latlon: torch.Tensor, drawn: torch.Tensor | None) -> torch.Tensor:
+    """``latlon`` (N, 2) moved by ``drawn`` (``draw_gps_noise``), in float64: a 150 m step is 1e-6 of the
+    earth's radius, near float32's resolution. None: unchanged."""
+    if drawn is None:
+        return latlon
+    north, east = drawn
+    return displace(latlon.to(drawn.dtype), north, east).to(latlon.dtype)

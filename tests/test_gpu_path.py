@@ -214,3 +214,51 @@ def test_device_and_gpu_request_must_agree(device, gpu, message, tmp_path):
             load(searched)
     else:  # auto may take the card it reserves
         assert load(searched).resources.gpu == gpu
+
+
+def test_graph_step_on_the_cpu_is_the_default_step(small_config):
+    """``train.graph_step`` captures only on a GPU: on the CPU the optimiser and the steps stay the default's."""
+    runs = {}
+    for graph_step in (False, True):
+        small_config["train"]["graph_step"] = graph_step
+        trainer = Trainer(build(small_config))
+        batches = zip(range(3), trainer.feed.epoch(trainer.batches()), strict=False)
+        losses = [trainer.train_step(f, g) for _, (f, g) in batches]
+        runs[graph_step] = (torch.stack(losses), trainer.model.state_dict(), trainer.optimizer.defaults["capturable"])
+    assert torch.equal(runs[True][0], runs[False][0]) and runs[True][2] is runs[False][2] is False
+    assert all(torch.equal(v, runs[False][1][k]) for k, v in runs[True][1].items())
+
+
+def test_a_learning_rate_on_the_device_is_saved_as_a_float_and_filled_in_place_on_load(small_config):
+    """The graph step's Adam reads its learning rate from a tensor (here on the CPU): a checkpoint holds floats,
+    loads into a trainer with a float rate, and into one with a tensor, which keeps its own tensor."""
+
+    def with_rate_tensor(trainer: Trainer) -> Trainer:
+        trainer.lr_tensor = torch.tensor(trainer.cfg.train.lr)
+        trainer.optimizer.param_groups[0]["lr"] = trainer.lr_tensor
+        return trainer
+
+    first = with_rate_tensor(Trainer(build(small_config)))
+    steps(first, 2)
+    first.scheduler.step()  # fills the tensor in place
+    assert float(first.lr_tensor) == pytest.approx(first.cfg.train.lr * first.cfg.train.lr_gamma)
+    state = first.state_dict()
+    assert type(state["optimizer"]["param_groups"][0]["lr"]) is float
+    assert all(type(v) is float for v in state["scheduler"]["_last_lr"] + state["scheduler"]["base_lrs"])
+    plain, tensor = Trainer(build(small_config)), with_rate_tensor(Trainer(build(small_config)))
+    own = tensor.lr_tensor
+    for trainer in (plain, tensor):
+        trainer.load_state_dict(state)
+    assert type(plain.optimizer.param_groups[0]["lr"]) is float
+    assert tensor.optimizer.param_groups[0]["lr"] is own and float(own) == plain.optimizer.param_groups[0]["lr"]
+
+
+def test_queue_writes_at_its_device_position_and_the_host_follows():
+    from geoloc.tasks.geoclip.model import GPSQueue
+
+    queue = GPSQueue(5)
+    for start in (0, 3):
+        queue.write(torch.arange(start, start + 3, dtype=torch.float32)[:, None].expand(3, 2))
+        queue.advance(3)
+    assert queue.coords[:, 0].tolist() == [5.0, 1.0, 2.0, 3.0, 4.0]  # 0 was overwritten by 5
+    assert int(queue.ptr) == queue._ptr == 1 and int(queue.count) == queue._count == 5

@@ -180,13 +180,24 @@ class NegativeDistances:
     def __init__(self) -> None:
         self.steps: list[torch.Tensor] = []
 
-    @torch.no_grad()
     def add(
         self, gps: torch.Tensor, shared: torch.Tensor, mined: torch.Tensor | None = None, mask_within_km: float = 0.0
     ) -> torch.Tensor | None:
-        """One step: the batch GPS (B, 2), the shared negatives' GPS (batch then queue, (B+Q, 2)), mined (B, M, 2).
+        """One step (``measure``'s arguments), kept; the mask of the loss's left-out columns or None."""
+        distances, masked = self.measure(gps, shared, mined, mask_within_km)
+        self.steps.append(distances)
+        return masked
 
-        With ``mask_within_km`` > 0 it returns the (B, B+Q[+M]) boolean mask of the loss's columns
+    @staticmethod
+    @torch.no_grad()
+    def measure(
+        gps: torch.Tensor, shared: torch.Tensor, mined: torch.Tensor | None = None, mask_within_km: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One step's three distances in km (a (3,) float64 tensor on the step's device) from the batch GPS
+        (B, 2), the shared negatives' GPS (batch then queue, (B+Q, 2)) and mined (B, M, 2); device work only,
+        so a captured step can hold it.
+
+        With ``mask_within_km`` > 0 the second value is the (B, B+Q[+M]) boolean mask of the loss's columns
         (``geoloc.parts.losses.columns``) that lie within that distance of their row's positive (the
         positive's own column never): the negatives ``training_loss`` leaves out. None when 0.
         """
@@ -215,8 +226,7 @@ class NegativeDistances:
             chords.nanmedian() if some else nan,
             nearest if masked is None else torch.where(nearest.isinf(), nan, nearest),  # all masked: none
         ]
-        self.steps.append(chord_km(torch.stack(medians)))
-        return masked
+        return chord_km(torch.stack(medians)), masked
 
     def result(self) -> dict[str, float]:
         """The epoch's three values (NaN where no step had any), and a fresh start for the next epoch."""

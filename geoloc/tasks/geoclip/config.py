@@ -213,6 +213,12 @@ class TrainConfig(Section):
     """On a GPU, replay the image head's and the location encoder's forward and backward at the
     step's full shape as CUDA graphs (``geoloc/parts/graphs.py``): the same arithmetic, launched at once
     instead of kernel by kernel. No effect on the CPU."""
+    graph_step: StrictBool = False
+    """On a GPU, capture the whole step at its full shape (full batch and queue; not with mined
+    negatives, ``negatives.mask_within_km`` or embedding noise, which run as before) as one CUDA graph:
+    noise, forward, loss, backward, a capturable fused Adam whose learning rate is a device tensor, and
+    the queue's push (``CapturedSteps`` in ``geoloc/parts/graphs.py``); replaces ``cuda_graphs``. Off
+    until measured on a GPU (``make gpu-check``'s "graph step = eager"). No effect on the CPU."""
     threads: StrictInt | None = Field(None, ge=1)
     """Torch CPU threads; null uses the CPUs this process was given (Ray's share in a trial)."""
 

@@ -129,7 +129,9 @@ class GPSQueue(nn.Module):
     """FIFO of past batch GPS, used as extra negatives. Any size >= 0; empty until filled.
 
     The write position and fill level are buffers (so checkpoints hold them) with a copy as Python
-    ints, which is what the step reads: reading a GPU buffer's value waits for the GPU.
+    ints, which is what the step reads: reading a GPU buffer's value waits for the GPU. A push writes
+    at the position buffer and moves it on the device, so a step captured as one CUDA graph pushes
+    where it should at every replay; ``advance`` keeps the host's copies along.
     """
 
     def __init__(self, size: int):
@@ -144,17 +146,26 @@ class GPSQueue(nn.Module):
         """The filled part (order does not matter to the loss)."""
         return self.coords[: self._count]
 
-    @torch.no_grad()
     def push(self, gps: torch.Tensor) -> None:
+        self.write(gps)
+        self.advance(len(gps))
+
+    @torch.no_grad()
+    def write(self, gps: torch.Tensor) -> None:
+        """A push's device work: the newest ``size`` of ``gps`` written at the position buffer, which moves on."""
         if self.size == 0:
             return
         gps = gps[-self.size :]
-        idx = (self._ptr + torch.arange(len(gps), device=gps.device)) % self.size
+        idx = (self.ptr + torch.arange(len(gps), device=gps.device)) % self.size
         self.coords[idx] = gps.to(self.coords.dtype)
-        self._ptr = (self._ptr + len(gps)) % self.size
-        self._count = min(self.size, self._count + len(gps))
-        self.ptr.fill_(self._ptr)
-        self.count.fill_(self._count)
+        self.ptr.copy_((self.ptr + len(gps)) % self.size)
+        self.count.fill_(min(self.size, self._count + len(gps)))
+
+    def advance(self, n: int) -> None:
+        """The host's copies of position and fill after a write of ``n`` (a replayed write runs no Python)."""
+        if self.size:
+            self._ptr = (self._ptr + min(n, self.size)) % self.size
+            self._count = min(self.size, self._count + n)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

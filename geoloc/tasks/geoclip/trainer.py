@@ -18,9 +18,9 @@ from tqdm import tqdm
 from geoloc.common.devices import claim_device
 from geoloc.common.validation import ConfigError
 from geoloc.data import Data, load_data
-from geoloc.geo import gps_noise
+from geoloc.geo import apply_gps_noise, draw_gps_noise
 from geoloc.parts.feed import Feed
-from geoloc.parts.graphs import GraphedModules
+from geoloc.parts.graphs import CapturedSteps, GraphedModules
 from geoloc.parts.losses import training_loss
 from geoloc.parts.negatives import MinedBank, NegativeDistances, NegativeMiner, resolve_km
 from geoloc.parts.precision import check_precision, precision, tf32
@@ -68,11 +68,16 @@ class Trainer(Resumable):
                 )
             self.model.load_geoclip_weights()
         self.model.to(self.device)
+        # The whole step as one CUDA graph (train.graph_step): Adam then reads its learning rate from a
+        # device tensor, which the scheduler fills in place, and keeps its step count on the device.
+        self.steps = CapturedSteps(cfg.train.graph_step and self.device.type == "cuda")
+        self.lr_tensor = torch.tensor(cfg.train.lr, device=self.device) if self.steps.enabled else None
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.train.lr,
+            lr=cfg.train.lr if self.lr_tensor is None else self.lr_tensor,
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type == "cuda" or None,  # one kernel for all parameters; the CPU keeps its default
+            capturable=self.steps.enabled,
         )
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=1, gamma=cfg.train.lr_gamma)
         # One CPU stream for shuffling, view choice and GPS noise: the same seed gives the same run anywhere.
@@ -90,7 +95,7 @@ class Trainer(Resumable):
                 self.model.image_head: (batch, self.data.train.feature_dim),
                 self.model.location_encoder: (batch + cfg.train.queue_size + batch * mined * (not bank), 2),
             },
-            enabled=cfg.train.cuda_graphs,
+            enabled=cfg.train.cuda_graphs and not self.steps.enabled,  # a captured step holds its modules
         )
         self.feed = feed or Feed.for_run(self.data.train, self.device, gpu_share)
         self.train_coords = self.feed.coords
@@ -142,25 +147,42 @@ class Trainer(Resumable):
 
     def train_step(self, features: torch.Tensor, gps: torch.Tensor, idx: np.ndarray | None = None) -> torch.Tensor:
         """One optimiser step on a batch (both on the device) of the training rows ``idx`` (needed to mine
-        negatives); the loss, a 0-d tensor on the device."""
-        noise = self.cfg.train.noise
-        batch_sigma, queue_sigma = noise.sigmas(self.epoch + 1)
-        model = self.model
-        queue = model.queue.contents()
-        mined = None
+        negatives); the loss, a 0-d tensor on the device. The host draws (mined rows, GPS noise, on the CPU
+        generator in that order) come first; the device work is ``_device_step``, replayed from a CUDA graph
+        where ``train.graph_step`` can hold it (a full batch and queue, no mined negatives, no mask, no
+        embedding noise: ``geoloc.parts.graphs.CapturedSteps``)."""
+        noise, queue = self.cfg.train.noise, self.model.queue
+        sigmas = noise.sigmas(self.epoch + 1)
+        drawn = None
         if self.miner is not None:
             if idx is None:
                 raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
             drawn = self.miner.draw(idx, self.generator)
-            mined = self.miner.coords(drawn, self.device)
-        # The mask of negatives within train.negatives.mask_within_km, from the exact coordinates (None: off).
-        masked = self.distances.add(gps, torch.cat([gps, queue]), mined, self.mask_km)
+        draws = (None, None)
         if noise.target == "gps":
-            locations = torch.cat(
-                [gps_noise(gps, batch_sigma, self.generator), gps_noise(queue, queue_sigma, self.generator)]
+            draws = tuple(
+                draw_gps_noise(n, sigma, self.generator, self.device)
+                for n, sigma in zip((len(gps), queue._count), sigmas, strict=True)
             )
+        step = lambda f, g, b, q: self._device_step(f, g, (b, q), sigmas, drawn)  # noqa: E731
+        whole = drawn is None and not self.mask_km and noise.target == "gps" and queue._count == queue.size
+        if whole and len(gps) == self.cfg.train.batch_size:
+            key = (len(gps), *(d is None for d in draws))
+            loss, distances = self.steps.run(key, step, features, gps, *draws)
         else:
-            locations = torch.cat([gps, queue])
+            loss, distances = step(features, gps, *draws)
+        self.distances.steps.append(distances)
+        queue.advance(len(gps))
+        return loss
+
+    def _device_step(self, features, gps, draws, sigmas, drawn) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's device work: (the loss, the sampler's distances of ``NegativeDistances.measure``)."""
+        noise, model = self.cfg.train.noise, self.model
+        queue = model.queue.contents()
+        mined = None if drawn is None else self.miner.coords(drawn, self.device)
+        # The mask of negatives within train.negatives.mask_within_km, from the exact coordinates (None: off).
+        distances, masked = self.distances.measure(gps, torch.cat([gps, queue]), mined, self.mask_km)
+        locations = torch.cat([apply_gps_noise(gps, draws[0]), apply_gps_noise(queue, draws[1])])
         n_shared = len(locations)
         if mined is not None and self.bank is None:
             locations = torch.cat([locations, mined.flatten(0, 1)])
@@ -175,15 +197,15 @@ class Trainer(Resumable):
                 mined_emb = self.bank.lookup(drawn, model.encode_locations)
             location_emb = location_emb[:n_shared]
             if noise.target == "embedding":
-                location_emb = self._noisy_embeddings(location_emb, len(gps), batch_sigma, queue_sigma)
+                location_emb = self._noisy_embeddings(location_emb, len(gps), *sigmas)
             loss = training_loss(self.cfg.train.loss, image_emb, location_emb, model.logit_scale, mined_emb, masked)
         self.optimizer.zero_grad(set_to_none=True)
         with tf32(self.cfg.train.precision == "tf32"):  # the backward's products too (autocast is forward-only)
             loss.backward()
         self.optimizer.step()
         model.clamp_logit_scale()
-        model.queue.push(gps)
-        return loss.detach()
+        model.queue.write(gps)
+        return loss.detach(), distances
 
     def _noisy_embeddings(
         self, emb: torch.Tensor, n_batch: int, batch_sigma: float, queue_sigma: float
@@ -205,7 +227,7 @@ class Trainer(Resumable):
         self.model.train()
         if self.bank is not None:
             self.bank.start_epoch()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = float(self.optimizer.param_groups[0]["lr"])
         batch_sigma, queue_sigma = self.cfg.train.noise.sigmas(self.epoch + 1)
         losses, start = [], time.perf_counter()
         n_steps = -(-len(self.data.train) // self.cfg.train.batch_size)
@@ -278,8 +300,8 @@ class Trainer(Resumable):
         state = {
             "signature": self.signature(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": plain_rates(self.optimizer.state_dict()),
+            "scheduler": plain_rates(self.scheduler.state_dict()),
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
         }
@@ -294,6 +316,9 @@ class Trainer(Resumable):
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.lr_tensor is not None:  # the captured step reads this tensor: fill it, do not replace it
+            group = self.optimizer.param_groups[0]
+            group["lr"] = self.lr_tensor.fill_(float(group["lr"]))
         self.generator.set_state(state["generator"])
         try:
             self.sampler.load_state_dict(state.get("sampler", {}))
@@ -324,6 +349,21 @@ class Trainer(Resumable):
             name: (self.evaluators[name].cache.coords, self.gallery.coords[e.predicted], e.predicted, e.errors_km)
             for name, e in self.evaluations.items()
         }
+
+
+def plain_rates(state: dict) -> dict:
+    """An optimiser's or scheduler's state dict with learning rates as floats, not device tensors
+    (``train.graph_step``), so that a checkpoint loads on any device and into either kind of optimiser."""
+    state = dict(state)
+    if "param_groups" in state:
+        state["param_groups"] = [
+            {k: float(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
+            for group in state["param_groups"]
+        ]
+    for key in ("base_lrs", "_last_lr"):
+        if key in state:
+            state[key] = [float(v) for v in state[key]]
+    return state
 
 
 def prepare_sampling(cfg: GeoCLIPConfig, data: Data) -> None:
