@@ -53,8 +53,9 @@ feed is the one a trial uses.
   time per call and its speed-up over today's path (target 5x, as "today vs now"), and an MP-16
   epoch (9,083 steps of 512) at its time per step (from the step; target 15 s on an H100).
 - **resume**: a checkpoint saved by a GPU trainer after two steps loads into a fresh GPU trainer
-  and a fresh CPU trainer (fp32); every model tensor must equal the saved one exactly, and one
-  more step must run on each.
+  and a fresh CPU trainer (fp32); every model tensor must equal the saved one exactly, the learning
+  rate too, and one more step must run on each. Again with ``train.graph_step`` after enough steps
+  to capture (its capturable optimiser's state and device learning rate in the checkpoint).
 - **lists**: similarity lists (``geoloc.parts.similarity``). On 1,000 x 16-d unit rows without
   near-tied scores, k 9: the GPU's exact lists, its re-scored lists (TF32 candidates, the way above
   200K keys), faiss's exact flat index (CPU) and a float64 brute force must be equal. Then the
@@ -1043,30 +1044,52 @@ def check_graph_step(ctx: Context) -> Row:
 
 
 def check_resume(ctx: Context) -> Row:
+    """A checkpoint of a GPU trainer loads into a fresh GPU trainer and a CPU one (fp32) with every model tensor
+    equal, and one more step runs on each: for the default step (2 steps before saving) and for the graph
+    step (``train.graph_step``: enough steps to fill the queue and capture, so the checkpoint holds the
+    capturable optimiser's state and its learning rate)."""
+    from geoloc.parts.graphs import CapturedSteps
+
     row = Row("resume")
     s, data = ctx.sizes, ctx.data()
     features, gps = ctx.batch()
-    first = new_trainer(job(s, "bf16", ctx.device.type), data)
-    for _ in range(2):
-        first.train_step(features, gps)
-    path = ctx.work / "resume.pt"
-    first.save(path)
-    saved = {k: v.detach().cpu().clone() for k, v in first.model.state_dict().items()}
-    del first
-    resumed = {
-        ctx.device.type: (new_trainer(job(s, "bf16", ctx.device.type), data), (features, gps)),
-        "cpu (fp32)": (new_trainer(job(s, "fp32", "cpu"), data), ctx.batch(torch.device("cpu"))),
-    }
-    for where, (trainer, batch) in resumed.items():
-        trainer.load(path)
-        state = trainer.model.state_dict()
-        differ = [k for k, v in saved.items() if k not in state or not torch.equal(v, state[k].detach().cpu())]
-        if differ:
-            row.fail(f"on {where}: {len(differ)} model tensors differ from the checkpoint ({', '.join(differ[:5])})")
-        loss = float(trainer.train_step(*batch))
-        if not math.isfinite(loss):
-            row.fail(f"on {where}: the step after loading gave loss {loss}")
-        row.add(f"on {where}: {len(saved) - len(differ)}/{len(saved)} model tensors equal, next step loss {loss:.3f}")
+    captured_after = -(-s.queue // s.batch) + CapturedSteps.WARMUP + 2
+    for label, graph_step, n_steps in (("", False, 2), ("graph step ", True, captured_after)):
+        first = new_trainer(job(s, "bf16", ctx.device.type, graph_step=graph_step), data)
+        for _ in range(n_steps):
+            first.train_step(features, gps)
+        path = ctx.work / "resume.pt"
+        first.save(path)
+        saved = {k: v.detach().cpu().clone() for k, v in first.model.state_dict().items()}
+        lr = float(first.optimizer.param_groups[0]["lr"])
+        del first
+        resumed = {
+            ctx.device.type: (
+                new_trainer(job(s, "bf16", ctx.device.type, graph_step=graph_step), data),
+                (features, gps),
+            ),
+            "cpu (fp32)": (new_trainer(job(s, "fp32", "cpu"), data), ctx.batch(torch.device("cpu"))),
+        }
+        for where, (trainer, batch) in resumed.items():
+            trainer.load(path)
+            state = trainer.model.state_dict()
+            differ = [k for k, v in saved.items() if k not in state or not torch.equal(v, state[k].detach().cpu())]
+            if differ:
+                row.fail(
+                    f"{label}on {where}: {len(differ)} model tensors differ from the checkpoint "
+                    f"({', '.join(differ[:5])})"
+                )
+            if float(trainer.optimizer.param_groups[0]["lr"]) != lr:
+                row.fail(
+                    f"{label}on {where}: learning rate {float(trainer.optimizer.param_groups[0]['lr'])}, saved {lr}"
+                )
+            loss = float(trainer.train_step(*batch))
+            if not math.isfinite(loss):
+                row.fail(f"{label}on {where}: the step after loading gave loss {loss}")
+            row.add(
+                f"{label}on {where}: {len(saved) - len(differ)}/{len(saved)} model tensors equal, "
+                f"next step loss {loss:.3f}"
+            )
     return row
 
 

@@ -66,7 +66,7 @@ def test_quick_cpu_run_runs_every_check_and_writes_one_row_each(tmp_path):
     assert "x faster" in figures["today vs now"]
     for precision in ("bf16", "fp32", "tf32"):
         assert "ms/step" in figures[f"step {precision}"] and "MFU" in figures[f"step {precision}"]
-    assert figures["resume"].count("model tensors equal") == 2
+    assert figures["resume"].count("model tensors equal") == 4 and "graph step on cpu (fp32)" in figures["resume"]
     assert "queues equal" in figures["graphs = eager"] and "n/a" in figures["host syncs"]  # no GPU to wait for
     assert "images/s" in figures["extraction"]
     assert "queues equal" in figures["graph step"] and "an MP-16 epoch" in figures["graph step"]
