@@ -102,7 +102,8 @@ class CapturedSteps:
         static_inputs = tuple(None if x is None else x.clone() for x in inputs)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: the streamed feed's reader thread may allocate pinned memory meanwhile.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 outputs = fn(*static_inputs)
         except Exception as e:  # noqa: BLE001 (any capture failure: carry on without the graph)
             warnings.warn(f"CUDA graph capture of the step failed, it runs without: {e}", stacklevel=2)
