@@ -66,6 +66,10 @@ feed is the one a trial uses.
   gallery, encoded with the batch and looked up in the memory bank (``train.negatives.bank``,
   refreshed every 100 steps: the lookup step plus a hundredth of one timed refresh), each against
   the published step. Target: the bank's at most 1.3x.
+- **scale**: ``bench.scale`` on the GPU at 1M training rows (float16, on disk) and the 100K gallery: a
+  trial's start-up building its lists and reading them, steps with 64 mined negatives per positive
+  read from the cache with and without the bank, an MP-16 epoch at those steps (from the steps), and
+  the process's host peak (``VmHWM``; the checking process's, which holds the other checks' data).
 - **eval 100K**: ``Trainer.evaluate`` of 3,000 TenCrop images (10 views, an on-disk cache)
   against the 100K gallery: seconds of the first and of a second call, and the peak of
   ``torch.cuda.max_memory_allocated`` above what was allocated before (peak stats reset).
@@ -210,15 +214,18 @@ class Sizes:
     val_images: int  # evaluation set of the training checks
     list_keys: int  # embeddings of the similarity lists' timing (MP-16's 4.65M)
     list_rows: int  # query rows timed against all of them (scaled to list_keys rows)
+    scale: tuple[int, int, int, int, int]  # bench.scale's rows, gallery, steps, batch, queue
 
 
 FULL = Sizes(
     "published", 768, 512, 4096, {}, 30, 2, 30, 5, 3, 3000, 10, 1_000_000, 1024, 16384, 4, 6,
     VIT_L_14, "ViT-L-14", 256, 5, 8192, 2000, None, 256, 4_650_000, 65_536,
+    (1_000_000, 100_000, 30, 512, 4096),
 )  # fmt: skip
 QUICK = Sizes(
     "quick", 64, 32, 64, {"hidden_dim": 64, "image_hidden_dim": 64, "embed_dim": 32, "rff_features": 16},
     4, 2, 3, 1, 2, 30, 10, 20_000, 64, 256, 2, 1, VIT_TINY, None, 2, 1, 256, 500, 5000, 32, 20_000, 2_000,
+    (3000, 2000, 1, 96, 64),  # 96: one anchor with its 32 neighbours and 32 drawn
 )  # fmt: skip
 
 
@@ -1202,6 +1209,26 @@ def check_bank(ctx: Context) -> Row:
     return row
 
 
+def check_scale(ctx: Context) -> Row:
+    """``bench.scale`` on the GPU at 1M training rows and the 100K gallery: a trial's start-up (lists built,
+    then read), its host peak, and steps with 64 mined per positive read from the cache, without and
+    with the bank; an MP-16 epoch at those steps (from the steps)."""
+    from . import scale
+
+    row = Row("scale")
+    rows, gallery, steps, batch, queue = ctx.sizes.scale
+    _, figures = scale.run(rows, gallery, steps, ctx.work / "scale", ctx.device.type, batch, queue)
+    first, later, _ = figures["startup_s"].values()  # building the lists, reading them, the bank's trial
+    step, epoch = figures["step_s"], figures["epoch_steps"]
+    row.add(
+        f"{rows:,} rows, {gallery:,} gallery points: start-up {first:.1f} s building the lists, {later:.1f} s "
+        f"reading them; a step read from the cache with 64 mined {ms(step[False])}, with the bank "
+        f"{ms(step[True])} (median of {steps}); an MP-16 epoch at these steps {step[False] * epoch:.0f} s "
+        f"/ {step[True] * epoch:.0f} s (from the steps); host peak {figures['peak_gib']:.2f} GiB"
+    )
+    return row
+
+
 def _eval_row(ctx: Context, name: str, gallery: np.ndarray) -> Row:
     from geoloc.data import Data
 
@@ -1513,6 +1540,7 @@ def checks(sizes: Sizes) -> list[tuple[str, Callable[[Context], Row]]]:
         (f"packing 1 vs {sizes.packed}", check_packing),
         ("extraction", check_extraction),
         ("cross-view epoch", check_cross_view),
+        ("scale", check_scale),
     ]
 
 

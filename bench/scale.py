@@ -1,10 +1,10 @@
-"""``python -m bench.scale [--rows N] [--gallery N] [--steps N] [--folder PATH]``: what a trial of MP-16's size costs.
+"""``python -m bench.scale [--rows N] [--gallery N] [--steps N] [--folder PATH] [--device D]``: an MP-16 trial's costs.
 
 Issue 26, item 5: an MP-16-sized run without MP-16. Writes a synthetic training cache in the real
 format (float16 features on disk, ``CacheWriter``; 768-d, one view; coordinates drawn from the
 published 100K gallery with 1 km of GPS noise) of ``--rows`` rows (MP-16: 4.65M, about 7.1 GB),
 a ``--gallery``-point gallery (MP-16's evaluation: 1M) and an Im2GPS3k-sized evaluation set with
-TenCrop's 10 views, then measures, on this machine's device (the CPU here):
+TenCrop's 10 views, then measures, on ``--device`` (default: a GPU where one is visible, else the CPU):
 
 - trial start-up: ``Trainer(cfg, data)`` twice, with GPS-neighbour batches (range 128) and 64 mined
   negatives per positive (half near from the gallery's 128 nearest); the first builds the lists
@@ -12,11 +12,12 @@ TenCrop's 10 views, then measures, on this machine's device (the CPU here):
   nearest gallery distances (its ceiling) included;
 - host memory: the process's resident set after each start-up and its own peak (``VmHWM``);
 - one epoch's data path (the queue full): the epoch's batch assembly (``Trainer.batches``), then ``--steps`` steps
-  read from the cache and trained (steps timed, not a full epoch), with and without the bank.
+  read from the cache (on the host, copied to the device) and trained (steps timed, not a full epoch; on a
+  GPU each waited for), with and without the bank.
 
-The epoch's estimate (steps x an MP-16 epoch's 9,082 steps at batch 512) is **extrapolated, not
-measured**. On a GPU the same command runs in full (``--steps`` as many as an epoch has); GPU: not
-measured in this repository's committed figures.
+The epoch's estimate (steps x an MP-16 epoch's 9,083 steps at batch 512) is **extrapolated, not
+measured**. On a GPU the same command runs in full (``--steps`` as many as an epoch has);
+``make gpu-check``'s "scale" row runs it at 1M rows and the 100K gallery.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def rss_gib() -> str:
     return f"{anon + files:.2f} ({anon:.2f} + {files:.2f})"
 
 
-def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
+def run(
+    rows: int, gallery_size: int, steps: int, folder: Path, device: str = "cpu", batch: int = MP16_BATCH, queue=4096
+) -> tuple[str, dict]:
+    """The report's markdown and its figures: seconds of each start-up and of a step, without and with the
+    bank, and the peak host RSS in GiB (``batch`` and ``queue`` smaller only for ``gpu_check --quick``)."""
     log(f"scale: writing a {rows:,}-row cache and a {VAL_ROWS:,} x {VAL_VIEWS}-view evaluation set")
     start = time.perf_counter()
     train = open_cache(write_cache(folder / "train", rows, 1, 0))
@@ -76,17 +81,18 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
     figures: list[list] = [
         ["cache written (not a trial's cost)", f"{write_s:.1f} s", f"{train.nbytes / 2**30:.2f} GiB on disk"]
     ]
-    step_s = {}
+    step_s, startup_s = {}, {}
+    on = torch.device(device)
     for bank in (False, True):
         negatives = {"mined": 64, "near_share": 0.5, "near_k": 128, "bank": bank, "bank_refresh_steps": 100}
         job = parse_job(
             {
                 "train": {
-                    "batch_size": MP16_BATCH,
-                    "queue_size": 4096,
+                    "batch_size": batch,
+                    "queue_size": queue,
                     "negatives": negatives,
                     "batches": {"type": "gps_neighbours", "neighbours": 32, "draw": 32, "range": 128},
-                    "device": "cpu",
+                    "device": device,
                 }
             }
         )
@@ -94,8 +100,9 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
             log(f"scale: trial start-up, {attempt}")
             start = time.perf_counter()
             trainer = Trainer(job, data)
-            trainer.model.queue.push(torch.from_numpy(coords(4096, 3)).float())  # full, as after 8 steps
-            figures.append([f"trial start-up, {attempt}", f"{time.perf_counter() - start:.1f} s", rss_gib()])
+            trainer.model.queue.push(torch.from_numpy(coords(queue, 3)).float().to(on))  # full, as after 8 steps
+            startup_s[attempt] = time.perf_counter() - start
+            figures.append([f"trial start-up, {attempt}", f"{startup_s[attempt]:.1f} s", rss_gib()])
         log(f"scale: batch assembly and {steps} steps, bank {bank}")
         start = time.perf_counter()
         batches = iter(trainer.batches())
@@ -105,8 +112,10 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
         for step in range(steps + 1):  # the first is a warm-up (and the bank's first refresh)
             idx, views = first if step == 0 else next(batches)
             start = time.perf_counter()
-            features = torch.from_numpy(train.read(idx, views)).float()
-            trainer.train_step(features, trainer.train_coords[idx], idx)
+            features = torch.from_numpy(train.read(idx, views)).to(on).float()
+            trainer.train_step(features, trainer.train_coords[idx].to(on), idx)
+            if on.type == "cuda":
+                torch.cuda.synchronize(on)
             times.append(time.perf_counter() - start)
         step_s[bank] = float(np.median(times[1:]))
         figures.append(
@@ -120,15 +129,17 @@ def run(rows: int, gallery_size: int, steps: int, folder: Path) -> str:
     peak = peak_rss_bytes() / 2**30
     epoch_steps = -(-MP16_ROWS // MP16_BATCH)
     lines = table(["what", "time", "host RSS after, GiB (anonymous + mapped files)"], figures)
-    return f"""
-## A trial at {rows:,} training rows, {gallery_size:,} gallery points (this machine's CPU)
+    where = "this machine's CPU" if on.type == "cpu" else torch.cuda.get_device_name(on)
+    text = f"""
+## A trial at {rows:,} training rows, {gallery_size:,} gallery points ({where})
 
 {lines}
 
 Peak host RSS of the process: {peak:.2f} GiB. An MP-16 epoch ({epoch_steps:,} steps of {MP16_BATCH}) at these
-step times would take {step_s[False] * epoch_steps / 3600:.1f} h without the bank and
-{step_s[True] * epoch_steps / 3600:.1f} h with it (**extrapolated, not measured**). GPU: not measured.
+step times would take {step_s[False] * epoch_steps / 3600:.2f} h without the bank and
+{step_s[True] * epoch_steps / 3600:.2f} h with it (**extrapolated, not measured**).
 """
+    return text, {"startup_s": startup_s, "step_s": step_s, "peak_gib": peak, "epoch_steps": epoch_steps}
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -137,11 +148,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--gallery", type=int, default=1_000_000)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--folder", type=Path, default=None, help="where the caches go (default: a temporary folder)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.folder is not None:
-        return run(args.rows, args.gallery, args.steps, args.folder)
+        return run(args.rows, args.gallery, args.steps, args.folder, args.device)[0]
     with tempfile.TemporaryDirectory() as tmp:
-        return run(args.rows, args.gallery, args.steps, Path(tmp))
+        return run(args.rows, args.gallery, args.steps, Path(tmp), args.device)[0]
 
 
 if __name__ == "__main__":

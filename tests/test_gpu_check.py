@@ -55,7 +55,7 @@ def test_quick_cpu_run_runs_every_check_and_writes_one_row_each(tmp_path):
     done = run("--device", "cpu", "--quick", "--out", str(out), timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     names = [name for name, _ in gpu_check.checks(gpu_check.QUICK)]
-    assert len(names) == 17
+    assert len(names) == 18
     verdicts = [line.split(":")[0] for line in done.stdout.splitlines() if line.startswith(("PASS ", "FAIL "))]
     assert verdicts == [f"PASS {name}" for name in names], done.stdout
     text = out.read_text()
@@ -70,6 +70,7 @@ def test_quick_cpu_run_runs_every_check_and_writes_one_row_each(tmp_path):
     assert "queues equal" in figures["graphs = eager"] and "n/a" in figures["host syncs"]  # no GPU to wait for
     assert "images/s" in figures["extraction"]
     assert "queues equal" in figures["graph step"] and "an MP-16 epoch" in figures["graph step"]
+    assert "reading them" in figures["scale"] and "with the bank" in figures["scale"]
     assert "float64 brute force equal" in figures["lists"] and "recall against exact fp32 lists" in figures["lists"]
     assert "64 mined encoded" in figures["bank"] and "with a hundredth of a refresh" in figures["bank"]
     targets = text.split("## Targets")[1]
