@@ -111,8 +111,9 @@ def test_evaluation_similarities_are_fp32_under_bf16(small_config):
 
 
 def test_resume_of_a_checkpoint_written_on_a_gpu(small_config, tmp_path):
-    """A checkpoint whose storages are tagged cuda:0, holding a GPU's second generator, resumes on the
-    CPU exactly: loaded on the CPU first, the generator state stays there."""
+    """A checkpoint whose storages are tagged cuda:0, holding a GPU's second generator and its Adam options
+    (fused, capturable: the graph step's), resumes on the CPU exactly: loaded on the CPU first, the generator
+    state stays there, and the CPU keeps its own Adam."""
     small_config["train"]["epochs"] = 2
     straight = train(build(small_config), tmp_path / "straight")
 
@@ -120,6 +121,7 @@ def test_resume_of_a_checkpoint_written_on_a_gpu(small_config, tmp_path):
     trainer = Trainer(build(small_config))
     trainer.run_epoch()
     state = trainer.state_dict() | {"device_generator": torch.Generator().manual_seed(9).get_state()}
+    state["optimizer"]["param_groups"][0] |= {"fused": True, "capturable": True}
     path = tmp_path / "from_gpu" / "checkpoint.pt"
     path.parent.mkdir()
     with tagged_as("cuda:0"):

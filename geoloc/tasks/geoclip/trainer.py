@@ -41,6 +41,7 @@ from geoloc.tasks.geoclip.resolution import ResolutionProbe
 
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
 DIVERGENCE_CHECK_STEPS = 64  # steps between looks at the losses (each look waits for the GPU)
+DEVICE_OPTIONS = ("fused", "foreach", "capturable")  # Adam's options that follow the device, not the run
 
 
 class Trainer(Resumable):
@@ -158,14 +159,14 @@ class Trainer(Resumable):
             if idx is None:
                 raise ValueError("train.negatives.mined needs the batch's training rows (idx) to mine from")
             drawn = self.miner.draw(idx, self.generator)
-        draws = (None, None)
+        draws, n_queue = (None, None), len(queue.contents())
         if noise.target == "gps":
             draws = tuple(
                 draw_gps_noise(n, sigma, self.generator, self.device)
-                for n, sigma in zip((len(gps), queue._count), sigmas, strict=True)
+                for n, sigma in zip((len(gps), n_queue), sigmas, strict=True)
             )
         step = lambda f, g, b, q: self._device_step(f, g, (b, q), sigmas, drawn)  # noqa: E731
-        whole = drawn is None and not self.mask_km and noise.target == "gps" and queue._count == queue.size
+        whole = drawn is None and not self.mask_km and noise.target == "gps" and n_queue == queue.size
         if whole and len(gps) == self.cfg.train.batch_size:
             key = (len(gps), *(d is None for d in draws))
             loss, distances = self.steps.run(key, step, features, gps, *draws)
@@ -314,7 +315,11 @@ class Trainer(Resumable):
     def load_state_dict(self, state: dict) -> None:
         self.check_signature(state)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # A checkpoint's optimiser options say how the saving device ran Adam (fused, capturable); this
+        # trainer keeps its own, so a GPU's checkpoint resumes on a CPU as the CPU's Adam and vice versa.
+        own = {k: v for k, v in self.optimizer.param_groups[0].items() if k in DEVICE_OPTIONS}
+        saved = state["optimizer"]
+        self.optimizer.load_state_dict({**saved, "param_groups": [g | own for g in saved["param_groups"]]})
         self.scheduler.load_state_dict(state["scheduler"])
         if self.lr_tensor is not None:  # the captured step reads this tensor: fill it, do not replace it
             group = self.optimizer.param_groups[0]
