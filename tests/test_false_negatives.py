@@ -72,17 +72,18 @@ def masking_config(small_config, mask=MASK_KM, **negatives) -> dict:
 
 
 def record_masks(trainer: Trainer) -> list[tuple]:
-    """Wrap the trainer's diagnostics so that every step's coordinates and mask are kept."""
-    seen, add = [], trainer.distances.add
+    """Wrap the trainer's diagnostics (``NegativeDistances.measure``, which makes the mask) so that every
+    step's coordinates and mask are kept."""
+    seen, measure = [], trainer.distances.measure
 
     def recording(gps, shared, mined=None, mask_within_km=0.0):
-        masked = add(gps, shared, mined, mask_within_km)
+        distances, masked = measure(gps, shared, mined, mask_within_km)
         seen.append(
             (gps.double().numpy(), shared.double().numpy(), None if mined is None else mined.double().numpy(), masked)
         )
-        return masked
+        return distances, masked
 
-    trainer.distances.add = recording
+    trainer.distances.measure = recording
     return seen
 
 
