@@ -199,6 +199,13 @@ def ivf_index(keys: np.ndarray, seed: int = 0):
     """A faiss IVF index (inner product) of float32 ``keys``, trained and filled (see the module's docstring):
     ``IVF_LISTS_PER_SQRT`` x sqrt(m) lists (at most one per ``IVF_TRAIN_PER_LIST`` keys), fast-scan
     product codes re-scored exactly, or flat lists where the dimension is not divisible by 4."""
+    index = trained_ivf(keys, seed)
+    index.add(keys)
+    return index
+
+
+def trained_ivf(keys: np.ndarray, seed: int = 0):
+    """``ivf_index``'s index trained on a seeded sample of ``keys`` (its lists and codes), not yet filled."""
     import faiss
 
     m, d = keys.shape
@@ -211,7 +218,6 @@ def ivf_index(keys: np.ndarray, seed: int = 0):
     ivf.cp.min_points_per_centroid = 1  # no warning below faiss's default of 39
     sample = np.random.default_rng(seed).choice(m, min(m, n_lists * IVF_TRAIN_PER_LIST), replace=False)
     index.train(keys[np.sort(sample)])
-    index.add(keys)
     if codes != "Flat":
         index.k_factor = IVF_REFINE_FACTOR
     return index
