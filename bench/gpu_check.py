@@ -953,29 +953,34 @@ def check_step(ctx: Context, precision: str) -> Row:
     return row
 
 
+def same_epoch(row: Row, replayed, eager, what: str) -> None:
+    """Train ``replayed`` and ``eager`` (two trainers from one seed) one epoch each; figures of how far their
+    losses, weights and queues are apart, and a failure beyond the run-to-run noise of GPU kernels (1e-4)."""
+    losses = {}
+    for name, trainer in (("replayed", replayed), ("eager", eager)):
+        losses[name] = torch.stack([trainer.train_step(f, g) for f, g in trainer.feed.epoch(trainer.batches())]).cpu()
+    loss_dev = float((losses["replayed"] - losses["eager"]).abs().max())
+    weights = eager.model.state_dict()
+    weight_dev = max(float((v - weights[k]).abs().max()) for k, v in replayed.model.state_dict().items())
+    queue_same = torch.equal(replayed.model.queue.contents(), eager.model.queue.contents())
+    row.add(f"{len(losses['eager'])} steps; max |loss difference| {loss_dev:.2e}")
+    row.add(f"max |weight difference| {weight_dev:.2e}, queues {'equal' if queue_same else 'DIFFER'}")
+    if loss_dev > 1e-4 or weight_dev > 1e-4 or not queue_same:
+        row.fail(f"{what} and eager runs differ (loss {loss_dev:.2e}, weights {weight_dev:.2e})")
+
+
 def check_graphs(ctx: Context) -> Row:
     """CUDA graphs compute what the modules compute: two fp32 trainers from one seed, one with graphs and
     one without, train an epoch (the queue fills, then the graphed shapes run) to the same losses,
     queue and weights, up to the run-to-run noise of GPU kernels."""
     row = Row("graphs = eager")
     s, data = ctx.sizes, ctx.data()
-    runs = {}
-    for graphs in (True, False):
-        trainer = new_trainer(job(s, "fp32", ctx.device.type, cuda_graphs=graphs), data)
-        losses = [trainer.train_step(f, g) for f, g in trainer.feed.epoch(trainer.batches())]
-        runs[graphs] = (torch.stack(losses).cpu(), trainer)
-    (graphed_losses, graphed), (eager_losses, eager) = runs[True], runs[False]
+    graphed, eager = (new_trainer(job(s, "fp32", ctx.device.type, cuda_graphs=g), data) for g in (True, False))
+    same_epoch(row, graphed, eager, "graphed")
     used = len(graphed.graphs.graphed)
-    loss_dev = float((graphed_losses - eager_losses).abs().max())
-    weights = eager.model.state_dict()
-    weight_dev = max(float((v - weights[k]).abs().max()) for k, v in graphed.model.state_dict().items())
-    queue_same = torch.equal(graphed.model.queue.contents(), eager.model.queue.contents())
-    row.add(f"{len(eager_losses)} steps, {used} modules graphed; max |loss difference| {loss_dev:.2e}")
-    row.add(f"max |weight difference| {weight_dev:.2e}, queues {'equal' if queue_same else 'DIFFER'}")
+    row.add(f"{used} modules graphed")
     if ctx.device.type == "cuda" and used != 2:
         row.fail(f"{used} of 2 modules were graphed")
-    if loss_dev > 1e-4 or weight_dev > 1e-4 or not queue_same:
-        row.fail(f"graphed and eager runs differ (loss {loss_dev:.2e}, weights {weight_dev:.2e})")
     return row
 
 
@@ -991,26 +996,13 @@ def check_graph_step(ctx: Context) -> Row:
     (from the step, not a run of that size)."""
     row = Row("graph step", target="bf16 step >= 5x faster than today's path, whole step captured")
     s, data, device = ctx.sizes, ctx.data(), ctx.device
-    runs = {}
-    for replayed in (True, False):
-        trainer = new_trainer(job(s, "fp32", device.type, graph_step=True), data)
-        trainer.steps.enabled &= replayed
-        losses = [trainer.train_step(f, g) for f, g in trainer.feed.epoch(trainer.batches())]
-        runs[replayed] = (torch.stack(losses).cpu(), trainer)
-    (graph_losses, graphed), (eager_losses, eager) = runs[True], runs[False]
-    loss_dev = float((graph_losses - eager_losses).abs().max())
-    weights = eager.model.state_dict()
-    weight_dev = max(float((v - weights[k]).abs().max()) for k, v in graphed.model.state_dict().items())
-    queue_same = torch.equal(graphed.model.queue.contents(), eager.model.queue.contents())
-    row.add(
-        f"{len(eager_losses)} steps, {len(graphed.steps.graphs)} step graph(s); max |loss difference| {loss_dev:.2e}, "
-        f"max |weight difference| {weight_dev:.2e}, queues {'equal' if queue_same else 'DIFFER'}"
-    )
+    graphed, eager = (new_trainer(job(s, "fp32", device.type, graph_step=True), data) for _ in range(2))
+    eager.steps.enabled = False  # the same optimiser (capturable, learning rate on the device), run eagerly
+    same_epoch(row, graphed, eager, "graph step")
+    row.add(f"{len(graphed.steps.graphs)} step graph(s)")
     if device.type == "cuda" and len(graphed.steps.graphs) != 1:
         row.fail(f"{len(graphed.steps.graphs)} step graphs captured, expected 1")
-    if loss_dev > 1e-4 or weight_dev > 1e-4 or not queue_same:
-        row.fail(f"graph step and eager runs differ (loss {loss_dev:.2e}, weights {weight_dev:.2e})")
-    del runs, graphed, eager
+    del graphed, eager
 
     default = ctx.trainer("bf16")
     captured = new_trainer(job(s, "bf16", device.type, graph_step=True), data)
@@ -1101,11 +1093,14 @@ def check_resume(ctx: Context) -> Row:
 
 
 def clustered_embeddings(n: int, dim: int, device: torch.device, seed: int = 0) -> torch.Tensor:
-    """(n, dim) unit rows near 2,000 random centres (``bench.bench_similarity``'s kind), made on ``device``."""
+    """(n, dim) unit rows of ``bench.bench_similarity.embeddings``'s kind (its centres and noise), made on
+    ``device`` (4.65M x 512 in float64 on the host would take 19 GB and minutes)."""
+    from .bench_similarity import CENTRES, NOISE
+
     g = torch.Generator(device).manual_seed(seed)
-    centres = F.normalize(torch.randn(2000, dim, generator=g, device=device), dim=1)
-    pick = torch.randint(2000, (n,), generator=g, device=device)
-    return F.normalize(centres[pick] + 0.6 * torch.randn(n, dim, generator=g, device=device) / dim**0.5, dim=1)
+    centres = F.normalize(torch.randn(CENTRES, dim, generator=g, device=device), dim=1)
+    pick = torch.randint(CENTRES, (n,), generator=g, device=device)
+    return F.normalize(centres[pick] + NOISE * torch.randn(n, dim, generator=g, device=device) / dim**0.5, dim=1)
 
 
 def check_lists(ctx: Context) -> Row:

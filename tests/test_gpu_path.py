@@ -236,19 +236,18 @@ def test_a_learning_rate_on_the_device_is_saved_as_a_float_and_filled_in_place_o
     loads into a trainer with a float rate, and into one with a tensor, which keeps its own tensor."""
 
     def with_rate_tensor(trainer: Trainer) -> Trainer:
-        trainer.lr_tensor = torch.tensor(trainer.cfg.train.lr)
-        trainer.optimizer.param_groups[0]["lr"] = trainer.lr_tensor
+        trainer.optimizer.param_groups[0]["lr"] = torch.tensor(trainer.cfg.train.lr)
         return trainer
 
     first = with_rate_tensor(Trainer(build(small_config)))
     steps(first, 2)
     first.scheduler.step()  # fills the tensor in place
-    assert float(first.lr_tensor) == pytest.approx(first.cfg.train.lr * first.cfg.train.lr_gamma)
+    assert float(first.optimizer.param_groups[0]["lr"]) == pytest.approx(first.cfg.train.lr * first.cfg.train.lr_gamma)
     state = first.state_dict()
     assert type(state["optimizer"]["param_groups"][0]["lr"]) is float
     assert all(type(v) is float for v in state["scheduler"]["_last_lr"] + state["scheduler"]["base_lrs"])
     plain, tensor = Trainer(build(small_config)), with_rate_tensor(Trainer(build(small_config)))
-    own = tensor.lr_tensor
+    own = tensor.optimizer.param_groups[0]["lr"]
     for trainer in (plain, tensor):
         trainer.load_state_dict(state)
     assert type(plain.optimizer.param_groups[0]["lr"]) is float

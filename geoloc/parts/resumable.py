@@ -11,6 +11,8 @@ import torch
 
 from geoloc.common.atomic import atomic_path
 
+DEVICE_OPTIONS = ("fused", "foreach", "capturable")  # an optimiser's options that follow the device, not the run
+
 
 class DivergenceError(RuntimeError):
     """The loss became NaN or infinite: the trial stops with this reason instead of training on garbage."""
@@ -25,6 +27,33 @@ class DivergenceError(RuntimeError):
 
 class CheckpointMismatch(ValueError):
     """A checkpoint from a different model configuration."""
+
+
+def portable_state(state: dict) -> dict:
+    """An optimiser's or scheduler's state dict with learning rates as floats, not device tensors (a captured
+    step's, ``train.graph_step``), so that a checkpoint loads on any device and into either kind of optimiser."""
+    state = dict(state)
+    if "param_groups" in state:
+        state["param_groups"] = [
+            {k: float(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
+            for group in state["param_groups"]
+        ]
+    for key in ("base_lrs", "_last_lr"):
+        if key in state:
+            state[key] = [float(v) for v in state[key]]
+    return state
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """``saved``'s state and hyperparameters into ``optimizer``, which keeps its own ``DEVICE_OPTIONS`` (a GPU's
+    fused or capturable Adam resumes on a CPU as the CPU's Adam, and the reverse) and, where its learning
+    rate is a tensor (a captured step reads it), that tensor, filled with the saved rate."""
+    own = {k: v for k, v in optimizer.param_groups[0].items() if k in DEVICE_OPTIONS}
+    rate = optimizer.param_groups[0]["lr"]
+    optimizer.load_state_dict({**saved, "param_groups": [g | own for g in saved["param_groups"]]})
+    if isinstance(rate, torch.Tensor):
+        group = optimizer.param_groups[0]
+        group["lr"] = rate.fill_(float(group["lr"]))
 
 
 class Resumable:

@@ -123,10 +123,10 @@ def rows_at_once(n_keys: int, device: torch.device) -> int:
 def rescored_lists(
     queries: torch.Tensor, keys: torch.Tensor, k: int, *, exclude_self: bool = True, chunk: int = 4096, fast="tf32"
 ) -> np.ndarray:
-    """(n, k) int64 lists on the tensors' device, largest first: per chunk of query rows, scores by a fast
-    product (``fast``: "tf32", a GPU's tensor cores with fp32 results; "bf16", rounded inputs and results,
-    with which the CPU's tests make the fast product err), its best k + ``RESCORE_MARGIN`` (own key
-    excluded) re-scored in exact fp32 and the best k of those kept."""
+    """(n, k) int64 lists (on the host), largest first, computed on the tensors' device: per chunk of query
+    rows, scores by a fast product (``fast``: "tf32", a GPU's tensor cores with fp32 results; "bf16",
+    rounded inputs and results, with which the CPU's tests make the fast product err), its best k +
+    ``RESCORE_MARGIN`` (own key excluded) re-scored in exact fp32 and the best k of those kept."""
     n = check_list_request("rescored_lists", queries, keys, k, exclude_self)
     want = min(k + RESCORE_MARGIN, len(keys) - exclude_self)
     out = np.empty((n, k), dtype=np.int64)

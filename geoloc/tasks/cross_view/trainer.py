@@ -20,7 +20,7 @@ from tqdm import tqdm
 from geoloc.common.devices import claim_device
 from geoloc.parts.losses import symmetric_infonce
 from geoloc.parts.precision import check_precision, precision, tf32
-from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
+from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable, load_optimizer, portable_state
 from geoloc.tasks.cross_view.batches import PairSampler
 from geoloc.tasks.cross_view.config import CrossViewConfig
 from geoloc.tasks.cross_view.data import CrossViewData, lists_folder, load_crossview_data
@@ -180,8 +180,8 @@ class CrossViewTrainer(Resumable):
         return {
             "signature": self.signature(),
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizer": portable_state(self.optimizer.state_dict()),
+            "scheduler": portable_state(self.scheduler.state_dict()),
             "generator": self.generator.get_state(),
             "sampler": self.sampler.state_dict(),
             "epoch": self.epoch,
@@ -190,7 +190,7 @@ class CrossViewTrainer(Resumable):
     def load_state_dict(self, state: dict) -> None:
         self.check_signature(state)
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_optimizer(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])
         try:

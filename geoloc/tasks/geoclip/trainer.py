@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -24,7 +25,13 @@ from geoloc.parts.graphs import CapturedSteps, GraphedModules
 from geoloc.parts.losses import training_loss
 from geoloc.parts.negatives import MinedBank, NegativeDistances, NegativeMiner, resolve_km
 from geoloc.parts.precision import check_precision, precision, tf32
-from geoloc.parts.resumable import CheckpointMismatch, DivergenceError, Resumable
+from geoloc.parts.resumable import (
+    CheckpointMismatch,
+    DivergenceError,
+    Resumable,
+    load_optimizer,
+    portable_state,
+)
 from geoloc.parts.sampler import BatchSampler, embed_training_set
 from geoloc.tasks.geoclip.config import GeoCLIPConfig
 from geoloc.tasks.geoclip.evaluate import (
@@ -41,7 +48,6 @@ from geoloc.tasks.geoclip.resolution import ResolutionProbe
 
 WARM_START_FEATURE_DIM = 768  # the published image head reads CLIP ViT-L/14 features
 DIVERGENCE_CHECK_STEPS = 64  # steps between looks at the losses (each look waits for the GPU)
-DEVICE_OPTIONS = ("fused", "foreach", "capturable")  # Adam's options that follow the device, not the run
 
 
 class Trainer(Resumable):
@@ -72,10 +78,9 @@ class Trainer(Resumable):
         # The whole step as one CUDA graph (train.graph_step): Adam then reads its learning rate from a
         # device tensor, which the scheduler fills in place, and keeps its step count on the device.
         self.steps = CapturedSteps(cfg.train.graph_step and self.device.type == "cuda")
-        self.lr_tensor = torch.tensor(cfg.train.lr, device=self.device) if self.steps.enabled else None
         self.optimizer = torch.optim.Adam(
             [p for p in self.model.parameters() if p.requires_grad],
-            lr=cfg.train.lr if self.lr_tensor is None else self.lr_tensor,
+            lr=torch.tensor(cfg.train.lr, device=self.device) if self.steps.enabled else cfg.train.lr,
             weight_decay=cfg.train.weight_decay,
             fused=self.device.type == "cuda" or None,  # one kernel for all parameters; the CPU keeps its default
             capturable=self.steps.enabled,
@@ -165,25 +170,26 @@ class Trainer(Resumable):
                 draw_gps_noise(n, sigma, self.generator, self.device)
                 for n, sigma in zip((len(gps), n_queue), sigmas, strict=True)
             )
-        step = lambda f, g, b, q: self._device_step(f, g, (b, q), sigmas, drawn)  # noqa: E731
-        whole = drawn is None and not self.mask_km and noise.target == "gps" and n_queue == queue.size
-        if whole and len(gps) == self.cfg.train.batch_size:
-            key = (len(gps), *(d is None for d in draws))
-            loss, distances = self.steps.run(key, step, features, gps, *draws)
+        step = functools.partial(self._device_step, sigmas=sigmas, drawn=drawn)
+        full = len(gps) == self.cfg.train.batch_size and n_queue == queue.size
+        if full and drawn is None and not self.mask_km and noise.target == "gps":
+            loss, distances = self.steps.run(tuple(d is None for d in draws), step, features, gps, *draws)
         else:
             loss, distances = step(features, gps, *draws)
         self.distances.steps.append(distances)
         queue.advance(len(gps))
         return loss
 
-    def _device_step(self, features, gps, draws, sigmas, drawn) -> tuple[torch.Tensor, torch.Tensor]:
+    def _device_step(
+        self, features, gps, batch_draw, queue_draw, *, sigmas, drawn
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The step's device work: (the loss, the sampler's distances of ``NegativeDistances.measure``)."""
         noise, model = self.cfg.train.noise, self.model
         queue = model.queue.contents()
         mined = None if drawn is None else self.miner.coords(drawn, self.device)
         # The mask of negatives within train.negatives.mask_within_km, from the exact coordinates (None: off).
         distances, masked = self.distances.measure(gps, torch.cat([gps, queue]), mined, self.mask_km)
-        locations = torch.cat([apply_gps_noise(gps, draws[0]), apply_gps_noise(queue, draws[1])])
+        locations = torch.cat([apply_gps_noise(gps, batch_draw), apply_gps_noise(queue, queue_draw)])
         n_shared = len(locations)
         if mined is not None and self.bank is None:
             locations = torch.cat([locations, mined.flatten(0, 1)])
@@ -301,8 +307,8 @@ class Trainer(Resumable):
         state = {
             "signature": self.signature(),
             "model": self.model.state_dict(),
-            "optimizer": plain_rates(self.optimizer.state_dict()),
-            "scheduler": plain_rates(self.scheduler.state_dict()),
+            "optimizer": portable_state(self.optimizer.state_dict()),
+            "scheduler": portable_state(self.scheduler.state_dict()),
             "generator": self.generator.get_state(),
             "epoch": self.epoch,
         }
@@ -315,15 +321,8 @@ class Trainer(Resumable):
     def load_state_dict(self, state: dict) -> None:
         self.check_signature(state)
         self.model.load_state_dict(state["model"])
-        # A checkpoint's optimiser options say how the saving device ran Adam (fused, capturable); this
-        # trainer keeps its own, so a GPU's checkpoint resumes on a CPU as the CPU's Adam and vice versa.
-        own = {k: v for k, v in self.optimizer.param_groups[0].items() if k in DEVICE_OPTIONS}
-        saved = state["optimizer"]
-        self.optimizer.load_state_dict({**saved, "param_groups": [g | own for g in saved["param_groups"]]})
+        load_optimizer(self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        if self.lr_tensor is not None:  # the captured step reads this tensor: fill it, do not replace it
-            group = self.optimizer.param_groups[0]
-            group["lr"] = self.lr_tensor.fill_(float(group["lr"]))
         self.generator.set_state(state["generator"])
         try:
             self.sampler.load_state_dict(state.get("sampler", {}))
@@ -354,21 +353,6 @@ class Trainer(Resumable):
             name: (self.evaluators[name].cache.coords, self.gallery.coords[e.predicted], e.predicted, e.errors_km)
             for name, e in self.evaluations.items()
         }
-
-
-def plain_rates(state: dict) -> dict:
-    """An optimiser's or scheduler's state dict with learning rates as floats, not device tensors
-    (``train.graph_step``), so that a checkpoint loads on any device and into either kind of optimiser."""
-    state = dict(state)
-    if "param_groups" in state:
-        state["param_groups"] = [
-            {k: float(v) if k in ("lr", "initial_lr") else v for k, v in group.items()}
-            for group in state["param_groups"]
-        ]
-    for key in ("base_lrs", "_last_lr"):
-        if key in state:
-            state[key] = [float(v) for v in state[key]]
-    return state
 
 
 def prepare_sampling(cfg: GeoCLIPConfig, data: Data) -> None:
